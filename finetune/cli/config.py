@@ -1,0 +1,163 @@
+"""`finetune config show` (the merged config, optionally with each value's source) and
+`finetune config validate` (every problem of configs, database and grid at once)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+SHOW_EPILOG = """examples:
+  finetune config show config/finetune-rus-pol.json config/finetune-rus-pol-topic.json
+  finetune config show config/finetune-rus-pol.json config/finetune-rus-pol-topic.json --explain
+  finetune config show config/finetune-rus-pol-topic.json --set hyperparameters.learning_rate=3e-4
+  finetune config show config/finetune-rus-pol.json config/data-local.json --resolved
+
+Layers: config/default.json (the default.json beside the first file) first, then the files in
+the order given, then --set overrides (VALUE parsed as JSON, else taken as a string). Objects
+merge key by key; lists, scalars and null replace. --explain prints the same JSON with a
+// comment after each value naming the layer that set it. --resolved makes path-valued keys
+absolute (they are relative to the layer that set them; --set values to the current directory).
+"""
+
+VALIDATE_EPILOG = """examples:
+  finetune config validate config/finetune-rus-pol.json config/finetune-rus-pol-topic.json
+  finetune config validate config/finetune-rus-pol.json config/finetune-rus-pol-topic.json --grid-config config/grid-search.json
+  finetune config validate config/finetune-rus-pol.json config/finetune-rus-pol-topic.json --matrix
+  finetune config validate config/language-database.json config/grid-demo.json
+
+Checks the merged config, the language database and the grid against their schemas and each
+other, and prints every problem at once (file: JSON path: message); exit code 2 when any.
+A file whose "$schema" names the database or grid schema is checked on its own. Writes nothing.
+"""
+
+
+def add_layer_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="+", metavar="CONFIG", help="config layers (JSON with comments), in order")
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="set",
+                   help="override one value after all files (repeatable); VALUE is JSON, else a string")
+    p.add_argument("--default", metavar="PATH", default=None,
+                   help="the base layer loaded first (default: default.json beside the first CONFIG)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from finetune.cli import HelpFormatter
+
+    group = subparsers.add_parser(
+        "config", help="show or validate layered configs",
+        description="Show or validate layered configs.",
+        epilog="examples:\n  finetune config show config/finetune-rus-pol.json config/finetune-rus-pol-topic.json\n"
+               "  finetune config validate config/finetune-rus-pol.json config/finetune-rus-pol-topic.json\n",
+        formatter_class=HelpFormatter)
+    sub = group.add_subparsers(dest="config_command", metavar="COMMAND")
+    group.set_defaults(func=lambda _args: (group.print_help(sys.stderr), 2)[1])
+
+    show = sub.add_parser("show", help="print the merged config as JSON",
+                          description="Print the merged config (default.json + CONFIG... + --set) as JSON.",
+                          epilog=SHOW_EPILOG, formatter_class=HelpFormatter)
+    add_layer_arguments(show)
+    show.add_argument("--explain", action="store_true", help="add each value's source as a // comment")
+    show.add_argument("--resolved", action="store_true",
+                      help="print path-valued keys as absolute paths (as frozen into trial configs)")
+    show.set_defaults(func=_show)
+
+    val = sub.add_parser("validate", help="check configs, database and grid; list every problem",
+                         description="Validate the merged config, its language database and a grid config.",
+                         epilog=VALIDATE_EPILOG, formatter_class=HelpFormatter)
+    add_layer_arguments(val)
+    val.add_argument("--grid-config", metavar="GRID", default=None, help="a grid config to check as well")
+    val.add_argument("--model-type", nargs="+", default=["normal", "ipa"], metavar="TYPE",
+                     help="model types to plan: normal, ipa (default: both)")
+    val.add_argument("--matrix", action="store_true", help="check the cross-language matrix instead of the grid's languages")
+    val.set_defaults(func=_validate)
+
+
+def _show(args: argparse.Namespace) -> int:
+    from finetune.layers import load_config, resolved_value
+
+    layered = load_config(args.config, args.set, default=args.default)
+    value = resolved_value(layered) if args.resolved else layered.value
+    if args.explain:
+        sys.stdout.write(explain(value, layered.source_of) + "\n")
+    else:
+        sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    """Layers go through build_plan; a database or grid file (by its "$schema") is checked on its own."""
+    from finetune.database import load_database
+    from finetune.errors import ConfigError, FinetuneError
+    from finetune.grid import grid_problems, parse_grid
+    from finetune.layers import read_config_file
+    from finetune.plan import build_plan
+    from finetune.schema import hyperparameter_names, validate
+
+    layers, problems, lines = [], [], []
+    for name in args.config:
+        kind = _schema_kind(name, read_config_file)
+        try:
+            if kind == "database":
+                db = load_database(name)
+                lines.append(f"ok: {name}: database with {len(db.languages())} languages")
+            elif kind == "grid":
+                data = read_config_file(name)
+                found = validate("grid", data, name)
+                found = found or grid_problems(parse_grid(data, name), hyperparameter_names(), None)
+                if found:
+                    raise ConfigError(problems=found)
+                lines.append(f"ok: {name}: grid")
+            else:
+                layers.append(name)
+        except FinetuneError as e:
+            problems += e.problems
+    if layers:
+        try:
+            plan = build_plan(layers, args.set, grid_config=args.grid_config, model_types=args.model_type,
+                              matrix=args.matrix, default=args.default)
+            counts = ", ".join(f"{mt}: {n}" for mt, n in plan.counts().items())
+            lines.append(f"ok: {len(plan.trials)} trials ({counts})")
+        except FinetuneError as e:
+            problems += e.problems
+    if problems:
+        raise ConfigError(problems=problems)
+    print("\n".join(lines))
+    return 0
+
+
+def _schema_kind(name: str, read) -> str:
+    """"database" or "grid" when the file names that schema in "$schema", else "config"."""
+    from finetune.errors import FinetuneError
+
+    try:
+        data = read(name)
+    except FinetuneError:
+        return "config"  # reported when loaded as a layer
+    schema = data.get("$schema") if isinstance(data, dict) else None
+    if isinstance(schema, str):
+        for kind in ("database", "grid"):
+            if schema.endswith(f"{kind}.schema.json"):
+                return kind
+    return "config"
+
+
+def explain(value: Any, source_of, path: str = "$", indent: int = 0) -> str:
+    """Pretty JSON with ``// source`` after every leaf (a valid JSON5/JSONC document)."""
+    from finetune.layers import join_path
+
+    if not isinstance(value, dict) or not value:
+        return json.dumps(value, ensure_ascii=False)
+    pad = "  " * (indent + 1)
+    lines = ["{"]
+    items = list(value.items())
+    for i, (key, child) in enumerate(items):
+        child_path = join_path(path, key)
+        comma = "," if i < len(items) - 1 else ""
+        text = explain(child, source_of, child_path, indent + 1)
+        line = f"{pad}{json.dumps(key, ensure_ascii=False)}: {text}{comma}"
+        if not (isinstance(child, dict) and child):
+            line += f"  // {source_of(child_path)}"
+        lines.append(line)
+    lines.append("  " * indent + "}")
+    return "\n".join(lines)

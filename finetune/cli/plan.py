@@ -1,0 +1,229 @@
+"""`finetune plan` (grid search, = scripts/grid-search.py) and `finetune matrix` (cross-language
+matrix, = scripts/finetuning-generator.py): plan into DIR, then submit through finetune.submit."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+GUARD = 500  # above this many trials, submitting needs --yes
+_TIME = re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$")
+
+PLAN_EPILOG = """examples:
+  {prog} config/finetune-rus-pol.json config/finetune-rus-pol-topic.json --grid-config config/grid-search.json --output-dir runs/rus-pol
+  {prog} config/finetune-rus-pol.json config/finetune-rus-pol-topic.json config/data-local.json --grid-config config/grid-demo.json --executor local --dry-run
+  {prog} config/finetune-rus-pol.json config/finetune-rus-pol-topic.json --grid-config config/grid-search.json --model-type ipa --set slurm.partition=gpu
+
+Plans grid x model types into DIR/plan.json (trial ids are content hashes: rerunning keeps the
+ids, adds only new trials and never touches materialised ones), then submits the trials that
+are neither finished nor queued. --dry-run renders the job scripts into DIR/jobs and submits
+nothing. Submitting more than {guard} trials needs --yes. Default DIR: runs/<config names>.
+"""
+
+MATRIX_EPILOG = """examples:
+  {prog} config/finetune-rus-pol.json config/finetune-rus-pol-topic.json --output-dir runs/rus-pol-matrix
+  {prog} config/finetune-rus-pol.json config/finetune-rus-pol-topic.json config/data-local.json --grid-config config/grid-demo.json --executor local --dry-run
+
+For the languages of `datasets` (L1..Ln) trains on each language alone and on their union and
+evaluates every trial on every language: n + 1 trials per model type and grid point (2
+languages, 2 model types: 6 trials covering A->A, A->B, B->A, B->B, A+B->A, A+B->B). A grid
+config adds its parameters on top (its "languages" section is not used). Submitting more than
+{guard} trials needs --yes. Default DIR: runs/matrix-<config names>.
+"""
+
+
+def add_plan_arguments(p: argparse.ArgumentParser, *, matrix: bool) -> None:
+    from finetune.cli.config import add_layer_arguments
+
+    add_layer_arguments(p)
+    p.add_argument("--grid-config", metavar="GRID", default=None,
+                   help="grid config: parameters to sweep, zip groups, exclude rules"
+                        + ("" if matrix else ", languages"))
+    p.add_argument("--model-type", nargs="+", default=["normal", "ipa"], metavar="TYPE",
+                   help="model types: normal, ipa (default: normal ipa)")
+    p.add_argument("-t", "--template", metavar="TEMPLATE", default=None,
+                   help="sbatch template (.j2 = jinja2, otherwise the old str.format style); default: the shipped array template")
+    p.add_argument("--output-dir", "-o", metavar="DIR", default=None,
+                   help="the plan directory (default: runs/<names of the config files>)")
+    p.add_argument("--temp-config-dir", metavar="DIR", default=None,
+                   help="kept for compatibility: where the frozen trial configs go, i.e. the plan directory "
+                        "(DIR/trials/<id>/config.json); an alias of --output-dir")
+    p.add_argument("--timeout", metavar="TIME", default=None,
+                   help="SLURM time limit per trial (e.g. 04:00:00, 90, 1-00:00:00); overrides slurm.time")
+    p.add_argument("--executor", choices=("auto", "slurm", "submitit", "local"), default="auto",
+                   help="where trials run (auto: slurm when sbatch is on PATH, else local)")
+    p.add_argument("--throttle", type=_positive_int, metavar="N", default=None,
+                   help="at most N array tasks of a job array run at once")
+    p.add_argument("--max-array-size", type=_positive_int, metavar="N", default=None,
+                   help="split job arrays above N tasks (default: the cluster's MaxArraySize)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="plan and render the job scripts into DIR/jobs; submit nothing")
+    p.add_argument("--no-submit", action="store_true", help="only write the plan (DIR/plan.json)")
+    p.add_argument("--yes", "-y", action="store_true", help=f"allow submitting more than {GUARD} trials")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from finetune.cli import HelpFormatter
+
+    p = subparsers.add_parser(
+        "plan", help="plan a grid search (grid x model types) and submit it",
+        description="Validate the layered config and grid, plan every trial into DIR and submit them.",
+        epilog=PLAN_EPILOG.format(prog="finetune plan", guard=GUARD), formatter_class=HelpFormatter)
+    add_plan_arguments(p, matrix=False)
+    p.set_defaults(func=lambda args: run(args, matrix=False))
+
+    m = subparsers.add_parser(
+        "matrix", help="plan the cross-language matrix (each language and their union) and submit it",
+        description="Plan the cross-language train/eval matrix (optionally times a grid) into DIR and submit it.",
+        epilog=MATRIX_EPILOG.format(prog="finetune matrix", guard=GUARD), formatter_class=HelpFormatter)
+    add_plan_arguments(m, matrix=True)
+    m.set_defaults(func=lambda args: run(args, matrix=True))
+
+
+def grid_search_parser(prog: str = "grid-search.py") -> argparse.ArgumentParser:
+    from finetune.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(
+        prog=prog, description="Plan a grid search (grid x model types) and submit it (same as `finetune plan`).",
+        epilog=PLAN_EPILOG.format(prog=f"python scripts/{prog}", guard=GUARD), formatter_class=HelpFormatter)
+    add_plan_arguments(p, matrix=False)
+    return p
+
+
+def generator_parser(prog: str = "finetuning-generator.py") -> argparse.ArgumentParser:
+    from finetune.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(
+        prog=prog, description="Plan the cross-language matrix and submit it (same as `finetune matrix`).",
+        epilog=MATRIX_EPILOG.format(prog=f"python scripts/{prog}", guard=GUARD), formatter_class=HelpFormatter)
+    add_plan_arguments(p, matrix=True)
+    return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def default_output_dir(configs: list[str], grid_config: str | None, *, matrix: bool) -> Path:
+    """runs/<stems of the config files (and grid)>, prefixed with matrix- for the matrix."""
+    stems = [Path(c).stem for c in configs]
+    if grid_config:
+        stems.append(Path(grid_config).stem)
+    name = "_".join(stems) or "plan"
+    return Path("runs") / (("matrix-" if matrix else "") + name)
+
+
+def output_dir(args: argparse.Namespace, *, matrix: bool) -> Path:
+    from finetune.errors import Problem, UsageError
+
+    out, temp = args.output_dir, args.temp_config_dir
+    if out and temp and Path(out).resolve() != Path(temp).resolve():
+        raise UsageError(problems=[Problem("--temp-config-dir", "", f"differs from --output-dir ({temp} vs {out}); "
+                                           "it is an alias of --output-dir (trial configs go to DIR/trials/<id>/)")])
+    chosen = out or temp
+    return Path(chosen) if chosen else default_output_dir(args.config, args.grid_config, matrix=matrix)
+
+
+def _check_flags(args: argparse.Namespace) -> None:
+    from finetune.errors import Problem, UsageError
+
+    problems = []
+    if args.template is not None and not Path(args.template).is_file():
+        problems.append(Problem("--template", "", f"template not found: {args.template}"))
+    if args.timeout is not None and not _TIME.match(args.timeout):
+        problems.append(Problem("--timeout", "", f"must be a SLURM time such as 04:00:00, 90 or 1-12:00:00 (got {args.timeout!r})"))
+    if args.dry_run and args.no_submit:
+        problems.append(Problem("--no-submit", "", "use either --dry-run or --no-submit"))
+    if problems:
+        raise UsageError(problems=problems)
+
+
+def run(args: argparse.Namespace, *, matrix: bool) -> int:
+    """Validate flags and configs, plan, guard, write the plan, submit (or dry-run)."""
+    from finetune.errors import Problem, UsageError
+    from finetune.plan import build_plan, write_plan
+
+    _check_flags(args)
+    out = output_dir(args, matrix=matrix)
+    plan = build_plan(args.config, args.set, grid_config=args.grid_config, model_types=args.model_type,
+                      matrix=matrix, default=args.default)
+    n = len(plan.trials)
+    submitting = not (args.dry_run or args.no_submit)
+    if submitting and n > GUARD and not args.yes:
+        raise UsageError(problems=[Problem("--yes", "", f"this plan has {n} trials (more than {GUARD}); "
+                                           "add --yes to submit them, or --dry-run to look first")])
+    report = write_plan(plan, out)
+    counts = ", ".join(f"{mt}: {c}" for mt, c in plan.counts().items())
+    print(f"planned {n} trials ({counts}) in {out}: {len(report.added)} new, "
+          f"{len(report.kept) + len(report.updated)} already planned; plan.json has {report.total}")
+    if args.no_submit:
+        return 0
+    submit = _submit_function()
+    result = submit(out, executor=args.executor, template=args.template, timeout=args.timeout,
+                    throttle=args.throttle, dry_run=args.dry_run, max_array_size=args.max_array_size)
+    if args.dry_run:
+        script = rendered_script(result, out)
+        print(f"dry run: nothing submitted; one rendered script: {script if script else '(none rendered)'}")
+    elif result is not None:
+        print(_summary(result))
+    return 0
+
+
+def _submit_function():
+    from finetune.errors import FinetuneError
+
+    try:
+        from finetune.submit import submit
+    except ImportError as e:
+        raise FinetuneError(f"submission is not available in this installation ({e}); "
+                            "the plan is written, use --no-submit to only plan") from None
+    return submit
+
+
+def rendered_script(report, out: Path) -> str | None:
+    """One rendered job script: from the submit report when it says, else the first under DIR/jobs."""
+    for attr in ("scripts", "script_paths", "rendered"):
+        value = getattr(report, attr, None)
+        if value:
+            first = next(iter(value.values())) if isinstance(value, dict) else next(iter(value))
+            return str(first)
+    jobs = out / "jobs"
+    if jobs.is_dir():
+        for path in sorted(jobs.rglob("*")):
+            if path.is_file() and path.suffix in (".sh", ".sbatch", ".slurm", ""):
+                return str(path)
+    return None
+
+
+def _summary(report) -> str:
+    for attr in ("summary", "message"):
+        value = getattr(report, attr, None)
+        if callable(value):
+            value = value()
+        if isinstance(value, str) and value:
+            return value
+    return str(report)
+
+
+def main_grid_search(argv: list[str] | None = None) -> int:
+    from finetune.cli import run_script
+
+    return run_script(grid_search_parser(), lambda args: run(args, matrix=False), argv)
+
+
+def main_generator(argv: list[str] | None = None) -> int:
+    from finetune.cli import run_script
+
+    return run_script(generator_parser(), lambda args: run(args, matrix=True), argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main_grid_search())

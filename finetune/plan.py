@@ -1,0 +1,600 @@
+"""Trials with content ids, and the plan directory on disk.
+
+``build_plan`` is pure: config layers, database and grid in; every problem checked at once; a
+``Plan`` of fully resolved trials out. ``write_plan`` / ``load_plan`` / ``materialize_trial`` are
+the only functions here that touch files.
+
+Trial identity: ``id`` = first 12 hex digits of sha256 over the canonical JSON (sorted keys, no
+spaces, integral floats as ints) of::
+
+    {"hyperparameters": {...all, resolved...},
+     "trial": {"id_version", "task", "model_type", "train_languages" (sorted), "eval_languages" (sorted),
+               "datasets": {language: {"name", "entry"}} for the trial's languages only,
+               "training": training minus OPERATIONAL_TRAINING_KEYS,
+               "checkpoint": [checkpoints.prefix, checkpoints[model_type]] as written,
+               "tokenizer": [tokenizers.prefix, tokenizers[model_type + "_prefix"]] as written}}
+
+Not hashed: file names, comments, key order, ``slurm``, ``wandb``, ``data`` (mirrors, cache),
+operational training keys. So moving to another cluster or switching between the local copy
+and the hub keeps the ids; changing anything that can change a result gives a new id.
+
+plan.json holds the shared resolved config once per group (one ``build_plan`` call) and one
+small record per trial, so a 100k-trial plan stays one file; ``materialize_trial`` writes the
+frozen ``trials/<id>/config.json`` when the submit step needs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune.errors import ConfigError, FinetuneError, Problem
+from finetune.layers import Layered, join_path, load_config, resolved_paths
+
+PLAN_VERSION = 1
+ID_VERSION = 1
+ID_LENGTH = 12
+MODEL_TYPES = ("normal", "ipa")
+OPERATIONAL_TRAINING_KEYS = frozenset(
+    {"strategy", "device", "num_workers", "checkpoint_interval", "compile", "count_sleep_s", "eval_batch_size",
+     "log_interval", "dump_logits", "logit_directory"}
+)
+PLAN_FILE = "plan.json"
+TRIALS_DIR = "trials"
+CONFIG_FILE = "config.json"
+
+
+@dataclass(slots=True)
+class Trial:
+    id: str
+    model_type: str
+    train_languages: list[str]
+    eval_languages: list[str]
+    hyperparameters: dict[str, Any]
+    group: str
+    grid_point: dict[str, Any] = field(default_factory=dict)
+    text: str | None = field(default=None, repr=False, compare=False)  # record() as JSON, when known
+
+    def record(self) -> dict[str, Any]:
+        return {"id": self.id, "model_type": self.model_type, "train_languages": self.train_languages,
+                "eval_languages": self.eval_languages, "hyperparameters": self.hyperparameters,
+                "group": self.group, "grid_point": self.grid_point}
+
+    @classmethod
+    def from_record(cls, r: dict[str, Any]) -> Trial:
+        return cls(r["id"], r["model_type"], r["train_languages"], r["eval_languages"], r["hyperparameters"],
+                   r["group"], r.get("grid_point") or {})
+
+
+@dataclass
+class Plan:
+    trials: list[Trial]
+    groups: dict[str, dict[str, Any]]  # group id -> shared resolved config, provenance, datasets, paths
+    sources: list[dict[str, Any]]  # one per build: files, overrides, grid config, model types, matrix
+    version: int = PLAN_VERSION
+    out_dir: Path | None = None  # set by load_plan / write_plan
+    _index: dict[str, Trial] | None = field(default=None, repr=False)
+
+    def trial(self, trial_id: str) -> Trial:
+        if self._index is None or len(self._index) != len(self.trials):
+            self._index = {t.id: t for t in self.trials}
+        try:
+            return self._index[trial_id]
+        except KeyError:
+            where = str(self.out_dir / PLAN_FILE) if self.out_dir else "plan"
+            raise ConfigError(problems=[Problem(where, "$.trials", f"no trial with id {trial_id!r}")]) from None
+
+    def counts(self) -> dict[str, int]:
+        """Trials per model type, in plan order."""
+        return dict(Counter(t.model_type for t in self.trials))
+
+    def trial_config(self, trial: Trial | str) -> dict[str, Any]:
+        """TRIAL_CONFIG (see ARCHITECTURE.md): the frozen, resolved trial."""
+        if isinstance(trial, str):
+            trial = self.trial(trial)
+        g = self.groups[trial.group]
+        cfg = g["config"]
+        provenance = dict(g["provenance"])
+        for name in trial.grid_point:
+            provenance[join_path("$.hyperparameters", name)] = g["grid_config"]
+        languages = sorted(set(trial.train_languages) | set(trial.eval_languages))
+        return {
+            "id": trial.id,
+            "model_type": trial.model_type,
+            "task": cfg["task"],
+            "train_languages": list(trial.train_languages),
+            "eval_languages": list(trial.eval_languages),
+            "hyperparameters": dict(trial.hyperparameters),
+            "training": cfg["training"],
+            "slurm": cfg.get("slurm", {}),
+            "wandb": cfg.get("wandb", {}),
+            "data": cfg.get("data", {}),
+            "checkpoint": g["checkpoints"][trial.model_type],
+            "tokenizer": g["tokenizers"][trial.model_type],
+            "datasets": {lang: g["datasets"][lang] for lang in languages},
+            "provenance": provenance,
+            "grid_point": dict(trial.grid_point),
+            "sources": g["sources"],
+            "plan_dir": str(self.out_dir.resolve()) if self.out_dir else None,
+        }
+
+
+@dataclass
+class WriteReport:
+    path: Path  # plan.json
+    added: list[str]  # new trial ids
+    updated: list[str]  # planned before, now with this build's shared config (operational settings differ)
+    kept: list[str]  # planned before with the same shared config
+    total: int  # trials in plan.json after the write
+
+
+# ---------------------------------------------------------------------------------------------
+# canonical JSON and ids
+
+
+def _normal(value: Any) -> Any:
+    """Integral floats as ints, recursively, so 3 and 3.0 hash alike."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(_normal(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _id(hyper_canonical: str, trial_canonical: str) -> str:
+    text = '{"hyperparameters":' + hyper_canonical + ',"trial":' + trial_canonical + "}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:ID_LENGTH]
+
+
+def trial_id(identity: dict[str, Any], hyperparameters: dict[str, Any]) -> str:
+    """The id of one trial (identity = the "trial" part described in the module docstring)."""
+    return _id(canonical_json(hyperparameters), canonical_json(identity))
+
+
+# ---------------------------------------------------------------------------------------------
+# validation and building
+
+
+def _check_model_types(model_types: Sequence[str]) -> tuple[list[str], list[Problem]]:
+    from finetune.schema import did_you_mean
+
+    types = list(dict.fromkeys(model_types))
+    problems = []
+    if not types:
+        problems.append(Problem("--model-type", "", "needs at least one model type (normal, ipa)"))
+    for mt in types:
+        if mt not in MODEL_TYPES:
+            problems.append(Problem("--model-type", "", f"unknown model type {mt!r} (choose normal or ipa)"
+                                    + did_you_mean(mt, MODEL_TYPES)))
+    return types, problems
+
+
+def _load_grid(grid_config: str | None):
+    from finetune.grid import Grid, parse_grid
+    from finetune.layers import read_config_file
+    from finetune.schema import validate
+
+    if grid_config is None:
+        return Grid(source="<no grid>"), []
+    source = str(grid_config)
+    try:
+        data = read_config_file(grid_config)
+    except FinetuneError as e:
+        return None, list(e.problems)
+    problems = validate("grid", data, source)
+    if problems:
+        return None, problems
+    return parse_grid(data, source), []
+
+
+def build_plan(
+    files: Sequence[str],
+    overrides: Sequence[str] = (),
+    *,
+    grid_config: str | None = None,
+    model_types: Sequence[str] = MODEL_TYPES,
+    matrix: bool = False,
+    default: str | None = None,
+) -> Plan:
+    """Validate everything, then expand into trials. Raises ConfigError listing every problem."""
+    from finetune.database import load_database
+    from finetune.grid import grid_problems, language_sets
+    from finetune.matrix import language_matrix
+    from finetune.schema import hyperparameter_names, validate_config
+
+    problems: list[Problem] = []
+    types, type_problems = _check_model_types(model_types)
+    problems += type_problems
+    if not files:
+        problems.append(Problem("CONFIG", "", "give at least one config file"))
+    layered: Layered | None = None
+    try:
+        layered = load_config(files, overrides, default=default)
+    except FinetuneError as e:
+        problems += e.problems
+    grid, grid_load_problems = _load_grid(grid_config)
+    problems += grid_load_problems
+    if layered is None:
+        raise ConfigError(problems=problems)
+
+    config_problems = validate_config(layered)
+    problems += config_problems
+    cfg = layered.value
+    src = layered.source_of
+    paths = resolved_paths(layered)
+
+    database = None
+    if isinstance(cfg.get("database"), str):
+        db_path = paths["$.database"]
+        shown = os.path.relpath(db_path) if not os.path.isabs(cfg["database"]) else db_path
+        if not os.path.isfile(db_path):
+            problems.append(Problem(src("$.database"), "$.database", f"database file not found: {shown}"))
+        else:
+            try:
+                database = load_database(db_path, name=shown)
+            except FinetuneError as e:
+                problems += e.problems
+
+    task = cfg.get("task")
+    datasets = cfg.get("datasets") if isinstance(cfg.get("datasets"), dict) else {}
+    languages = list(datasets)
+    if database is not None and isinstance(task, str):
+        problems += _dataset_problems(database, task, datasets, src)
+
+    for mt in [m for m in types if m in MODEL_TYPES]:
+        for section, key in (("checkpoints", mt), ("tokenizers", f"{mt}_prefix")):
+            sec = cfg.get(section)
+            if isinstance(sec, dict) and sec.get(key) is None:
+                path = f"$.{section}.{key}"
+                problems.append(Problem(src(path), path, f"not set, but model type {mt!r} is planned "
+                                        "(set it in the language-pair layer or drop the model type)"))
+
+    if grid is not None:
+        problems += grid_problems(grid, hyperparameter_names(), None if matrix else languages)
+
+    if grid is not None and not problems:
+        if matrix:
+            lang_sets = language_matrix(languages)
+        else:
+            lang_sets = [language_sets(grid, languages)]
+        problems += _class_problems(lang_sets, datasets, database, task, layered)
+    if problems:
+        raise ConfigError(problems=problems)
+    assert grid is not None and database is not None
+
+    group, group_id = _group(layered, paths, grid, database, types, overrides, grid_config)
+    hyper = {**cfg["hyperparameters"], **grid.fixed}
+    points = _expand_points(grid, hyper)
+    batch_problems = _batch_problems(points, hyper, grid, src)
+    if batch_problems:
+        raise ConfigError(problems=batch_problems)
+    trials = _trials(cfg, database, types, lang_sets, points, hyper, grid, group_id)
+    if not trials:
+        raise ConfigError(problems=[Problem(grid.source, "$.exclude", "the exclude rules drop every trial")])
+    source = {"group": group_id, "files": [os.path.abspath(s) for s in layered.sources if s != "--set"],
+              "overrides": list(overrides),
+              "grid_config": os.path.abspath(grid_config) if grid_config is not None else None,
+              "model_types": types, "matrix": matrix}
+    return Plan(trials=trials, groups={group_id: group}, sources=[source])
+
+
+def _group(layered: Layered, paths: dict[str, str | None], grid, database, types: list[str],
+           overrides: Sequence[str], grid_config: str | None) -> tuple[dict[str, Any], str]:
+    """The part every trial of one build shares: resolved config, provenance, dataset entries,
+    checkpoint and tokenizer paths; and its id (a hash of all of it)."""
+    cfg, src = layered.value, layered.source_of
+    task, datasets = cfg["task"], cfg["datasets"]
+    provenance = {p: src(p) for p in _leaf_paths({k: v for k, v in cfg.items() if k not in ("$schema", "$comment")})}
+    for name in grid.fixed:
+        provenance[join_path("$.hyperparameters", name)] = grid.source
+    mirrors = {k: paths.get(join_path("$.data.mirrors", k)) for k in (cfg.get("data") or {}).get("mirrors") or {}}
+    group_datasets = {}
+    for lang, name in datasets.items():
+        entry = database.entry(lang, task, name)
+        group_datasets[lang] = {**entry, "name": name, "language": lang, "espeak": database.espeak(lang),
+                                "path": database.local_folder(entry, mirrors)}
+    ck, tk = cfg["checkpoints"], cfg["tokenizers"]
+    ck_prefix, tk_prefix = paths["$.checkpoints.prefix"], paths["$.tokenizers.prefix"]
+    group = {
+        "sources": list(layered.sources),
+        "overrides": list(overrides),
+        "grid_config": grid.source if grid_config is not None else None,
+        "config": _resolved_config(layered),
+        "provenance": provenance,
+        "datasets": group_datasets,
+        "checkpoints": {mt: os.path.join(ck_prefix, ck[mt], "ckpt.pt") for mt in types},
+        "tokenizers": {mt: os.path.join(tk_prefix, tk[f"{mt}_prefix"]) for mt in types},
+    }
+    return group, hashlib.sha256(canonical_json(group).encode()).hexdigest()[:ID_LENGTH]
+
+
+def _trials(cfg: dict[str, Any], database, types: list[str], lang_sets, points, hyper: dict[str, Any], grid,
+            group_id: str) -> list[Trial]:
+    """model types x language sets x grid points, minus excluded ones, with their ids."""
+    from finetune.grid import excluded
+
+    task, datasets, ck, tk = cfg["task"], cfg["datasets"], cfg["checkpoints"], cfg["tokenizers"]
+    training_id = {k: v for k, v in cfg["training"].items() if k not in OPERATIONAL_TRAINING_KEYS}
+    trials: list[Trial] = []
+    seen: set[str] = set()
+    for mt in types:
+        for train, evals in lang_sets:
+            langs = sorted(set(train) | set(evals))
+            identity = {
+                "id_version": ID_VERSION, "task": task, "model_type": mt,
+                "train_languages": train, "eval_languages": evals,
+                "datasets": {lang: {"name": datasets[lang], "entry": database.entry(lang, task, datasets[lang])}
+                             for lang in langs},
+                "training": training_id,
+                "checkpoint": [ck["prefix"], ck[mt]],
+                "tokenizer": [tk["prefix"], tk[f"{mt}_prefix"]],
+            }
+            identity_json = canonical_json(identity)
+            head = (', "model_type": ' + _raw(mt) + ', "train_languages": ' + _raw(train)
+                    + ', "eval_languages": ' + _raw(evals) + ', "hyperparameters": ')
+            for point, hyper_canonical, hyper_raw, point_raw in points:
+                if grid.exclude and excluded(point, mt, grid.exclude):
+                    continue
+                tid = _id(hyper_canonical, identity_json)
+                if tid in seen:
+                    continue
+                seen.add(tid)
+                text = ('{"id": "' + tid + '"' + head + hyper_raw + ', "group": "' + group_id
+                        + '", "grid_point": ' + point_raw + "}")
+                trials.append(Trial(tid, mt, train, evals, {**hyper, **point}, group_id, point, text))
+    return trials
+
+
+def _raw(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _expand_points(grid, hyper: dict[str, Any]) -> list[tuple[dict[str, Any], str, str, str]]:
+    """Grid points with their JSON made once: (point, canonical hyperparameters, hyperparameters
+    as stored in plan.json, point as stored). Same order as ``finetune.grid.expand``.
+
+    The texts are assembled from per-value fragments (sorted keys), so a 100k-point grid costs
+    a join per point instead of a JSON encoding; tests check them against ``canonical_json``.
+    """
+    from finetune.grid import axes
+
+    keys = sorted(hyper)
+    pos = {k: i for i, k in enumerate(keys)}
+    canon_base = [json.dumps(k) + ":" + canonical_json(hyper[k]) for k in keys]
+    raw_base = [_raw(k) + ": " + _raw(hyper[k]) for k in keys]
+    prepared = []
+    for names, tuples in axes(grid):
+        options = []
+        for values in tuples:
+            items = tuple(zip(names, values, strict=True))
+            canon = [(pos[n], json.dumps(n) + ":" + canonical_json(v)) for n, v in items]
+            raw = [(pos[n], _raw(n) + ": " + _raw(v)) for n, v in items]
+            options.append((items, canon, raw, ", ".join(f for _, f in raw)))
+        prepared.append(options)
+    out = []
+    for combo in itertools.product(*prepared):
+        canon, raw, point, shown = canon_base.copy(), raw_base.copy(), {}, []
+        for items, c, r, text in combo:
+            point.update(items)
+            for i, f in c:
+                canon[i] = f
+            for i, f in r:
+                raw[i] = f
+            shown.append(text)
+        out.append((point, "{" + ",".join(canon) + "}", "{" + ", ".join(raw) + "}", "{" + ", ".join(shown) + "}"))
+    return out
+
+
+def _dataset_problems(database, task: str, datasets: dict[str, Any], src) -> list[Problem]:
+    """Each language of ``datasets`` has ``task`` and the dataset name in the database.
+
+    A task that none of the known languages has is one problem at ``$.task`` (the task layer
+    or ``--set task=...`` is at fault), not one per language.
+    """
+    from finetune.schema import did_you_mean
+
+    problems = []
+    known = [lang for lang in datasets if database.has_language(lang)]
+    task_missing = bool(known) and all(task not in database.tasks(lang) for lang in known)
+    if task_missing:
+        tasks = sorted({t for lang in known for t in database.tasks(lang)})
+        problems.append(Problem(src("$.task"), "$.task", f"task {task!r} is not in the database {database.path} "
+                                f"for {', '.join(known)} (tasks: {', '.join(tasks)})" + did_you_mean(task, tasks)))
+    for lang, name in datasets.items():
+        if not isinstance(name, str) or (task_missing and lang in known):
+            continue
+        path = join_path("$.datasets", lang)
+        problems += [Problem(src(path), path, m) for m in database.lookup_problems(lang, task, name)]
+    return problems
+
+
+def _batch_problems(points, hyper: dict[str, Any], grid, src) -> list[Problem]:
+    """batch_size must be a multiple of micro_batch_size (the trainer also divides by world size)."""
+    problems, seen = [], set()
+    for point, *_ in points:
+        bs = point.get("batch_size", hyper["batch_size"])
+        mbs = point.get("micro_batch_size", hyper["micro_batch_size"])
+        if (bs, mbs) in seen or mbs is None:
+            continue
+        seen.add((bs, mbs))
+        if bs % mbs:
+            path = "$.hyperparameters.micro_batch_size"
+            set_by = grid.source if "micro_batch_size" in point or "micro_batch_size" in grid.fixed else src(path)
+            problems.append(Problem(set_by, path, f"batch_size {bs} is not a multiple of micro_batch_size {mbs}"))
+    return problems
+
+
+def _class_problems(lang_sets, datasets, database, task, layered: Layered) -> list[Problem]:
+    """Classes (and task types) must agree across the languages of one trial."""
+    problems, done = [], set()
+    for train, evals in lang_sets:
+        langs = tuple(sorted(set(train) | set(evals)))
+        if langs in done:
+            continue
+        done.add(langs)
+        entries = {lang: database.entry(lang, task, datasets[lang]) for lang in langs}
+        for key in ("classes", "task_type"):
+            values = {lang: e.get(key) for lang, e in entries.items()}
+            if len(set(values.values())) > 1:
+                shown = ", ".join(f"{lang} {v}" for lang, v in values.items())
+                problems.append(Problem(layered.source_of("$.datasets"), "$.datasets",
+                                        f"{key} differ across the languages of one trial ({shown})"))
+    return problems
+
+
+def _leaf_paths(value: Any, path: str = "$") -> Iterator[str]:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            yield from _leaf_paths(v, join_path(path, k))
+    else:
+        yield path
+
+
+def _resolved_config(layered: Layered) -> dict[str, Any]:
+    """The merged config with every path-valued key made absolute, without editor-only keys."""
+    from finetune.layers import resolved_value
+
+    out = resolved_value(layered)
+    out.pop("$schema", None)
+    out.pop("$comment", None)
+    data = out.setdefault("data", {})
+    data.setdefault("mirrors", {})
+    data.setdefault("cache_dir", None)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan directory
+
+
+def trial_dir(out_dir: str | os.PathLike[str], trial_id: str) -> Path:
+    return Path(out_dir) / TRIALS_DIR / trial_id
+
+
+def plan_path(out_dir: str | os.PathLike[str]) -> Path:
+    return Path(out_dir) / PLAN_FILE
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    """Serialise concurrent ``write_plan`` calls on one directory."""
+    import fcntl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".plan.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def write_plan(plan: Plan, out_dir: str | os.PathLike[str]) -> WriteReport:
+    """Merge ``plan`` into ``out_dir/plan.json`` (atomic); nothing under ``trials/`` is touched.
+
+    Existing trials keep their ids and their place; one planned again takes this plan's shared
+    config in plan.json (same id: only operational settings such as slurm can differ), so a
+    fixed partition or memory limit applies when it is next submitted. A trial's frozen
+    ``trials/<id>/config.json`` (what a queued, running or finished trial runs with) is never
+    changed here. New trials are appended; trials not in ``plan`` stay as they were.
+    """
+    from finetune.fileio import atomic_write_text
+
+    out = Path(out_dir)
+    with _locked(out):
+        old = load_plan(out) if plan_path(out).is_file() else Plan(trials=[], groups={}, sources=[])
+        new_by_id = {t.id: t for t in plan.trials}
+        trials, added, updated, kept = [], [], [], []
+        for t in old.trials:
+            fresh = new_by_id.pop(t.id, None)
+            if fresh is None:
+                trials.append(t)
+            else:
+                trials.append(fresh)
+                (updated if fresh.group != t.group else kept).append(t.id)
+        for t in plan.trials:
+            if t.id in new_by_id:
+                trials.append(t)
+                added.append(t.id)
+        groups = {**old.groups, **plan.groups}
+        used = {t.group for t in trials}
+        groups = {g: v for g, v in groups.items() if g in used}
+        sources = [s for s in old.sources if s.get("group") in used]
+        sources += [s for s in plan.sources if s not in sources]
+        merged = Plan(trials=trials, groups=groups, sources=sources)
+        atomic_write_text(plan_path(out), _dump(merged))
+    plan.out_dir = out
+    return WriteReport(path=plan_path(out), added=added, updated=updated, kept=kept, total=len(trials))
+
+
+def _dump(plan: Plan) -> str:
+    """plan.json: the header indented, then one trial per line (fast for 100k trials)."""
+    head = json.dumps({"version": plan.version, "sources": plan.sources, "groups": plan.groups},
+                      indent=2, ensure_ascii=False)
+    dumps = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+    body = ",\n    ".join(t.text or dumps(t.record()) for t in plan.trials)
+    return head[:-2] + ',\n  "trials": [\n    ' + body + "\n  ]\n}\n"
+
+
+def load_plan(out_dir: str | os.PathLike[str]) -> Plan:
+    """The plan in ``out_dir``; raises ConfigError when there is none or it is unreadable."""
+    from finetune.fileio import read_json
+
+    out = Path(out_dir)
+    path = plan_path(out)
+    if not path.is_file():
+        raise ConfigError(problems=[Problem(str(path), "", "no plan here (run `finetune plan` first)")])
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
+        raise ConfigError(problems=[Problem(str(path), "$.version", f"unsupported plan version (expected {PLAN_VERSION})")])
+    trials = [Trial.from_record(r) for r in data.get("trials", [])]
+    return Plan(trials=trials, groups=data.get("groups", {}), sources=data.get("sources", []),
+                version=data["version"], out_dir=out)
+
+
+def materialize_trial(out_dir: str | os.PathLike[str], trial_id: str, *, plan: Plan | None = None,
+                      refresh: bool = False) -> Path:
+    """Write ``trials/<id>/config.json`` (TRIAL_CONFIG) unless it exists; return its path.
+
+    An existing file is frozen: later edits of the configs cannot change queued work. With
+    ``refresh=True`` (for a trial about to be submitted again: failed, cancelled or never
+    queued) it is rewritten when plan.json now says otherwise; the id being the same, only
+    operational settings (slurm, wandb, data mirrors, ...) can differ.
+    Pass ``plan`` when materialising many trials, to read plan.json once.
+    """
+    from finetune.fileio import atomic_write_json, read_json
+
+    path = trial_dir(out_dir, trial_id) / CONFIG_FILE
+    if path.is_file() and not refresh:
+        return path
+    if plan is None:
+        plan = load_plan(out_dir)
+    if plan.out_dir is None:
+        plan.out_dir = Path(out_dir)
+    config = plan.trial_config(trial_id)
+    if path.is_file() and read_json(path) == config:
+        return path
+    atomic_write_json(path, config)
+    return path
+
+
+def materialize_trials(out_dir: str | os.PathLike[str], trial_ids: Sequence[str] | None = None,
+                       *, plan: Plan | None = None, refresh: bool = False) -> list[Path]:
+    """``materialize_trial`` for many trials (all when ``trial_ids`` is None), reading the plan once."""
+    plan = plan or load_plan(out_dir)
+    ids = [t.id for t in plan.trials] if trial_ids is None else list(trial_ids)
+    return [materialize_trial(out_dir, tid, plan=plan, refresh=refresh) for tid in ids]

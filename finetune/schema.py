@@ -1,0 +1,133 @@
+"""JSON Schema (draft 2020-12) validation of configs, the language database and grid configs.
+
+The schemas ship in ``finetune/schemas/`` and editors can use them through ``"$schema"``.
+Every error becomes a ``Problem`` naming the file that set the value and its JSON path; unknown
+keys get a "did you mean" suggestion. Validation collects all problems; it never stops at one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable, Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from finetune.errors import Problem
+from finetune.layers import join_path, path_of
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+SCHEMAS = {"config": "config.schema.json", "database": "database.schema.json", "grid": "grid.schema.json"}
+
+
+def schema_path(kind: str) -> Path:
+    return SCHEMA_DIR / SCHEMAS[kind]
+
+
+@cache
+def load_schema(kind: str) -> dict[str, Any]:
+    with open(schema_path(kind), encoding="utf-8") as f:
+        return json.load(f)
+
+
+@cache
+def _validator(kind: str):
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(load_schema(kind))
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean X?)`` for the closest choice, or an empty string."""
+    match = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+_TYPE_WORDS = {"number": "a number", "integer": "an integer", "string": "a string", "boolean": "true or false",
+               "null": "null", "array": "a list", "object": "an object"}
+
+
+def _message(error) -> list[tuple[str, str]]:
+    """(json path, message) pairs for one jsonschema error."""
+    path = path_of(error.absolute_path)
+    v, schema, inst = error.validator, error.schema, error.instance
+    if v == "additionalProperties" and isinstance(inst, dict):
+        known = set(schema.get("properties", {}))
+        out = []
+        for key in inst:
+            if key not in known:
+                out.append((join_path(path, key), "unknown key" + did_you_mean(key, known)))
+        return out or [(path, error.message)]
+    if v == "required":
+        missing = [k for k in error.validator_value if not isinstance(inst, dict) or k not in inst]
+        return [(join_path(path, k), "missing required key") for k in missing]
+    if v == "type":
+        types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        words = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+        return [(path, f"must be {words} (got {_show(inst)})")]
+    if v == "enum":
+        choices = [str(c) for c in error.validator_value]
+        hint = did_you_mean(inst, choices) if isinstance(inst, str) else ""
+        return [(path, f"must be one of {', '.join(choices)} (got {_show(inst)}){hint}")]
+    if v == "const":
+        return [(path, f"must be {_show(error.validator_value)} (got {_show(inst)})")]
+    bounds = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+    if v in bounds:
+        return [(path, f"must be {bounds[v]} {error.validator_value} (got {_show(inst)})")]
+    if v in ("minItems", "minProperties", "minLength"):
+        if error.validator_value == 1:
+            return [(path, "must not be empty")]
+        return [(path, f"needs at least {error.validator_value} items (got {len(inst)})")]
+    if v == "uniqueItems":
+        return [(path, f"has duplicate items: {_show(inst)}")]
+    if v == "pattern":
+        return [(path, f"{schema.get('errorMessage', 'has the wrong format')} (got {_show(inst)})")]
+    return [(path, error.message)]
+
+
+def validate(kind: str, instance: Any, source: str | Callable[[str], str]) -> list[Problem]:
+    """All problems of ``instance`` against the ``kind`` schema.
+
+    ``source`` is the file to name, or a function from JSON path to file (layer provenance).
+    """
+    where = source if callable(source) else (lambda _p: source)
+    problems: list[Problem] = []
+    for error in _validator(kind).iter_errors(instance):
+        for sub in _leaf_errors(error):
+            for path, message in _message(sub):
+                problems.append(Problem(where(path), path, message))
+    return sorted(set(problems))
+
+
+def _leaf_errors(error):
+    """if/then and $ref errors carry the useful error in their context; keep the error itself."""
+    if error.context and error.validator in ("anyOf", "oneOf"):
+        best = min(error.context, key=lambda e: len(list(e.absolute_path)))
+        return [best]
+    return [error]
+
+
+def validate_config(layered) -> list[Problem]:
+    """Schema problems of the merged config, each named by the layer that set the value."""
+    return validate("config", layered.value, layered.source_of)
+
+
+def hyperparameter_names() -> list[str]:
+    return list(load_schema("config")["properties"]["hyperparameters"]["properties"])
+
+
+def validate_hyperparameter(name: str, value: Any) -> list[str]:
+    """Messages for one hyperparameter value (used for grid values)."""
+    return [msg for e in _hyper_validator(name).iter_errors(value) for _p, msg in _message(e)]
+
+
+@cache
+def _hyper_validator(name: str):
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(load_schema("config")["properties"]["hyperparameters"]["properties"][name])

@@ -1,0 +1,262 @@
+"""Trial ids, the plan on disk, reruns and trial materialisation."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import json5
+import pytest
+
+from finetune.errors import ConfigError
+from finetune.plan import (
+    build_plan,
+    canonical_json,
+    load_plan,
+    materialize_trial,
+    materialize_trials,
+    trial_dir,
+    trial_id,
+    write_plan,
+)
+
+PAIR = """// pair
+{"checkpoints": {"prefix": "../models", "normal": "n-ckpt", "ipa": "i-ckpt"},
+ "tokenizers": {"prefix": "../models", "normal_prefix": "n-tok", "ipa_prefix": "i-tok"}}"""
+TASK = '{"task": "topic", "datasets": {"russian": "sib200", "polish": "sib200"}, "hyperparameters": {"epochs": 2}}'
+# the same content: other key order, comments, trailing commas, formatting
+TASK_REWRITTEN = """/* the same task */
+{
+  "hyperparameters": {"epochs": 2,},  // two epochs
+  "datasets": {"polish": "sib200", "russian": "sib200"},
+  "task": "topic",
+}"""
+
+
+@pytest.fixture
+def confdir(tmp_path, config_dir):
+    d = tmp_path / "conf"
+    d.mkdir()
+    for name in ("default.json", "language-database.json"):
+        shutil.copy(config_dir / name, d / name)
+    (d / "pair.json").write_text(PAIR)
+    (d / "task.json").write_text(TASK)
+    return d
+
+
+def files(d, *names):
+    return [str(d / n) for n in names]
+
+
+def grid_file(tmp_path, name="grid.json", **data):
+    p = tmp_path / name
+    p.write_text(json.dumps(data))
+    return str(p)
+
+
+def ids(plan):
+    return [t.id for t in plan.trials]
+
+
+def test_counts_grid_times_model_types(confdir, tmp_path):
+    g = grid_file(tmp_path, parameters={"learning_rate": [1e-4, 2e-4, 3e-4], "batch_size": [16, 32], "seed": 1})
+    plan = build_plan(files(confdir, "pair.json", "task.json"), grid_config=g)
+    assert plan.counts() == {"normal": 6, "ipa": 6}
+    assert all(t.hyperparameters["seed"] == 1 and t.hyperparameters["epochs"] == 2 for t in plan.trials)
+    assert all(t.train_languages == ["polish", "russian"] == t.eval_languages for t in plan.trials)
+    assert {t.grid_point["learning_rate"] for t in plan.trials} == {1e-4, 2e-4, 3e-4}
+    assert all(set(t.grid_point) == {"learning_rate", "batch_size"} for t in plan.trials)
+    only = build_plan(files(confdir, "pair.json", "task.json"), grid_config=g, model_types=["ipa"])
+    assert only.counts() == {"ipa": 6}
+
+
+def test_without_a_grid_one_trial_per_model_type(confdir):
+    plan = build_plan(files(confdir, "pair.json", "task.json"))
+    assert plan.counts() == {"normal": 1, "ipa": 1}
+    assert len(set(ids(plan))) == 2
+
+
+def test_ids_are_12_hex_and_stable_across_runs(confdir):
+    a = build_plan(files(confdir, "pair.json", "task.json"))
+    b = build_plan(files(confdir, "pair.json", "task.json"))
+    assert ids(a) == ids(b)
+    assert all(len(i) == 12 and int(i, 16) >= 0 for i in ids(a))
+
+
+def test_ids_ignore_file_names_key_order_comments_and_location(confdir, tmp_path):
+    before = build_plan(files(confdir, "pair.json", "task.json"))
+    other = tmp_path / "elsewhere"
+    shutil.copytree(confdir, other)
+    (other / "task.json").unlink()
+    (other / "a-completely-different-name.jsonc").write_text(TASK_REWRITTEN)
+    after = build_plan(files(other, "pair.json", "a-completely-different-name.jsonc"))
+    assert ids(after) == ids(before)
+
+
+@pytest.mark.parametrize("override", [
+    "slurm.partition=gpu", "slurm.time=1-00:00:00", "wandb.project=x", 'data.mirrors={"Davlan/sib200": "/m"}',
+    "data.cache_dir=/cache", "training.device=cpu", "training.num_workers=3", "training.strategy=ddp",
+    "hyperparameters.epochs=2.0",
+])
+def test_operational_settings_do_not_change_ids(confdir, override):
+    base = build_plan(files(confdir, "pair.json", "task.json"))
+    assert ids(build_plan(files(confdir, "pair.json", "task.json"), [override])) == ids(base)
+
+
+@pytest.mark.parametrize("override", [
+    "hyperparameters.learning_rate=0.001", "hyperparameters.seed=1", "training.precision=bf16",
+    "training.eval_interval=7", "checkpoints.normal=other", "tokenizers.prefix=../tok", "task=topic2",
+])
+def test_what_can_change_a_result_changes_the_id(confdir, override):
+    base = build_plan(files(confdir, "pair.json", "task.json"))
+    if override == "task=topic2":  # needs the task in the database too
+        db = json.loads((confdir / "language-database.json").read_text())
+        for lang in ("russian", "polish"):
+            db[lang]["topic2"] = db[lang]["topic"]
+        (confdir / "language-database.json").write_text(json.dumps(db))
+    changed = build_plan(files(confdir, "pair.json", "task.json"), [override])
+    assert set(ids(changed)).isdisjoint(ids(base)) or override.startswith(("checkpoints.normal",))
+    if override.startswith("checkpoints.normal"):  # only the normal trial changes
+        assert ids(changed)[0] != ids(base)[0] and ids(changed)[1] == ids(base)[1]
+
+
+def test_database_entry_changes_change_the_id(confdir):
+    base = build_plan(files(confdir, "pair.json", "task.json"))
+    db = json.loads((confdir / "language-database.json").read_text())
+    db["russian"]["topic"]["sib200"]["filter_length"] = True
+    (confdir / "language-database.json").write_text(json.dumps(db))
+    assert set(ids(build_plan(files(confdir, "pair.json", "task.json")))).isdisjoint(ids(base))
+
+
+def test_languages_outside_a_trial_do_not_change_its_id(confdir, tmp_path):
+    g = grid_file(tmp_path, languages={"train": "russian", "eval": "russian"})
+    base = build_plan(files(confdir, "pair.json", "task.json"), grid_config=g)
+    more = build_plan(files(confdir, "pair.json", "task.json"), ["datasets.czech=sib200"], grid_config=g)
+    assert ids(more) == ids(base)
+
+
+def test_adding_a_grid_value_adds_only_new_trials(confdir, tmp_path):
+    cfg = files(confdir, "pair.json", "task.json")
+    small = build_plan(cfg, grid_config=grid_file(tmp_path, "a.json", parameters={"learning_rate": [1e-4, 2e-4]}))
+    big = build_plan(cfg, grid_config=grid_file(tmp_path, "b.json", parameters={"learning_rate": [3e-4, 2e-4, 1e-4]}))
+    assert set(ids(small)) < set(ids(big))
+    assert len(ids(big)) == 6
+    out = tmp_path / "run"
+    first = write_plan(small, out)
+    assert sorted(first.added) == sorted(ids(small)) and first.total == 4
+    second = write_plan(big, out)
+    assert sorted(second.added) == sorted(set(ids(big)) - set(ids(small)))
+    assert sorted(second.kept + second.updated) == sorted(ids(small))
+    assert second.total == 6
+    assert sorted(ids(load_plan(out))) == sorted(ids(big))
+
+
+def test_fast_record_text_and_canonical_hash_agree_with_the_plain_functions(confdir, tmp_path):
+    g = grid_file(tmp_path, parameters={"learning_rate": [1e-4, 2.0], "dropout": [0.0, 0.5], "epochs": 1},
+                  zip=[["learning_rate", "dropout"]])
+    plan = build_plan(files(confdir, "pair.json", "task.json"), grid_config=g)
+    for t in plan.trials:
+        assert json.loads(t.text) == t.record()
+    # the id equals the documented formula over the canonical identity
+    t = plan.trials[0]
+    db = json.loads((confdir / "language-database.json").read_text())
+    default = json5.loads((confdir / "default.json").read_text())
+    training = {k: v for k, v in default["training"].items()
+                if k not in ("strategy", "device", "num_workers", "checkpoint_interval", "compile", "count_sleep_s",
+                             "eval_batch_size", "log_interval", "dump_logits", "logit_directory")}
+    identity = {"id_version": 1, "task": "topic", "model_type": t.model_type,
+                "train_languages": t.train_languages, "eval_languages": t.eval_languages,
+                "datasets": {lang: {"name": "sib200", "entry": db[lang]["topic"]["sib200"]}
+                             for lang in ("polish", "russian")},
+                "training": training, "checkpoint": ["../models", "n-ckpt"], "tokenizer": ["../models", "n-tok"]}
+    assert trial_id(identity, t.hyperparameters) == t.id
+    assert canonical_json({"b": 1.0, "a": [2.5, 3.0]}) == '{"a":[2.5,3],"b":1}'
+
+
+def test_exclude_everything_is_an_error(confdir, tmp_path):
+    g = grid_file(tmp_path, parameters={"seed": [1, 2]}, exclude=[{"seed": [1, 2]}])
+    with pytest.raises(ConfigError, match=r"grid.json: \$.exclude: the exclude rules drop every trial"):
+        build_plan(files(confdir, "pair.json", "task.json"), grid_config=g)
+
+
+def test_write_plan_is_valid_json_and_leaves_no_temporary_files(confdir, tmp_path):
+    plan = build_plan(files(confdir, "pair.json", "task.json"))
+    out = tmp_path / "run"
+    write_plan(plan, out)
+    data = json.loads((out / "plan.json").read_text())
+    assert data["version"] == 1
+    assert [t["id"] for t in data["trials"]] == ids(plan)
+    assert set(data["trials"][0]) == {"id", "model_type", "train_languages", "eval_languages", "hyperparameters",
+                                      "group", "grid_point"}
+    assert data["sources"][0]["files"][-1] == str(confdir / "task.json")
+    assert sorted(os.listdir(out)) == [".plan.lock", "plan.json"]  # nothing per trial at plan time
+
+
+def test_materialize_trial_writes_the_frozen_resolved_config(confdir, tmp_path, sib200_dir):
+    g = grid_file(tmp_path, parameters={"learning_rate": [1e-4, 2e-4], "seed": 5})
+    plan = build_plan(files(confdir, "pair.json", "task.json"),
+                      [f'data.mirrors={{"Davlan/sib200": "{sib200_dir}"}}'], grid_config=g)
+    out = tmp_path / "run"
+    write_plan(plan, out)
+    t = plan.trials[0]
+    path = materialize_trial(out, t.id)
+    assert path == trial_dir(out, t.id) / "config.json"
+    cfg = json.loads(path.read_text())
+    assert {"id", "model_type", "task", "train_languages", "eval_languages", "hyperparameters", "training",
+            "slurm", "wandb", "checkpoint", "tokenizer", "datasets", "provenance", "grid_point"} <= set(cfg)
+    assert cfg["id"] == t.id and cfg["model_type"] == "normal"
+    assert cfg["checkpoint"] == str(tmp_path / "models" / "n-ckpt" / "ckpt.pt")
+    assert cfg["tokenizer"] == str(tmp_path / "models" / "n-tok")
+    ru = cfg["datasets"]["russian"]
+    assert ru["espeak"] == "ru" and ru["subset"] == "rus_Cyrl" and ru["language"] == "russian"
+    assert ru["path"] == str(sib200_dir / "rus_Cyrl") and os.path.isfile(os.path.join(ru["path"], "train.tsv"))
+    assert ru["labels"] == (sib200_dir / "rus_Cyrl" / "labels.txt").read_text().split()
+    prov = cfg["provenance"]
+    assert prov["$.hyperparameters.learning_rate"] == g
+    assert prov["$.hyperparameters.seed"] == g
+    assert prov["$.hyperparameters.epochs"] == str(confdir / "task.json")
+    assert prov['$.data.mirrors["Davlan/sib200"]'] == "--set"
+    assert cfg["grid_point"] == {"learning_rate": 1e-4}
+    assert cfg["hyperparameters"]["seed"] == 5
+
+
+def test_a_materialised_trial_is_frozen_until_refreshed(confdir, tmp_path):
+    cfg = files(confdir, "pair.json", "task.json")
+    out = tmp_path / "run"
+    plan = build_plan(cfg)
+    write_plan(plan, out)
+    normal, ipa = plan.trials
+    path = materialize_trial(out, normal.id)
+    before = path.read_bytes()
+    # replan with another cluster setting: same ids, plan.json takes the new setting
+    report = write_plan(build_plan(cfg, ["slurm.partition=gpu"]), out)
+    assert report.added == [] and report.kept == [] and report.updated == [normal.id, ipa.id]
+    reloaded = load_plan(out)
+    assert [t.id for t in reloaded.trials] == [normal.id, ipa.id] and len(reloaded.groups) == 1
+    # the frozen file is untouched (queued work keeps what it was submitted with) ...
+    assert materialize_trial(out, normal.id) == path and path.read_bytes() == before
+    assert json.loads(materialize_trial(out, ipa.id).read_text())["slurm"]["partition"] == "gpu"
+    # ... until the trial is to be submitted again
+    assert json.loads(materialize_trial(out, normal.id, refresh=True).read_text())["slurm"]["partition"] == "gpu"
+    after = path.read_bytes()
+    materialize_trial(out, normal.id, refresh=True)  # nothing changed: not rewritten
+    assert path.read_bytes() == after
+    # a replan that leaves a trial out keeps it
+    report = write_plan(build_plan(cfg, ["slurm.partition=gpu"], model_types=["ipa"]), out)
+    assert report.added == [] and report.kept + report.updated == [ipa.id]
+    assert [t.id for t in load_plan(out).trials] == [normal.id, ipa.id]
+
+
+def test_materialize_trials_and_unknown_ids(confdir, tmp_path):
+    out = tmp_path / "run"
+    write_plan(build_plan(files(confdir, "pair.json", "task.json")), out)
+    paths = materialize_trials(out)
+    assert len(paths) == 2 and all(p.is_file() for p in paths)
+    with pytest.raises(ConfigError, match="no trial with id 'nope'"):
+        materialize_trial(out, "nope")
+
+
+def test_load_plan_without_a_plan(tmp_path):
+    with pytest.raises(ConfigError, match=r"plan.json: no plan here"):
+        load_plan(tmp_path)

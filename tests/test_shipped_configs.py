@@ -1,0 +1,101 @@
+"""Every shipped config in config/ is valid, and the shipped layers combine as documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from finetune.database import load_database
+from finetune.layers import read_config_file
+from finetune.plan import build_plan
+from finetune.schema import load_schema, validate
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = REPO / "config"
+SHIPPED = sorted(p.name for p in CONFIG.glob("*.json"))
+PAIR, TASK, LOCAL, HUB = (str(CONFIG / n) for n in ("finetune-rus-pol.json", "finetune-rus-pol-topic.json",
+                                                       "data-local.json", "data-hub.json"))
+LANGUAGES = {"russian": "rus_Cyrl", "polish": "pol_Latn", "czech": "ces_Latn", "slovak": "slk_Latn",
+             "ukrainian": "ukr_Cyrl", "belarusian": "bel_Cyrl", "bulgarian": "bul_Cyrl", "english": "eng_Latn"}
+
+
+def kind_of(name: str) -> str:
+    schema = read_config_file(CONFIG / name)["$schema"]
+    return Path(schema).name.split(".")[0]
+
+
+def test_the_expected_configs_ship():
+    assert {"default.json", "language-database.json", "data-local.json", "data-hub.json", "finetune-rus-pol.json",
+            "finetune-rus-pol-topic.json", "grid-search.json", "grid-demo.json"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_schema_reference_resolves_for_editors(name):
+    schema = read_config_file(CONFIG / name)["$schema"]
+    assert (CONFIG / schema).resolve().is_file(), schema
+    assert kind_of(name) in ("config", "database", "grid")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_validates(name):
+    kind = kind_of(name)
+    if kind == "database":
+        db = load_database(CONFIG / name)
+        assert sorted(db.languages()) == sorted(LANGUAGES)
+    elif kind == "grid":
+        plan = build_plan([PAIR, TASK, LOCAL], grid_config=str(CONFIG / name))
+        assert plan.trials
+        assert validate("grid", read_config_file(CONFIG / name), name) == []
+    else:
+        plan = build_plan([str(CONFIG / name), PAIR, TASK])  # first, so the pair and task layers complete it
+        assert plan.counts() == {"normal": 1, "ipa": 1}
+
+
+def test_default_sets_every_key_of_the_schema():
+    default = read_config_file(CONFIG / "default.json")
+    props = load_schema("config")["properties"]
+    for section in ("hyperparameters", "training", "slurm", "data", "wandb"):
+        assert sorted(default[section]) == sorted(props[section]["properties"]), section
+
+
+def test_database_matches_the_local_sib200_copy(sib200_dir):
+    db = load_database(CONFIG / "language-database.json")
+    for language, subset in LANGUAGES.items():
+        entry = db.entry(language, "topic", "sib200")
+        assert entry["dataset"] == "Davlan/sib200" and entry["subset"] == subset
+        assert entry["labels"] == (sib200_dir / subset / "labels.txt").read_text().split()
+        assert entry["classes"] == 7 and entry["filter_length"] is False
+        assert entry["splits"] == {"train": "train", "eval": "validation", "test": "test"}
+    assert db.espeak("english") == "en-us" and db.espeak("russian") == "ru"
+
+
+def test_one_layer_switches_between_local_copy_and_hub(sib200_dir):
+    hub = build_plan([PAIR, TASK])  # default: the hub
+    local = build_plan([PAIR, TASK, LOCAL])
+    back = build_plan([PAIR, TASK, LOCAL, HUB])
+    assert [t.id for t in hub.trials] == [t.id for t in local.trials] == [t.id for t in back.trials]
+
+    def path(plan, lang):
+        return next(iter(plan.groups.values()))["datasets"][lang]["path"]
+
+    assert path(hub, "russian") is None and path(back, "russian") is None
+    assert Path(path(local, "russian")).resolve() == (sib200_dir / "rus_Cyrl").resolve()
+    assert (Path(path(local, "polish")) / "train.tsv").is_file()
+
+
+def test_shipped_grid_counts():
+    assert build_plan([PAIR, TASK], grid_config=str(CONFIG / "grid-search.json")).counts() == {"normal": 6, "ipa": 6}
+    demo = build_plan([PAIR, TASK, LOCAL], grid_config=str(CONFIG / "grid-demo.json"), matrix=True)
+    assert demo.counts() == {"normal": 6, "ipa": 6}
+    example = build_plan([PAIR, TASK], grid_config=str(CONFIG / "grid-zip-example.json"))
+    assert example.counts() == {"normal": 5, "ipa": 2}
+
+
+def test_pair_layer_names_the_demo_models():
+    plan = build_plan([PAIR, TASK])
+    group = next(iter(plan.groups.values()))
+    assert group["checkpoints"] == {"normal": str(REPO / "models" / "rus-pol-normal" / "ckpt.pt"),
+                                    "ipa": str(REPO / "models" / "rus-pol-ipa" / "ckpt.pt")}
+    assert group["tokenizers"] == {"normal": str(REPO / "models" / "rus-pol-normal"),
+                                   "ipa": str(REPO / "models" / "rus-pol-ipa")}
