@@ -1,0 +1,648 @@
+"""Datasets of a trial: load, pick splits, map labels, add IPA columns, tokenize (all cached).
+
+A dataset entry (see ARCHITECTURE.md, language database) names either a hub id with an
+optional subset, loaded with ``datasets.load_dataset``, or, through ``data.mirrors`` (resolved by
+the plan into the entry's ``"path"``) or a local ``"dataset"`` path, a folder that holds:
+
+* per-split files ``<split>.{tsv,csv,json,jsonl,parquet}``, directly or under ``<subset>/``
+  (split aliases: validation = dev = valid), or
+* a ``DatasetDict.save_to_disk`` folder (``dataset_dict.json``).
+
+Roles: ``train`` (fine-tuning), ``eval`` (model selection) and an optional ``test`` (the final
+report). Every transformation is a ``datasets`` map with an explicit content fingerprint and an
+arrow file under the cache dir, so a rerun (or a compute node after ``finetune prefetch``)
+reuses the transcriptions and token ids instead of making them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from finetune.errors import FinetuneError, Problem
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+ROLES = ("train", "eval", "test")
+SPLIT_ALIASES = (("validation", "dev", "valid", "val"), ("train",), ("test",))
+EXTENSIONS = {
+    ".tsv": ("csv", {"delimiter": "\t"}),
+    ".csv": ("csv", {}),
+    ".jsonl": ("json", {}),
+    ".json": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+PHONEME_SUFFIX = "-phoneme"
+# Bump when the encoding of the same input changes (keys the cached token ids).
+ENCODING_REVISION = 1
+
+
+class DataError(FinetuneError):
+    """A dataset, split, column or label is missing or inconsistent (exit code 2)."""
+
+
+@dataclass
+class TrialData:
+    """What the trainer needs: encoded datasets with columns input_ids, labels, length, language, row."""
+
+    train: Dataset | None
+    eval: dict[str, Dataset]
+    test: dict[str, Dataset]
+    label_names: list[str]
+    separator: str = ""
+    # language -> role -> rows dropped because they are longer than the block size
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+# -- where things are ------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """``$FINETUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/finetune`` (``~/.cache/finetune``)."""
+    env = os.environ.get("FINETUNE_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "finetune"
+
+
+def resolve_cache_dir(trial_config: dict[str, Any] | None = None, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The argument, else the trial's ``data.cache_dir``, else ``default_cache_dir()``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    configured = ((trial_config or {}).get("data") or {}).get("cache_dir")
+    return Path(configured) if configured else default_cache_dir()
+
+
+def dataset_label(entry: dict[str, Any]) -> str:
+    """How errors name a dataset: its local folder, or ``hub-id (subset)``."""
+    folder = local_folder(entry)
+    if folder is not None:
+        return str(folder)
+    name = str(entry.get("dataset"))
+    return f"{name} ({entry['subset']})" if entry.get("subset") else name
+
+
+def local_folder(entry: dict[str, Any]) -> Path | None:
+    """The folder an entry's data lives in, or None for a hub dataset.
+
+    ``"path"`` (the resolved mirror or local path) wins; a mirror root holding ``<subset>/``
+    is descended into. A ``"dataset"`` that names an existing folder is local too.
+    """
+    raw = entry.get("path")
+    if not raw:
+        dataset = entry.get("dataset")
+        if dataset and Path(dataset).is_dir():
+            raw = dataset
+    if not raw:
+        return None
+    folder = Path(raw)
+    subset = entry.get("subset")
+    if subset and (folder / subset).is_dir():
+        folder = folder / subset
+    return folder
+
+
+def hub_snapshot(entry: dict[str, Any], cache_dir: str | os.PathLike[str]) -> Path:
+    """Where ``finetune prefetch`` saves a hub dataset (``save_to_disk``) for offline nodes."""
+    key = _digest("hub", entry.get("dataset"), entry.get("subset"))
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(entry.get("dataset")))
+    return Path(cache_dir) / "hub" / f"{name}-{entry.get('subset') or 'default'}-{key[:12]}"
+
+
+def split_candidates(split: str) -> tuple[str, ...]:
+    """``split`` and its aliases, ``split`` first."""
+    for group in SPLIT_ALIASES:
+        if split in group:
+            return (split,) + tuple(s for s in group if s != split)
+    return (split,)
+
+
+def find_split_file(folder: Path, split: str) -> Path | None:
+    """``folder/<split or alias>.<ext>`` for the first alias and extension that exists."""
+    for name in split_candidates(split):
+        for ext in EXTENSIONS:
+            candidate = folder / f"{name}{ext}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _available_splits(folder: Path) -> list[str]:
+    return sorted({p.name[: -len(ext)] for ext in EXTENSIONS for p in folder.glob(f"*{ext}")})
+
+
+def _is_saved_dataset_dict(folder: Path) -> bool:
+    return (folder / "dataset_dict.json").is_file()
+
+
+def entry_splits(entry: dict[str, Any], roles: Iterable[str] = ROLES) -> dict[str, str]:
+    """role -> split name, for the roles the entry has (``test`` is optional)."""
+    splits = entry.get("splits") or {}
+    out = {}
+    for role in roles:
+        name = splits.get(role)
+        if name:
+            out[role] = str(name)
+        elif role == "train":
+            out[role] = "train"
+        elif role == "eval":
+            out[role] = "validation"
+    return out
+
+
+def split_problems(entry: dict[str, Any], roles: Iterable[str], *, where: str) -> list[Problem]:
+    """Cheap check (no loading) that a local entry's folder and split files exist.
+
+    Hub datasets cannot be checked without the network: they give no problems here.
+    """
+    folder = local_folder(entry)
+    if folder is None:
+        return []
+    label = dataset_label(entry)
+    if not folder.is_dir():
+        return [Problem(label, f"{where}.path", "dataset folder not found")]
+    if _is_saved_dataset_dict(folder):
+        try:
+            names = json.loads((folder / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+        except (OSError, ValueError, AttributeError):
+            return [Problem(label, where, "unreadable dataset_dict.json")]
+        problems = []
+        for role, split in entry_splits(entry, roles).items():
+            if not any(c in names for c in split_candidates(split)):
+                problems.append(
+                    Problem(label, f"{where}.splits.{role}", f"split {split!r} not found (has: {', '.join(names)})")
+                )
+        return problems
+    problems = []
+    for role, split in entry_splits(entry, roles).items():
+        if find_split_file(folder, split) is None:
+            problems.append(Problem(label, f"{where}.splits.{role}", _missing_split_message(folder, split)))
+    return problems
+
+
+def _missing_split_message(folder: Path, split: str) -> str:
+    names = "/".join(split_candidates(split))
+    exts = ",".join(e.lstrip(".") for e in EXTENSIONS)
+    found = ", ".join(_available_splits(folder)) or "no split files"
+    return f"split {split!r} not found: no {names}.{{{exts}}} in {folder} (has: {found})"
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def _quiet_datasets() -> None:
+    import sys
+
+    import datasets
+
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()
+
+
+def load_splits(
+    entry: dict[str, Any],
+    roles: Iterable[str] = ROLES,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    where: str = "$",
+    save_snapshot: bool = False,
+) -> dict[str, Dataset]:
+    """role -> ``datasets.Dataset`` for the entry's splits of ``roles`` (raw columns).
+
+    A hub dataset is read from its snapshot under the cache dir when ``finetune prefetch`` made
+    one (``save_snapshot=True``), so offline compute nodes never touch the network.
+    """
+    import datasets
+
+    _quiet_datasets()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    hf_cache = str(cache / "datasets")
+    wanted = entry_splits(entry, roles)
+    label = dataset_label(entry)
+    problems = split_problems(entry, wanted, where=where)
+    if problems:
+        raise DataError(problems=problems)
+    folder = local_folder(entry)
+    out: dict[str, Dataset] = {}
+    if folder is not None and not _is_saved_dataset_dict(folder):
+        for role, split in wanted.items():
+            file = find_split_file(folder, split)
+            assert file is not None  # checked by split_problems
+            builder, kwargs = EXTENSIONS[file.suffix]
+            if builder == "csv":
+                kwargs = {**kwargs, "na_filter": False}  # keep "NA", "null", "" as text
+            try:
+                loaded = datasets.load_dataset(builder, data_files={"data": str(file)}, cache_dir=hf_cache, **kwargs)
+            except Exception as e:  # the builders raise many kinds; the message is what matters
+                raise DataError(problems=[Problem(str(file), f"{where}.splits.{role}", f"cannot read: {e}")]) from None
+            out[role] = loaded["data"]
+        return out
+    snapshot = hub_snapshot(entry, cache) if folder is None else None
+    try:
+        if folder is not None:
+            loaded = datasets.load_from_disk(str(folder))
+        elif snapshot is not None and _is_saved_dataset_dict(snapshot):
+            loaded = datasets.load_from_disk(str(snapshot))  # made by `finetune prefetch`: no network
+        else:
+            name = entry.get("dataset")
+            if not name:
+                raise DataError(problems=[Problem("trial config", f"{where}.dataset", "no dataset named")])
+            loaded = datasets.load_dataset(str(name), entry.get("subset") or None, cache_dir=hf_cache)
+            if save_snapshot and snapshot is not None:
+                _save_atomically(loaded, snapshot)
+    except DataError:
+        raise
+    except Exception as e:
+        hint = "" if folder is not None else " (no network? run `finetune prefetch` where there is one, or set data.mirrors)"
+        raise DataError(problems=[Problem(label, f"{where}.dataset", f"cannot load dataset: {e}{hint}")]) from None
+    if isinstance(loaded, datasets.Dataset):
+        raise DataError(problems=[Problem(label, f"{where}.dataset", "holds one Dataset without splits; save a DatasetDict")])
+    problems = []
+    for role, split in wanted.items():
+        name = next((c for c in split_candidates(split) if c in loaded), None)
+        if name is None:
+            problems.append(
+                Problem(label, f"{where}.splits.{role}", f"split {split!r} not found (has: {', '.join(sorted(loaded))})")
+            )
+        else:
+            out[role] = loaded[name]
+    if problems:
+        raise DataError(problems=problems)
+    return out
+
+
+def _save_atomically(dataset_dict: Any, target: Path) -> None:
+    """``save_to_disk`` into a temporary sibling, then rename: a crash leaves no half snapshot."""
+    import shutil
+
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset_dict.save_to_disk(str(tmp))
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process saved it first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- fingerprints and cached maps ------------------------------------------------------------
+
+
+def _digest(*parts: Any) -> str:
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def _cached_map(ds: Dataset, fn, *, key: str, cache_dir: Path, **kwargs: Any) -> Dataset:
+    """``ds.map(fn, batched=True)`` stored at ``cache_dir/maps/<key>.arrow`` and reused from there."""
+    maps = cache_dir / "maps"
+    maps.mkdir(parents=True, exist_ok=True)
+    return ds.map(
+        fn,
+        batched=True,
+        new_fingerprint=key,
+        cache_file_name=str(maps / f"{key}.arrow"),
+        load_from_cache_file=True,
+        **kwargs,
+    )
+
+
+def features_of(entry: dict[str, Any]) -> list[str]:
+    feats = entry.get("train_features") or ["text"]
+    return [feats] if isinstance(feats, str) else [str(f) for f in feats]
+
+
+def add_phoneme_columns(
+    ds: Dataset,
+    features: Sequence[str],
+    espeak: str,
+    *,
+    cache_dir: Path,
+    batch_size: int = 256,
+    num_proc: int | None = None,
+) -> Dataset:
+    """Add ``<feature>-phoneme`` IPA columns that ``ds`` lacks (transcribed once, then cached).
+
+    ``num_proc`` > 1 transcribes in that many processes (datasets' map); the cache is found
+    again whatever ``num_proc`` a later call uses.
+    """
+    from finetune import ipa
+
+    missing = [f for f in features if f + PHONEME_SUFFIX not in ds.column_names]
+    if not missing:
+        return ds
+    key = _digest("ipa", ds._fingerprint, missing, ipa.transcription_id(espeak))
+
+    def transcribe_batch(batch: dict[str, list[Any]]) -> dict[str, list[str]]:
+        return {
+            f + PHONEME_SUFFIX: ipa.transcribe(["" if t is None else str(t) for t in batch[f]], espeak)
+            for f in missing
+        }
+
+    if num_proc is not None and (num_proc < 2 or len(ds) < 2 * batch_size):
+        num_proc = None
+    return _cached_map(ds, transcribe_batch, key=key, cache_dir=cache_dir, batch_size=batch_size,
+                       num_proc=num_proc, desc=f"IPA ({espeak})")
+
+
+def tokenizer_id(tokenizer: Any) -> str:
+    """A content hash of a fast tokenizer (vocab, merges, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return _digest(text, tokenizer.eos_token)
+
+
+# -- labels ----------------------------------------------------------------------------------
+
+
+def _column_values(ds: Dataset, column: str) -> list[Any]:
+    from datasets import ClassLabel
+
+    feature = ds.features[column]
+    values = ds.unique(column)
+    if isinstance(feature, ClassLabel):
+        return [feature.int2str(v) for v in values]
+    return values
+
+
+def _sort_key(v: Any) -> tuple[int, Any]:
+    return (0, v) if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, str(v))
+
+
+def resolve_label_names(
+    entries: dict[str, dict[str, Any]], values: dict[str, dict[str, list[Any]]], *, source: str = "trial config"
+) -> list[str]:
+    """The trial's label list: the entries' ``labels`` (all equal) or the sorted union of values.
+
+    ``values`` is language -> role -> unique label values. Checks ``classes`` and that every
+    value has a label; raises DataError listing every problem.
+    """
+    problems: list[Problem] = []
+    lists = {lang: [str(x) for x in e["labels"]] for lang, e in entries.items() if e.get("labels")}
+    if lists:
+        first_lang, names = next(iter(lists.items()))
+        for lang, other in lists.items():
+            if other != names:
+                problems.append(
+                    Problem(source, f"$.datasets.{lang}.labels", f"differs from the labels of {first_lang}: {other} != {names}")
+                )
+    else:
+        union: dict[str, Any] = {}
+        for per_role in values.values():
+            for vals in per_role.values():
+                for v in vals:
+                    union.setdefault(str(v), v)
+        names = [str(v) for v in sorted(union.values(), key=_sort_key)]
+    for lang, entry in entries.items():
+        label = dataset_label(entry)
+        column = entry.get("eval_feature", "label")
+        for role, vals in values.get(lang, {}).items():
+            unknown = sorted({str(v) for v in vals} - set(names))
+            if unknown and not _are_ids(vals, len(names)):
+                problems.append(
+                    Problem(
+                        label,
+                        f"$.datasets.{lang}.labels",
+                        f"column {column!r} of split {role} has labels not in the label list: {', '.join(unknown[:5])}"
+                        + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""),
+                    )
+                )
+        classes = entry.get("classes")
+        if classes is not None and int(classes) != len(names):
+            problems.append(
+                Problem(label, f"$.datasets.{lang}.classes", f"classes is {classes} but there are {len(names)} labels: {names}")
+            )
+    if problems:
+        raise DataError(problems=problems)
+    return names
+
+
+def _are_ids(values: Sequence[Any], n: int) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n for v in values)
+
+
+def label_mapper(names: Sequence[str], values: Sequence[Any]):
+    """value -> id: by name, or the value itself when the column holds ids into ``names``."""
+    index = {n: i for i, n in enumerate(names)}
+    by_name = all(str(v) in index for v in values)
+    if by_name:
+        return lambda v: index[str(v)]
+    return int
+
+
+# -- encoding --------------------------------------------------------------------------------
+
+
+def input_columns(entry: dict[str, Any], model_type: str) -> list[str]:
+    """The columns joined into the model input: ``train_features`` (``-phoneme`` ones for ipa)."""
+    feats = features_of(entry)
+    return [f + PHONEME_SUFFIX for f in feats] if model_type == "ipa" else feats
+
+
+def _column_problems(ds: Dataset, entry: dict[str, Any], role: str, model_type: str, where: str) -> list[Problem]:
+    label = dataset_label(entry)
+    have = ds.column_names
+    problems = []
+    for i, feat in enumerate(features_of(entry)):
+        ok = feat in have or (model_type == "ipa" and feat + PHONEME_SUFFIX in have)
+        if not ok:
+            problems.append(
+                Problem(
+                    label,
+                    f"{where}.train_features[{i}]",
+                    f"column {feat!r} not in split {role} (columns: {', '.join(have)})",
+                )
+            )
+    column = entry.get("eval_feature", "label")
+    if column not in have:
+        problems.append(
+            Problem(label, f"{where}.eval_feature", f"label column {column!r} not in split {role} (columns: {', '.join(have)})")
+        )
+    return problems
+
+
+def encode(
+    ds: Dataset,
+    *,
+    columns: Sequence[str],
+    label_column: str,
+    label_names: Sequence[str],
+    tokenizer: Any,
+    block_size: int,
+    filter_length: bool,
+    separator: str,
+    language: str,
+    cache_dir: Path,
+) -> Dataset:
+    """Tokenize the joined input columns and map labels; drop or truncate rows over ``block_size``."""
+    from datasets import ClassLabel
+
+    feature = ds.features[label_column]
+    raw_values = _column_values(ds, label_column)
+    to_id = label_mapper(label_names, raw_values)
+    class_names = feature.names if isinstance(feature, ClassLabel) else None
+    key = _digest(
+        "encode", ENCODING_REVISION, ds._fingerprint, list(columns), label_column, list(label_names),
+        tokenizer_id(tokenizer), block_size, filter_length, separator, language,
+    )  # fmt: skip
+
+    def encode_batch(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+        texts = [
+            separator.join("" if batch[c][i] is None else str(batch[c][i]) for c in columns)
+            for i in range(len(indices))
+        ]
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        labels = batch[label_column]
+        if class_names is not None:
+            labels = [class_names[v] for v in labels]
+        out: dict[str, list[Any]] = {"input_ids": [], "labels": [], "length": [], "language": [], "row": []}
+        for row, toks, lab in zip(indices, ids, labels, strict=True):
+            if len(toks) > block_size:
+                if filter_length:
+                    continue
+                toks = toks[:block_size]
+            out["input_ids"].append(toks)
+            out["labels"].append(to_id(lab))
+            out["length"].append(len(toks))
+            out["language"].append(language)
+            out["row"].append(row)
+        return out
+
+    return _cached_map(
+        ds, encode_batch, key=key, cache_dir=cache_dir, with_indices=True, batch_size=1000,
+        remove_columns=ds.column_names, desc=f"tokenize ({language})",
+    )  # fmt: skip
+
+
+# -- the trial -------------------------------------------------------------------------------
+
+
+def _roles_for(language: str, trial_config: dict[str, Any]) -> list[str]:
+    roles = []
+    if language in trial_config.get("train_languages", []):
+        roles.append("train")
+    if language in trial_config.get("eval_languages", []):
+        roles += ["eval", "test"]
+    return roles
+
+
+def trial_languages(trial_config: dict[str, Any]) -> list[str]:
+    seen: dict[str, None] = {}
+    for lang in list(trial_config.get("train_languages", [])) + list(trial_config.get("eval_languages", [])):
+        seen.setdefault(lang, None)
+    return list(seen)
+
+
+def config_file(trial_config: dict[str, Any]) -> str:
+    """How errors name a trial config: ``<plan_dir>/trials/<id>/config.json`` when known."""
+    if trial_config.get("plan_dir") and trial_config.get("id"):
+        return str(Path(trial_config["plan_dir"]) / "trials" / str(trial_config["id"]) / "config.json")
+    return "trial config"
+
+
+def load_trial_raw(
+    trial_config: dict[str, Any], *, cache_dir: str | os.PathLike[str] | None = None, source: str = "trial config"
+) -> tuple[dict[str, dict[str, Dataset]], list[Problem]]:
+    """language -> role -> raw Dataset (IPA columns added for ipa trials), and column problems."""
+    cache = resolve_cache_dir(trial_config, cache_dir)
+    model_type = trial_config.get("model_type", "normal")
+    entries = trial_config.get("datasets") or {}
+    problems: list[Problem] = []
+    raw: dict[str, dict[str, Dataset]] = {}
+    for lang in trial_languages(trial_config):
+        where = f"$.datasets.{lang}"
+        entry = entries.get(lang)
+        if entry is None:
+            problems.append(Problem(source, where, f"no dataset for language {lang!r}"))
+            continue
+        if entry.get("task_type", "classification") != "classification":
+            problems.append(Problem(source, f"{where}.task_type", f"only classification is supported, not {entry['task_type']!r}"))
+            continue
+        try:
+            splits = load_splits(entry, _roles_for(lang, trial_config), cache_dir=cache, where=where)
+        except DataError as e:
+            problems.extend(e.problems)
+            continue
+        split_problems_ = [p for role, ds in splits.items() for p in _column_problems(ds, entry, role, model_type, where)]
+        if split_problems_:
+            problems.extend(split_problems_)
+            continue
+        if model_type == "ipa":
+            espeak = entry.get("espeak")
+            needs = any(f + PHONEME_SUFFIX not in ds.column_names for ds in splits.values() for f in features_of(entry))
+            if needs and not espeak:
+                problems.append(Problem(source, f"{where}.espeak", f"no espeak code for {lang!r}: cannot make IPA columns"))
+                continue
+            if needs:
+                splits = {role: add_phoneme_columns(ds, features_of(entry), espeak, cache_dir=cache) for role, ds in splits.items()}
+        raw[lang] = splits
+    return raw, problems
+
+
+def prepare_trial_data(
+    trial_config: dict[str, Any],
+    tokenizer: Any,
+    block_size: int,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    separator: str | None = None,
+    source: str | None = None,
+) -> TrialData:
+    """Load, label, transcribe (ipa) and tokenize every dataset of a trial (TRIAL_CONFIG).
+
+    ``train`` is the union of the train languages' train splits; ``eval``/``test`` map each eval
+    language to its split (``test`` only where the entry names one). Raises DataError (exit 2)
+    listing every missing dataset, split, column or label at once.
+    """
+    from datasets import concatenate_datasets
+
+    source = source or config_file(trial_config)
+    cache = resolve_cache_dir(trial_config, cache_dir)
+    model_type = trial_config.get("model_type", "normal")
+    entries = trial_config.get("datasets") or {}
+    raw, problems = load_trial_raw(trial_config, cache_dir=cache, source=source)
+    if problems:
+        raise DataError(problems=problems)
+    values = {
+        lang: {role: _column_values(ds, entries[lang].get("eval_feature", "label")) for role, ds in splits.items()}
+        for lang, splits in raw.items()
+    }
+    label_names = resolve_label_names({lang: entries[lang] for lang in raw}, values, source=source)
+    if separator is None:
+        separator = tokenizer.eos_token or " "
+    encoded: dict[str, dict[str, Dataset]] = {}
+    dropped: dict[str, dict[str, int]] = {}
+    for lang, splits in raw.items():
+        entry = entries[lang]
+        for role, ds in splits.items():
+            enc = encode(
+                ds,
+                columns=input_columns(entry, model_type),
+                label_column=entry.get("eval_feature", "label"),
+                label_names=label_names,
+                tokenizer=tokenizer,
+                block_size=block_size,
+                filter_length=bool(entry.get("filter_length", True)),
+                separator=separator,
+                language=lang,
+                cache_dir=cache,
+            )
+            encoded.setdefault(lang, {})[role] = enc
+            dropped.setdefault(lang, {})[role] = len(ds) - len(enc)
+    train_parts = [encoded[lang]["train"] for lang in trial_config.get("train_languages", []) if "train" in encoded.get(lang, {})]
+    train = concatenate_datasets(train_parts) if train_parts else None
+    eval_langs = trial_config.get("eval_languages", [])
+    return TrialData(
+        train=train,
+        eval={lang: encoded[lang]["eval"] for lang in eval_langs if "eval" in encoded.get(lang, {})},
+        test={lang: encoded[lang]["test"] for lang in eval_langs if "test" in encoded.get(lang, {})},
+        label_names=label_names,
+        separator=separator,
+        dropped=dropped,
+    )
