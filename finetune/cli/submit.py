@@ -1,0 +1,189 @@
+"""`finetune submit|status|cancel DIR`, `finetune train TRIAL_DIR`, `finetune array-task INDEX`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+SUBMIT_EPILOG = """examples:
+  finetune submit runs/rus-pol
+  finetune submit runs/rus-pol --throttle 8 --timeout 02:00:00
+  finetune submit runs/rus-pol --executor local --parallel 2
+  finetune submit runs/rus-pol --template jobs/templates/old-style.sbatch --dry-run
+
+Submits every trial of the plan that is neither finished (result.json) nor queued or running
+(one squeue call): one job array per resource group (the trials' `slurm` sections), split at
+the cluster's MaxArraySize. Job ids go into DIR/manifest.json after every sbatch. Running it
+again sends only failed, cancelled, timed-out and never-submitted trials: zero duplicates.
+Templates: *.j2 = jinja2 (StrictUndefined), any other file = old-style str.format fields.
+"""
+
+STATUS_EPILOG = """examples:
+  finetune status runs/rus-pol
+  finetune status runs/rus-pol --all
+  finetune status runs/rus-pol --json > status.json
+
+One squeue and one sacct call for the whole plan. Failed trials show the reason (OUT_OF_MEMORY,
+TIMEOUT, PREEMPTED, NODE_FAIL, exit code) and the tail of their log.txt. Without accounting it
+falls back to squeue plus the trial files.
+"""
+
+CANCEL_EPILOG = """examples:
+  finetune cancel runs/rus-pol
+
+Cancels every queued or running array task of the plan (one squeue, one scancel). Finished
+results are untouched; `finetune submit DIR` later sends the cancelled trials again.
+"""
+
+TRAIN_EPILOG = """examples:
+  finetune train runs/rus-pol/trials/3f9c1a2b7d04
+  python -m finetune train runs/rus-pol/trials/3f9c1a2b7d04
+
+Runs one trial from its frozen config.json (what every executor runs). Exit codes: 0 finished,
+1 failed (state.json says why), 2 bad input, 75 checkpointed after SIGUSR2 (requeue me).
+"""
+
+ARRAY_EPILOG = """examples:
+  SLURM_ARRAY_TASK_ID=3 finetune array-task runs/rus-pol/jobs/0001/1a2b3c4d-0.index
+
+Runs the trial on line $SLURM_ARRAY_TASK_ID + 1 of the index file (trial ids, one a line; the
+plan directory is the index file's grandparent's parent), appending output to its log.txt. For
+templates that do not resolve the index themselves (the old-style one).
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from finetune.cli import HelpFormatter
+
+    p = subparsers.add_parser("submit", help="submit a plan's unfinished trials as job arrays",
+                              description="Submit the trials of a plan directory that are neither finished nor queued.",
+                              epilog=SUBMIT_EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("plan_dir", metavar="DIR", help="the plan directory (with plan.json)")
+    p.add_argument("--executor", choices=("auto", "slurm", "submitit", "local"), default="auto",
+                   help="where trials run (auto: slurm when sbatch is on PATH, else local)")
+    p.add_argument("-t", "--template", metavar="TEMPLATE", default=None,
+                   help="sbatch template (.j2 = jinja2, else old str.format style); default: jobs/templates/array.sbatch.j2")
+    p.add_argument("--timeout", metavar="TIME", default=None,
+                   help="time limit per trial (04:00:00, 90, 1-00:00:00); overrides slurm.time")
+    p.add_argument("--throttle", type=_positive_int, metavar="N", default=None,
+                   help="at most N tasks of an array run at once (--array=...%%N)")
+    p.add_argument("--max-array-size", type=_positive_int, metavar="N", default=None,
+                   help="split arrays above N tasks (default: MaxArraySize from `scontrol show config`)")
+    p.add_argument("--parallel", type=_positive_int, metavar="N", default=None,
+                   help="local executor: trials at once (default: --throttle, else half the cores)")
+    p.add_argument("--dry-run", action="store_true", help="render scripts into DIR/jobs; submit nothing")
+    p.set_defaults(func=_submit)
+
+    p = subparsers.add_parser("status", help="where every trial of a plan stands",
+                              description="Trial states of a plan from one squeue and one sacct call.",
+                              epilog=STATUS_EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("plan_dir", metavar="DIR")
+    p.add_argument("--all", action="store_true", help="list every trial, not only the failed ones")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_status)
+
+    p = subparsers.add_parser("cancel", help="cancel a plan's queued and running trials",
+                              description="Cancel every queued or running array task of a plan.",
+                              epilog=CANCEL_EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("plan_dir", metavar="DIR")
+    p.set_defaults(func=_cancel)
+
+    p = subparsers.add_parser("train", help="run one trial (what every executor calls)",
+                              description="Run one trial from TRIAL_DIR/config.json.",
+                              epilog=TRAIN_EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("trial_dir", metavar="TRIAL_DIR")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("array-task", help="run the trial of $SLURM_ARRAY_TASK_ID from an index file",
+                              description="Resolve an array task to its trial and run it.",
+                              epilog=ARRAY_EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("index_file", metavar="INDEX_FILE")
+    p.add_argument("--task-id", type=int, default=None, help="the array task (default: $SLURM_ARRAY_TASK_ID)")
+    p.set_defaults(func=_array_task)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from finetune.submit import submit
+
+    report = submit(args.plan_dir, executor=args.executor, template=args.template, timeout=args.timeout,
+                    throttle=args.throttle, dry_run=args.dry_run, max_array_size=args.max_array_size,
+                    parallel=args.parallel)
+    print(report.summary())
+    if report.executor == "local" and not args.dry_run:
+        from finetune.status import plan_status
+
+        counts = plan_status(args.plan_dir).counts
+        print("states: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from finetune.status import plan_status
+
+    report = plan_status(args.plan_dir)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=1)
+        print()
+        return 0
+    print(f"{report.plan_dir}: {len(report.trials)} trials: "
+          + ", ".join(f"{k} {v}" for k, v in report.counts.items()))
+    for note in report.notes:
+        print(f"note: {note}")
+    for t in report.trials:
+        if not args.all and t.state not in ("failed", "cancelled", "preempted"):
+            continue
+        extra = "".join([f" [{t.reason}]" if t.reason else "", f" job {t.job}" if t.job else "",
+                         f" restarts {t.restart_count}" if t.restart_count else ""])
+        print(f"  {t.trial_id} {t.state}{extra}")
+        for line in t.log_tail if t.state == "failed" else []:
+            print(f"      | {line}")
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from finetune.submit import cancel
+
+    report = cancel(args.plan_dir)
+    print(f"cancelled {len(report.trials)} trials ({len(report.job_ids)} array tasks)")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from finetune.trial import run_trial
+
+    return run_trial(args.trial_dir)
+
+
+def _array_task(args: argparse.Namespace) -> int:
+    from finetune.errors import UsageError
+    from finetune.trial import run_trial
+
+    index = Path(args.index_file).resolve()
+    task = args.task_id if args.task_id is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
+    if task is None:
+        raise UsageError("array-task: no --task-id and no $SLURM_ARRAY_TASK_ID")
+    try:
+        lines = index.read_text(encoding="utf-8").splitlines()
+        trial = lines[int(task)].strip()
+    except (OSError, ValueError, IndexError):
+        raise UsageError(f"{index}: no trial for array task {task}") from None
+    if not trial or not all(c.isalnum() or c in "_-" for c in trial):
+        raise UsageError(f"{index}: line {int(task) + 1} is not a trial id")
+    trial_dir = index.parent.parent.parent / "trials" / trial
+    log = open(trial_dir / "log.txt", "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    return run_trial(trial_dir)

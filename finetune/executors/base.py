@@ -1,0 +1,108 @@
+"""The executor interface: write an array's files, submit it, ask the scheduler, cancel.
+
+An ``ArrayJob`` is one resource group's slice of a submission: the rendered script, the index
+file (line N = the trial that array task N runs) and the resources. ``submit.py`` builds them
+(pure); an executor only moves them to a scheduler. Queue states come back keyed by
+``"<array job id>_<task>"`` so one scheduler call answers for a whole plan.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from finetune.errors import UsageError
+from finetune.fileio import atomic_write_text
+
+EXECUTORS = ("slurm", "submitit", "local")
+
+
+@dataclass(frozen=True)
+class ArrayJob:
+    name: str  # job name, [A-Za-z0-9_.-] only
+    plan_dir: Path
+    script_path: Path
+    index_path: Path
+    script: str  # the rendered text
+    trial_ids: tuple[str, ...]  # array task i runs trial_ids[i]
+    slurm: dict[str, Any] = field(default_factory=dict)  # the group's resolved slurm section
+    time: str | None = None  # the group's time limit (slurm.time or --timeout)
+    throttle: int | None = None
+
+    @property
+    def array_spec(self) -> str:
+        spec = f"0-{len(self.trial_ids) - 1}"
+        return f"{spec}%{self.throttle}" if self.throttle else spec
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.plan_dir / "trials" / trial_id
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """What the scheduler says about one array task."""
+
+    state: str  # PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, OUT_OF_MEMORY, CANCELLED, ...
+    reason: str = ""  # squeue's reason, or sacct's exit code "1:0"
+    exit_code: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+
+# Scheduler states in which a task still holds (or will hold) its trial.
+ACTIVE_STATES = frozenset(
+    {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+     "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "STOPPED"}
+)
+
+
+class Executor(Protocol):
+    name: str
+
+    def write(self, job: ArrayJob) -> None:
+        """Put the job's script and index file on disk (atomically)."""
+
+    def submit(self, job: ArrayJob) -> str:
+        """Queue (or run) the array; return its job id."""
+
+    def state(self, job_ids: list[str]) -> dict[str, TaskState]:
+        """Tasks the queue knows about, keyed "<job id>_<task>": one call for all ids."""
+
+    def cancel(self, job_ids: list[str]) -> None:
+        """Cancel these jobs (one call)."""
+
+
+def write_job_files(job: ArrayJob) -> None:
+    """The files every executor leaves behind: the script (executable) and the index."""
+    atomic_write_text(job.index_path, "".join(f"{t}\n" for t in job.trial_ids))
+    atomic_write_text(job.script_path, job.script)
+    os.chmod(job.script_path, 0o755)
+
+
+def resolve_name(name: str) -> str:
+    """``auto`` -> ``slurm`` when sbatch is on PATH, else ``local``."""
+    if name == "auto":
+        return "slurm" if shutil.which("sbatch") else "local"
+    if name not in EXECUTORS:
+        raise UsageError(f"--executor: unknown executor {name!r}; choose one of auto, {', '.join(EXECUTORS)}")
+    return name
+
+
+def make_executor(name: str, **options: Any) -> Executor:
+    name = resolve_name(name)
+    if name == "slurm":
+        from finetune.executors.slurm import SlurmExecutor
+
+        return SlurmExecutor()
+    if name == "submitit":
+        from finetune.executors.submitit_executor import SubmititExecutor
+
+        return SubmititExecutor()
+    from finetune.executors.local import LocalExecutor
+
+    return LocalExecutor(parallel=options.get("parallel"))

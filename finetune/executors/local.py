@@ -1,0 +1,60 @@
+"""Runs an array on this machine, N trials at a time, through the same entry point as SLURM.
+
+Each trial runs as ``python -m finetune train TRIAL_DIR`` with its output appended to the
+trial's ``log.txt``, exactly what an array task does; the script and index file are written too,
+so a plan run locally looks the same on disk. ``submit`` returns when the array is done. A trial
+that exits 75 (checkpointed after SIGUSR2) is started again, as SLURM would requeue it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+from finetune.executors.base import ArrayJob, TaskState, write_job_files
+
+REQUEUE_EXIT = 75
+MAX_REQUEUES = 20
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, parallel: int | None = None):
+        self.parallel = parallel
+        self.exit_codes: dict[str, int] = {}  # trial id -> last exit code, for the report
+
+    def write(self, job: ArrayJob) -> None:
+        write_job_files(job)
+
+    def submit(self, job: ArrayJob) -> str:
+        workers = job.throttle or self.parallel or max(1, (os.cpu_count() or 2) // 2)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            codes = list(pool.map(lambda t: run_local_trial(job.trial_dir(t)), job.trial_ids))
+        self.exit_codes.update(zip(job.trial_ids, codes, strict=True))
+        return f"local-{os.getpid()}-{job.index_path.stem}"
+
+    def state(self, job_ids: list[str]) -> dict[str, TaskState]:
+        return {}  # submit() blocks until done: nothing local is ever still queued
+
+    def cancel(self, job_ids: list[str]) -> None:
+        return None
+
+
+def run_local_trial(trial_dir: Path) -> int:
+    """``python -m finetune train TRIAL_DIR`` >> TRIAL_DIR/log.txt; again while it exits 75."""
+    argv = [sys.executable, "-m", "finetune", "train", str(trial_dir)]
+    rc = 0
+    for _ in range(MAX_REQUEUES + 1):
+        with open(trial_dir / "log.txt", "ab") as log:
+            stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            log.write(f"== {stamp} local run of {trial_dir.name}\n".encode())
+            log.flush()
+            rc = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if rc != REQUEUE_EXIT:
+            return rc
+    return rc

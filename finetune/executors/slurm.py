@@ -1,0 +1,149 @@
+"""SLURM through its command-line tools: sbatch, squeue, sacct, scancel, scontrol.
+
+Every query covers all job ids at once (one squeue, one sacct), never one call per trial.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Sequence
+
+from finetune.errors import FinetuneError
+from finetune.executors.base import ArrayJob, TaskState, write_job_files
+
+SQUEUE_FORMAT = "%i|%T|%r"  # "<array job>_<task>" (or "<job>") | state | reason
+SACCT_FIELDS = "JobID,State,ExitCode"
+
+
+class SchedulerError(FinetuneError):
+    """A SLURM command failed (not bad input, but the run cannot go on)."""
+
+
+def _run(argv: Sequence[str], *, cwd: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(list(argv), capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    except FileNotFoundError:
+        raise SchedulerError(f"{argv[0]}: command not found (is SLURM installed and on PATH?)") from None
+    except subprocess.TimeoutExpired:
+        raise SchedulerError(f"{argv[0]}: no answer within {timeout:.0f}s") from None
+
+
+class SlurmExecutor:
+    name = "slurm"
+
+    def write(self, job: ArrayJob) -> None:
+        write_job_files(job)
+
+    def submit(self, job: ArrayJob) -> str:
+        argv = ["sbatch", "--parsable", f"--array={job.array_spec}", str(job.script_path)]
+        proc = _run(argv, cwd=str(job.plan_dir))
+        if proc.returncode != 0:
+            raise SchedulerError(f"sbatch {job.script_path} failed (exit {proc.returncode}): {proc.stderr.strip()}")
+        job_id = proc.stdout.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise SchedulerError(f"sbatch {job.script_path}: unexpected output {proc.stdout.strip()!r}")
+        return job_id
+
+    def state(self, job_ids: list[str]) -> dict[str, TaskState]:
+        return queue_state(job_ids)
+
+    def cancel(self, job_ids: list[str]) -> None:
+        if not job_ids:
+            return
+        proc = _run(["scancel", *sorted(set(job_ids), key=_id_key)])
+        if proc.returncode != 0:
+            raise SchedulerError(f"scancel failed (exit {proc.returncode}): {proc.stderr.strip()}")
+
+
+def _id_key(job_id: str) -> tuple[int, str]:
+    head = job_id.split("_")[0]
+    return (int(head) if head.isdigit() else 0, job_id)
+
+
+def queue_state(job_ids: Sequence[str]) -> dict[str, TaskState]:
+    """One ``squeue`` for the user's jobs; the tasks of ``job_ids``, keyed "<job>_<task>"."""
+    wanted = {str(j) for j in job_ids}
+    if not wanted:
+        return {}
+    proc = _run(["squeue", "--me", "--array", "--noheader", f"--format={SQUEUE_FORMAT}"])
+    if proc.returncode != 0:
+        raise SchedulerError(f"squeue failed (exit {proc.returncode}): {proc.stderr.strip()}")
+    return parse_squeue(proc.stdout, wanted)
+
+
+def parse_squeue(text: str, wanted: set[str] | None = None) -> dict[str, TaskState]:
+    out: dict[str, TaskState] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 2:
+            continue
+        # %i, not %A/%K: a running array task's %A is its own job id on some versions (22.05)
+        job, _, task = parts[0].partition("_")
+        state = parts[1]
+        reason = parts[2] if len(parts) > 2 else ""
+        if wanted is not None and job not in wanted:
+            continue
+        for t in _expand_tasks(task):
+            out[f"{job}_{t}"] = TaskState(state=state, reason="" if reason == "None" else reason)
+    return out
+
+
+def _expand_tasks(task: str) -> list[str]:
+    """squeue/sacct task fields: "5", "N/A", or an unexpanded "[0-3,7%2]"."""
+    if task in ("N/A", ""):
+        return ["0"]
+    task = task.strip("[]").split("%")[0]
+    out: list[str] = []
+    for part in task.split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            out.extend(str(i) for i in range(int(lo), int(hi) + 1))
+        elif part:
+            out.append(part)
+    return out
+
+
+def accounting_state(job_ids: Sequence[str]) -> dict[str, TaskState] | None:
+    """One ``sacct`` for all ``job_ids``; None when accounting is off or unreachable."""
+    ids = sorted({str(j) for j in job_ids}, key=_id_key)
+    if not ids:
+        return {}
+    try:
+        proc = _run(["sacct", "--allocations", "--noheader", "--parsable2",
+                     f"--format={SACCT_FIELDS}", f"--jobs={','.join(ids)}"], timeout=60)
+    except SchedulerError:
+        return None
+    if proc.returncode != 0:
+        return None
+    return parse_sacct(proc.stdout)
+
+
+def parse_sacct(text: str) -> dict[str, TaskState]:
+    out: dict[str, TaskState] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 3 or not parts[0]:
+            continue
+        job_id, state, exit_code = parts[0], parts[1].split(" ")[0], parts[2]
+        if "." in job_id:  # a step (batch, extern, 0): the allocation line says it all
+            continue
+        if "_" in job_id:
+            job, task = job_id.split("_", 1)
+        else:
+            job, task = job_id, "N/A"
+        for t in _expand_tasks(task):
+            out[f"{job}_{t}"] = TaskState(state=state, reason=exit_code, exit_code=exit_code)
+    return out
+
+
+def max_array_size() -> int | None:
+    """The cluster's MaxArraySize (``scontrol show config``): an array's indices must stay below it."""
+    try:
+        proc = _run(["scontrol", "show", "config"], timeout=30)
+    except SchedulerError:
+        return None
+    if proc.returncode != 0:
+        return None
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", proc.stdout, re.MULTILINE)
+    return int(m.group(1)) if m else None

@@ -1,0 +1,98 @@
+"""The same arrays through submitit's AutoExecutor (``map_array``): slurm when there, else local.
+
+submitit renders its own sbatch script (our template is still written beside it for the
+record); each task calls ``run_local_trial``, i.e. ``python -m finetune train TRIAL_DIR`` with
+output appended to the trial's log. Queue state and cancel go through the slurm tools, since
+submitit's job ids are SLURM ids. Needs accounting: without sacct submitit can wait forever on a
+job that died, so ``submit`` here never waits on results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from finetune.executors.base import ArrayJob, TaskState, write_job_files
+from finetune.executors.local import run_local_trial
+
+
+def _task(trial_dir: str) -> int:
+    return run_local_trial(Path(trial_dir))
+
+
+def time_minutes(time: str | None) -> int:
+    """A SLURM time limit ("MM", "MM:SS", "HH:MM:SS", "D-HH[:MM[:SS]]") in whole minutes (>= 1)."""
+    if not time:
+        return 60
+    days = 0
+    if "-" in time:
+        d, time = time.split("-", 1)
+        days = int(d)
+        parts = [int(p) for p in time.split(":")] + [0, 0]
+        hours, minutes, seconds = parts[0], parts[1], parts[2]
+    else:
+        parts = [int(p) for p in time.split(":")]
+        if len(parts) == 1:
+            hours, minutes, seconds = 0, parts[0], 0
+        elif len(parts) == 2:
+            hours, minutes, seconds = 0, parts[0], parts[1]
+        else:
+            hours, minutes, seconds = parts[0], parts[1], parts[2]
+    total = days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+    return max(1, total)
+
+
+def submitit_parameters(job: ArrayJob) -> dict[str, Any]:
+    s = job.slurm
+    params: dict[str, Any] = {
+        "name": job.name,
+        "timeout_min": time_minutes(job.time),
+        "cpus_per_task": s.get("cpus_per_task") or 1,
+        "nodes": s.get("nodes") or 1,
+        "tasks_per_node": s.get("ntasks_per_node") or 1,
+        "slurm_array_parallelism": job.throttle or len(job.trial_ids),
+        "slurm_signal_delay_s": s.get("signal_grace_s") or 120,
+    }
+    if s.get("gpus"):
+        params["gpus_per_node"] = s["gpus"]
+    for key in ("partition", "account", "qos", "mem"):
+        if s.get(key) is not None:
+            params[f"slurm_{key}"] = str(s[key])
+    if s.get("setup"):
+        params["slurm_setup"] = list(s["setup"])
+    extra = {k.replace("-", "_"): v for k, v in (s.get("extra") or {}).items() if v not in (None, False)}
+    if extra:
+        params["slurm_additional_parameters"] = extra
+    return params
+
+
+class SubmititExecutor:
+    name = "submitit"
+
+    def __init__(self, cluster: str | None = None):
+        self.cluster = cluster  # None: submitit picks (slurm when sbatch works)
+
+    def write(self, job: ArrayJob) -> None:
+        write_job_files(job)
+
+    def submit(self, job: ArrayJob) -> str:
+        import submitit
+
+        folder = job.plan_dir / "jobs" / "submitit" / "%j"
+        executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
+        params = submitit_parameters(job)
+        if executor.cluster != "slurm":
+            params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+        executor.update_parameters(**params)
+        jobs = executor.map_array(_task, [str(job.trial_dir(t)) for t in job.trial_ids])
+        return str(jobs[0].job_id).split("_")[0]
+
+    def state(self, job_ids: list[str]) -> dict[str, TaskState]:
+        from finetune.executors.slurm import queue_state
+
+        return queue_state([j for j in job_ids if j.isdigit()])
+
+    def cancel(self, job_ids: list[str]) -> None:
+        from finetune.executors.slurm import SlurmExecutor
+
+        SlurmExecutor().cancel([j for j in job_ids if j.isdigit()])

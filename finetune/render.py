@@ -1,0 +1,129 @@
+"""sbatch templates -> script text. Pure: reads the template, returns a string, writes nothing.
+
+The engine follows the file name: ``*.j2`` is jinja2 with ``StrictUndefined``; any other file is
+the old style, plain bash with Python ``str.format`` fields (``{job_name}``, ``{cpus}``,
+``{gpus}``, ``{timeout}``, ``{args}``, ``{temp_config_name}``, ...), as the original scripts used.
+
+Every value is shell-quoted on its way into the text (jinja2: through ``finalize``; old style:
+before ``format``), except values the caller marks ``ShellSafe`` because it built them from
+quoted parts itself. A value holding a line break is refused: on an ``#SBATCH`` line it would
+end the comment and start a shell command, whatever the quoting. A missing variable is a
+``ConfigError`` naming the template and the variable.
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import string
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from finetune.errors import ConfigError, Problem
+
+
+class ShellSafe(str):
+    """Text already fit for the shell (built here from quoted parts, or shell code on purpose)."""
+
+
+def quote(value: Any) -> str:
+    """One value as one shell word. Booleans become ``true``/``false``, None the empty word."""
+    if isinstance(value, ShellSafe):
+        return str(value)
+    if value is None:
+        value = ""
+    elif isinstance(value, bool):
+        value = "true" if value else "false"
+    return shlex.quote(str(value))
+
+
+def join(words: Iterable[Any]) -> ShellSafe:
+    """Several values as a command line, each quoted."""
+    return ShellSafe(" ".join(quote(w) for w in words))
+
+
+def line_breaks(value: Any) -> bool:
+    return isinstance(value, str) and any(c in value for c in "\n\r\0")
+
+
+def engine_for(template: str | Path) -> str:
+    return "jinja2" if str(template).endswith(".j2") else "format"
+
+
+def render(template: str | Path, context: Mapping[str, Any]) -> str:
+    """Render the template file at ``template`` with ``context``."""
+    path = Path(template)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(problems=[Problem(str(path), "", f"cannot read template: {e.strerror or e}")]) from None
+    return render_text(text, context, name=str(path), engine=engine_for(path))
+
+
+def render_text(text: str, context: Mapping[str, Any], *, name: str, engine: str) -> str:
+    """Render template ``text`` (called ``name`` in errors) with the given engine."""
+    _check_values(context, name)
+    if engine == "jinja2":
+        return _render_jinja(text, context, name)
+    if engine == "format":
+        return _render_format(text, context, name)
+    raise ValueError(f"unknown template engine {engine!r}")
+
+
+def _check_values(context: Mapping[str, Any], name: str, prefix: str = "") -> None:
+    for key, value in context.items():
+        if isinstance(value, Mapping):
+            _check_values(value, name, f"{prefix}{key}.")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                if line_breaks(item) and not isinstance(item, ShellSafe):
+                    raise ConfigError(
+                        problems=[Problem(name, "", f"value of {prefix}{key}[{i}] contains a line break")]
+                    )
+        elif line_breaks(value) and not isinstance(value, ShellSafe):
+            raise ConfigError(problems=[Problem(name, "", f"value of {prefix}{key} contains a line break")])
+
+
+@functools.lru_cache(maxsize=16)
+def _jinja_template(text: str) -> Any:
+    """Compiled once per template text: rendering a thousand arrays compiles once."""
+    import jinja2
+
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined,
+        finalize=quote,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["q"] = quote
+    return env.from_string(text)
+
+
+def _render_jinja(text: str, context: Mapping[str, Any], name: str) -> str:
+    import jinja2
+
+    try:
+        return _jinja_template(text).render(**context)
+    except jinja2.UndefinedError as e:
+        raise ConfigError(problems=[Problem(name, "", f"undefined template variable: {e.message}")]) from None
+    except jinja2.TemplateSyntaxError as e:
+        raise ConfigError(problems=[Problem(name, "", f"template syntax error at line {e.lineno}: {e.message}")]) from None
+
+
+def _render_format(text: str, context: Mapping[str, Any], name: str) -> str:
+    fields = {k: quote(v) for k, v in context.items() if not isinstance(v, (Mapping, list, tuple))}
+    missing = sorted(
+        {f for _, f, _, _ in string.Formatter().parse(text) if f is not None and f.split(".")[0].split("[")[0] not in fields}
+    )
+    if missing:
+        raise ConfigError(
+            problems=[Problem(name, "", f"undefined template variable: {m!r}") for m in missing if m]
+            or [Problem(name, "", "positional fields {} are not supported; name every field")]
+        )
+    try:
+        return text.format(**fields)
+    except (ValueError, IndexError, KeyError, AttributeError) as e:
+        raise ConfigError(problems=[Problem(name, "", f"bad format template: {e}")]) from None

@@ -1,0 +1,144 @@
+"""Where every trial of a plan stands: one ``squeue`` and one ``sacct`` for the whole plan.
+
+A trial is ``finished`` when its result.json exists; else ``pending``/``running`` when the
+scheduler still holds its latest submission; else what accounting says about that submission
+(``failed`` with OUT_OF_MEMORY, TIMEOUT, PREEMPTED, NODE_FAIL or the exit code; ``cancelled``);
+else what its state.json says; else ``unsubmitted``. Without accounting (sacct refused) the
+report says so and uses squeue plus the trial files alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune.errors import UsageError
+from finetune.executors.base import TaskState
+
+STATES = ("finished", "running", "pending", "preempted", "failed", "cancelled", "unsubmitted")
+FAILURE_STATES = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+LOG_TAIL_LINES = 10
+
+
+@dataclass
+class TrialStatus:
+    trial_id: str
+    state: str  # one of STATES
+    reason: str = ""  # OUT_OF_MEMORY, TIMEOUT, PREEMPTED, NODE_FAIL, "exit code 1", squeue's reason, ...
+    job: str = ""  # "<job id>_<task>" of the latest submission
+    restart_count: int | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StatusReport:
+    plan_dir: Path
+    trials: list[TrialStatus]
+    accounting: bool  # sacct answered
+    scheduler: bool  # squeue answered (False: no SLURM submissions, or no SLURM here)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        c = Counter(t.state for t in self.trials)
+        return {s: c[s] for s in STATES if c[s]}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"plan_dir": str(self.plan_dir), "counts": self.counts, "accounting": self.accounting,
+                "scheduler": self.scheduler, "notes": self.notes,
+                "trials": [t.__dict__ for t in self.trials]}
+
+
+def log_tail(trial_dir: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    path = trial_dir / "log.txt"
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 16384))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return data.splitlines()[-lines:]
+
+
+def _read_state(trial_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((trial_dir / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _failure_reason(acct: TaskState) -> str:
+    if acct.state == "FAILED":
+        code = acct.exit_code.split(":")
+        if len(code) == 2 and code[1] not in ("", "0"):
+            return f"signal {code[1]}"
+        return f"exit code {code[0]}" if code and code[0] else "FAILED"
+    return acct.state
+
+
+def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue: dict[str, TaskState],
+             acct: dict[str, TaskState] | None) -> TrialStatus:
+    """One trial's status from the files, its latest manifest entry and the scheduler's answers."""
+    saved = _read_state(trial_dir)
+    restart = saved.get("restart_count")
+    job = f"{entry['job_id']}_{entry['array_index']}" if entry else ""
+    if (trial_dir / "result.json").is_file():
+        return TrialStatus(trial_id, "finished", job=job, restart_count=restart)
+    q = queue.get(job) if job else None
+    if q is not None and q.active:
+        state = "running" if q.state in ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT") else "pending"
+        return TrialStatus(trial_id, state, reason=q.reason if state == "pending" else "", job=job,
+                           restart_count=restart)
+    a = acct.get(job) if (acct is not None and job) else None
+    if a is not None and a.state in FAILURE_STATES:
+        return TrialStatus(trial_id, "failed", _failure_reason(a), job, restart, log_tail(trial_dir))
+    if a is not None and a.state == "CANCELLED":
+        return TrialStatus(trial_id, "cancelled", "CANCELLED", job, restart, log_tail(trial_dir))
+    if a is not None and a.state == "COMPLETED" and saved.get("state") != "preempted":
+        return TrialStatus(trial_id, "failed", "exit code 0 without result.json", job, restart, log_tail(trial_dir))
+    if saved.get("state") == "failed":
+        return TrialStatus(trial_id, "failed", saved.get("reason") or "failed", job, restart, log_tail(trial_dir))
+    if saved.get("state") == "preempted":
+        return TrialStatus(trial_id, "preempted", saved.get("reason") or "", job, restart, log_tail(trial_dir))
+    if entry is None:
+        return TrialStatus(trial_id, "unsubmitted", restart_count=restart)
+    if saved.get("state") == "running":  # the scheduler no longer has it and no one says why
+        return TrialStatus(trial_id, "failed", "stopped while running (no accounting record)", job, restart,
+                           log_tail(trial_dir))
+    if entry.get("executor") == "local":
+        return TrialStatus(trial_id, "failed", "ended without result.json", job, restart, log_tail(trial_dir))
+    return TrialStatus(trial_id, "cancelled", "left the queue before starting", job, restart, log_tail(trial_dir))
+
+
+def plan_status(plan_dir: str | Path) -> StatusReport:
+    from finetune.executors.slurm import SchedulerError, accounting_state, queue_state
+    from finetune.plan import load_plan
+    from finetune.submit import latest_entries, load_manifest
+
+    plan_dir = Path(plan_dir).resolve()
+    if not (plan_dir / "plan.json").is_file():
+        raise UsageError(f"{plan_dir}: no plan here (plan.json missing; run `finetune plan` first)")
+    plan = load_plan(plan_dir)
+    entries = latest_entries(load_manifest(plan_dir))
+    remote = sorted({str(e["job_id"]) for e in entries.values() if e.get("executor") in ("slurm", "submitit")})
+    notes: list[str] = []
+    queue: dict[str, TaskState] = {}
+    acct: dict[str, TaskState] | None = None
+    scheduler = False
+    if remote:
+        try:
+            queue = queue_state(remote)
+            scheduler = True
+        except SchedulerError as e:
+            notes.append(f"squeue unavailable ({e}); states come from the trial files")
+        acct = accounting_state(remote)
+        if acct is None:
+            notes.append("accounting (sacct) unavailable: failure reasons come from the trial files only")
+    trials = [classify(t.id, plan_dir / "trials" / t.id, entries.get(t.id), queue, acct) for t in plan.trials]
+    return StatusReport(plan_dir, trials, accounting=acct is not None, scheduler=scheduler, notes=notes)

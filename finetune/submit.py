@@ -1,0 +1,477 @@
+"""Plan -> arrays on a scheduler, with a manifest that always says what is queued.
+
+``submit`` picks the trials that need to run (neither finished, i.e. with a result.json, nor
+queued or running per one scheduler call), checks that their inputs exist
+(``finetune.prefetch.check_plan``), freezes their configs, groups them by resources into job
+arrays (split at the cluster's MaxArraySize), renders one script per array and submits them,
+writing ``DIR/manifest.json`` after every sbatch. Everything up to the first sbatch is checked
+first: bad input raises before anything is written or submitted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
+from finetune.executors.base import ArrayJob, make_executor, resolve_name, write_job_files
+from finetune.fileio import atomic_write_json, read_json
+from finetune.render import ShellSafe, join, line_breaks, quote, render
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TEMPLATE = REPO / "jobs" / "templates" / "array.sbatch.j2"
+MANIFEST = "manifest.json"
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
+TIME_RE = re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$")
+MEM_RE = re.compile(r"^[0-9]+[KMGT]?$")
+FLAG_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
+INT_KEYS = {"cpus_per_task": 1, "gpus": 0, "nodes": 1, "ntasks_per_node": 1, "signal_grace_s": 0}
+STR_KEYS = ("account", "partition", "qos", "output")
+
+
+@dataclass
+class SubmitReport:
+    executor: str
+    arrays: list[ArrayJob]
+    job_ids: list[str] = field(default_factory=list)
+    submitted: list[str] = field(default_factory=list)  # trial ids sent to the executor
+    finished: list[str] = field(default_factory=list)  # skipped: result.json present
+    active: list[str] = field(default_factory=list)  # skipped: queued or running
+    dry_run: bool = False
+    manifest: Path | None = None
+
+    @property
+    def sbatch_calls(self) -> int:
+        return len(self.job_ids)
+
+    @property
+    def scripts(self) -> list[Path]:
+        return [job.script_path for job in self.arrays]
+
+    def summary(self) -> str:
+        skipped = f"{len(self.finished)} finished, {len(self.active)} queued or running"
+        if self.dry_run:
+            tasks = sum(len(j.trial_ids) for j in self.arrays)
+            return (f"dry run ({self.executor}): would submit {tasks} trials in {len(self.arrays)} arrays; "
+                    f"skipped {skipped}; scripts: {', '.join(str(p) for p in self.scripts) or '(none)'}")
+        if not self.submitted:
+            return f"nothing to submit ({skipped})"
+        verb = "ran" if self.executor == "local" else "submitted"
+        return (f"{verb} {len(self.submitted)} trials in {len(self.arrays)} arrays ({self.executor}: "
+                f"{', '.join(self.job_ids)}); skipped {skipped}; manifest: {self.manifest}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan directory (through finetune.plan)
+
+
+def plan_trial_ids(plan_dir: Path) -> list[str]:
+    from finetune.plan import load_plan
+
+    return [t.id for t in load_plan(plan_dir).trials]
+
+
+def trial_config(plan_dir: Path, trial_id: str, plan: Any = None) -> tuple[Path, dict[str, Any]]:
+    """Freeze a trial that is about to be (re)submitted. ``refresh``: a failed or never-queued
+    trial takes the operational settings (slurm, data mirrors) that plan.json has now."""
+    from finetune.plan import materialize_trial
+
+    path = Path(materialize_trial(plan_dir, trial_id, plan=plan, refresh=True))
+    return path, read_json(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# the manifest
+
+
+def manifest_path(plan_dir: Path) -> Path:
+    return Path(plan_dir) / MANIFEST
+
+
+def load_manifest(plan_dir: Path) -> dict[str, Any]:
+    path = manifest_path(plan_dir)
+    if not path.is_file():
+        return {"version": 1, "submissions": []}
+    data = read_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("submissions"), list):
+        raise ConfigError(problems=[Problem(str(path), "$.submissions", "not a submission list")])
+    return data
+
+
+def latest_entries(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """trial id -> its most recent submission."""
+    return {e["trial_id"]: e for e in manifest["submissions"]}
+
+
+def task_key(entry: dict[str, Any]) -> str:
+    return f"{entry['job_id']}_{entry['array_index']}"
+
+
+def queued_trials(entries: dict[str, dict[str, Any]]) -> set[str]:
+    """Trials whose latest submission SLURM still holds (one squeue for all of them).
+
+    Asked whatever executor submits now: a trial queued by ``slurm`` or ``submitit`` must not go
+    again through ``local``. When SLURM cannot answer, submitting would risk duplicates: error.
+    """
+    from finetune.executors.slurm import SchedulerError, queue_state
+
+    remote = {t: e for t, e in entries.items() if e.get("executor") in ("slurm", "submitit")}
+    if not remote:
+        return set()
+    try:
+        states = queue_state(sorted({str(e["job_id"]) for e in remote.values()}))
+    except SchedulerError as e:
+        raise FinetuneError(f"{len(remote)} trials were submitted to SLURM before, and SLURM cannot say "
+                            f"whether they are still queued: {e}") from None
+    return {t for t, e in remote.items() if (s := states.get(task_key(e))) is not None and s.active}
+
+
+@contextlib.contextmanager
+def _locked(plan_dir: Path) -> Iterator[None]:
+    """One submit (or cancel) at a time per plan: two at once could queue a trial twice."""
+    import fcntl
+
+    with open(plan_dir / ".submit.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"{plan_dir}: another submit or cancel is running on this plan") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# ---------------------------------------------------------------------------------------------
+# resources -> directives (pure)
+
+
+def _path(*parts: str) -> str:
+    out = "$"
+    for p in parts:
+        out += f".{p}" if re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", p) else f"[{json.dumps(p)}]"
+    return out
+
+
+def slurm_problems(slurm: Any, config_file: str, provenance: dict[str, str] | None = None) -> list[Problem]:
+    """Everything wrong with a trial's ``slurm`` section that would break or endanger a script."""
+    provenance = provenance or {}
+
+    def problem(message: str, *parts: str) -> Problem:
+        path = _path("slurm", *parts)
+        return Problem(provenance.get(path, config_file), path, message)
+
+    if not isinstance(slurm, dict):
+        return [problem("must be an object")]
+    out: list[Problem] = []
+    for key, minimum in INT_KEYS.items():
+        v = slurm.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < minimum):
+            out.append(problem(f"must be an integer >= {minimum}", key))
+    for key in STR_KEYS:
+        v = slurm.get(key)
+        if v is not None and not isinstance(v, str):
+            out.append(problem("must be a string or null", key))
+        elif line_breaks(v):
+            out.append(problem("must not contain a line break", key))
+    mem = slurm.get("mem")
+    if mem is not None and not (isinstance(mem, str) and MEM_RE.match(mem)):
+        out.append(problem("must be a SLURM memory size such as 8G or 16000M", "mem"))
+    t = slurm.get("time")
+    if t is not None and not (isinstance(t, str) and TIME_RE.match(t)):
+        out.append(problem("must be a SLURM time such as 04:00:00, 90 or 1-12:00:00", "time"))
+    setup = slurm.get("setup", [])
+    if not isinstance(setup, list):
+        out.append(problem("must be a list of shell lines", "setup"))
+    else:
+        for i, line in enumerate(setup):
+            if not isinstance(line, str) or line_breaks(line):
+                p = problem("must be one shell line (a string without line breaks)", "setup")
+                out.append(Problem(p.file, f"{p.path}[{i}]", p.message))
+    extra = slurm.get("extra", {})
+    if not isinstance(extra, dict):
+        out.append(problem("must be an object of sbatch flags", "extra"))
+    else:
+        for k, v in extra.items():
+            if not FLAG_RE.match(k):
+                out.append(problem("is not an sbatch flag name (letters, digits, '-')", "extra", k))
+            elif not isinstance(v, (str, int, float, bool)) and v is not None:
+                out.append(problem("must be a string, number or boolean", "extra", k))
+            elif line_breaks(v):
+                out.append(problem("must not contain a line break", "extra", k))
+    return out
+
+
+def directives(slurm: dict[str, Any], time: str | None, log_pattern: str) -> list[ShellSafe]:
+    """The ``#SBATCH`` flags of a resource group, sorted, values quoted (without the ``#SBATCH``)."""
+    flags: dict[str, Any] = {}
+    for key in ("account", "partition", "qos", "mem"):
+        if slurm.get(key) is not None:
+            flags[key] = slurm[key]
+    flags["cpus-per-task"] = slurm.get("cpus_per_task") or 1
+    flags["nodes"] = slurm.get("nodes") or 1
+    flags["ntasks-per-node"] = slurm.get("ntasks_per_node") or 1
+    if slurm.get("gpus"):
+        flags["gres"] = f"gpu:{slurm['gpus']}"
+    if time:
+        flags["time"] = time
+    flags["output"] = slurm.get("output") or log_pattern
+    for k, v in (slurm.get("extra") or {}).items():
+        if v is None or v is False:
+            flags.pop(k, None)
+        else:
+            flags[k] = v
+    return [ShellSafe(f"--{k}" if v is True else f"--{k}={quote(v)}") for k, v in sorted(flags.items())]
+
+
+def resource_key(slurm: dict[str, Any], time: str | None) -> str:
+    blob = json.dumps({"slurm": slurm, "time": time}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+
+def job_name(plan_dir: Path, key: str) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", plan_dir.name).strip("-.")[:40] or "plan"
+    return f"ft-{base}-{key}"
+
+
+def script_context(job_name: str, plan_dir: Path, index_file: Path, slurm: dict[str, Any],
+                   time: str | None, python: str | None = None) -> dict[str, Any]:
+    """Everything a template may use (jinja2 and old style alike)."""
+    python = python or sys.executable
+    log_pattern = str(plan_dir / "jobs" / "logs" / "%x-%A_%a.out")
+    tasks = (slurm.get("nodes") or 1) * (slurm.get("ntasks_per_node") or 1)
+    return {
+        "job_name": job_name,
+        "directives": directives(slurm, time, log_pattern),
+        "setup": [ShellSafe(line) for line in slurm.get("setup") or []],  # shell code on purpose
+        "plan_dir": str(plan_dir),
+        "index_file": str(index_file),
+        "python": python,
+        "launcher": ShellSafe("srun --kill-on-bad-exit=1 " if tasks > 1 else ""),
+        "grace": int(slurm.get("signal_grace_s") if slurm.get("signal_grace_s") is not None else 120),
+        # old-style names
+        "cpus": slurm.get("cpus_per_task") or 1,
+        "gpus": slurm.get("gpus") or 0,
+        "timeout": time or "",
+        "mem": slurm.get("mem") or "",
+        "partition": slurm.get("partition") or "",
+        "account": slurm.get("account") or "",
+        "qos": slurm.get("qos") or "",
+        "nodes": slurm.get("nodes") or 1,
+        "ntasks_per_node": slurm.get("ntasks_per_node") or 1,
+        "output": slurm.get("output") or log_pattern,
+        "args": join(["-m", "finetune", "array-task", str(index_file)]),
+        "temp_config_name": str(index_file),
+    }
+
+
+def chunks(items: Sequence[str], size: int) -> list[list[str]]:
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def plan_arrays(plan_dir: Path, trials: list[tuple[str, dict[str, Any]]], *, batch: str,
+                template: Path, timeout: str | None, throttle: int | None, max_array_size: int,
+                python: str | None = None) -> list[ArrayJob]:
+    """Group (trial id, trial config) pairs by resources, split at ``max_array_size``, render."""
+    groups: dict[str, tuple[dict[str, Any], str | None, list[str]]] = {}
+    for trial_id, cfg in trials:
+        slurm = dict(cfg.get("slurm") or {})
+        time = timeout or slurm.get("time")
+        key = resource_key(slurm, time)
+        groups.setdefault(key, (slurm, time, []))[2].append(trial_id)
+    jobs: list[ArrayJob] = []
+    folder = plan_dir / "jobs" / batch
+    for key, (slurm, time, ids) in groups.items():
+        for n, part in enumerate(chunks(ids, max_array_size)):
+            name = job_name(plan_dir, key)
+            index = folder / f"{key}-{n}.index"
+            text = render(template, script_context(name, plan_dir, index, slurm, time, python))
+            jobs.append(ArrayJob(name=name, plan_dir=plan_dir, script_path=folder / f"{key}-{n}.sbatch",
+                                 index_path=index, script=text, trial_ids=tuple(part), slurm=slurm,
+                                 time=time, throttle=throttle))
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------
+# prefetch check
+
+
+def check_inputs(configs: list[tuple[Path, dict[str, Any]]]) -> list[Problem]:
+    """``finetune.prefetch.check_plan`` on the frozen configs of the trials that train.
+
+    The ``count`` stand-in needs no checkpoint, tokenizer or data. Tolerates a missing module.
+    """
+    real = [str(path) for path, c in configs if (c.get("training") or {}).get("workload", "finetune") != "count"]
+    if not real:
+        return []
+    try:
+        from finetune.prefetch import check_plan
+    except ImportError:
+        return []
+    return list(check_plan(real))
+
+
+# ---------------------------------------------------------------------------------------------
+# submit
+
+
+def _check_flags(template: Path, timeout: str | None, throttle: int | None, max_array_size: int | None) -> None:
+    problems = []
+    if not template.is_file():
+        problems.append(Problem("--template", "", f"no such template: {template}"))
+    if timeout is not None and not TIME_RE.match(str(timeout)):
+        problems.append(Problem("--timeout", "", f"{timeout!r} is not a SLURM time such as 04:00:00, 90 or 1-12:00:00"))
+    if throttle is not None and throttle < 1:
+        problems.append(Problem("--throttle", "", "must be at least 1"))
+    if max_array_size is not None and max_array_size < 1:
+        problems.append(Problem("--max-array-size", "", "must be at least 1"))
+    if problems:
+        raise UsageError(problems=problems)
+
+
+def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path | None = None,
+           timeout: str | None = None, throttle: int | None = None, dry_run: bool = False,
+           max_array_size: int | None = None, parallel: int | None = None,
+           python: str | None = None) -> SubmitReport:
+    """Submit every trial of the plan that is neither finished nor queued (see module doc).
+
+    ``parallel``: trials at once for the local executor (default: its throttle, else cores/2).
+    ``python``: the interpreter the scripts run (default: this one).
+    ``dry_run``: decide and render, submit nothing, write no scripts (trial configs are frozen).
+    """
+    plan_dir = Path(plan_dir).resolve()
+    template_path = Path(template).resolve() if template else DEFAULT_TEMPLATE
+    timeout = str(timeout) if timeout is not None else None
+    _check_flags(template_path, timeout, throttle, max_array_size)
+    name = resolve_name(executor)
+    ex = make_executor(name, parallel=parallel)
+    from finetune.plan import load_plan
+
+    plan = load_plan(plan_dir)
+    with _locked(plan_dir):
+        manifest = load_manifest(plan_dir)
+        entries = latest_entries(manifest)
+        finished, active, todo = [], [], []
+        queued = queued_trials(entries)
+        for t in plan.trials:
+            if (plan_dir / "trials" / t.id / "result.json").is_file():
+                finished.append(t.id)
+            elif t.id in queued:
+                active.append(t.id)
+            else:
+                todo.append(t.id)
+        report = SubmitReport(executor=name, arrays=[], finished=finished, active=active, dry_run=dry_run,
+                              manifest=manifest_path(plan_dir))
+        if not todo:
+            return report
+
+        configs = [(tid, *trial_config(plan_dir, tid, plan)) for tid in todo]
+        problems = [p for tid, path, cfg in configs
+                    for p in slurm_problems(cfg.get("slurm", {}), str(path), cfg.get("provenance"))]
+        problems += check_inputs([(path, cfg) for _, path, cfg in configs])
+        if problems:
+            raise ConfigError("cannot submit:", problems=problems)
+
+        size = max_array_size or _cluster_max_array_size(name)
+        batch = f"{sum(1 for _ in _batches(manifest)) + 1:04d}"
+        report.arrays = plan_arrays(plan_dir, [(tid, cfg) for tid, _, cfg in configs], batch=batch,
+                                    template=template_path, timeout=timeout, throttle=throttle,
+                                    max_array_size=size, python=python)
+        if dry_run:  # the scripts and index files, to read; no manifest entry, nothing queued
+            for job in report.arrays:
+                write_job_files(job)
+            return report
+
+        (plan_dir / "jobs" / "logs").mkdir(parents=True, exist_ok=True)
+        for n, job in enumerate(report.arrays):
+            ex.write(job)
+            # Ctrl-C between a successful sbatch and the manifest write would leave a queued array
+            # that no one knows about (and a rerun would queue it twice): hold signals until both
+            # are done. Not for the local executor, whose "submit" is the whole run.
+            with _signals_held(name != "local"):
+                try:
+                    job_id = ex.submit(job)
+                except FinetuneError as e:
+                    raise FinetuneError(
+                        f"submission stopped at array {n + 1} of {len(report.arrays)} ({job.script_path}): {e}\n"
+                        f"{len(report.submitted)} trials were queued before that; {report.manifest} lists them, "
+                        "and running submit again sends only the rest"
+                    ) from e
+                stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                script = str(job.script_path.relative_to(plan_dir))
+                manifest["submissions"].extend(
+                    {"job_id": job_id, "array_index": i, "trial_id": tid, "executor": name, "submitted": stamp,
+                     "batch": batch, "script": script}
+                    for i, tid in enumerate(job.trial_ids)
+                )
+                atomic_write_json(manifest_path(plan_dir), manifest, indent=1)
+            report.job_ids.append(job_id)
+            report.submitted.extend(job.trial_ids)
+        return report
+
+
+@contextlib.contextmanager
+def _signals_held(hold: bool) -> Iterator[None]:
+    """Defer SIGINT/SIGTERM/SIGHUP (main thread only) until the block is done."""
+    import signal
+    import threading
+
+    if not hold or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _batches(manifest: dict[str, Any]) -> set[str]:
+    return {e.get("batch") for e in manifest["submissions"]}
+
+
+def _cluster_max_array_size(executor: str) -> int:
+    if executor in ("slurm", "submitit"):
+        from finetune.executors.slurm import max_array_size
+
+        return max_array_size() or DEFAULT_MAX_ARRAY_SIZE
+    return DEFAULT_MAX_ARRAY_SIZE
+
+
+# ---------------------------------------------------------------------------------------------
+# cancel
+
+
+@dataclass
+class CancelReport:
+    job_ids: list[str]
+    trials: list[str]
+
+
+def cancel(plan_dir: str | Path) -> CancelReport:
+    """Cancel every queued or running task of the plan (one squeue, one scancel)."""
+    plan_dir = Path(plan_dir).resolve()
+    if not (plan_dir / "plan.json").is_file():
+        raise UsageError(problems=[Problem(str(plan_dir), "", "no plan here (plan.json missing)")])
+    manifest = load_manifest(plan_dir)
+    entries = latest_entries(manifest)
+    remote = {t: e for t, e in entries.items() if e.get("executor") in ("slurm", "submitit")}
+    if not remote:
+        return CancelReport([], [])
+    from finetune.executors.slurm import SlurmExecutor
+
+    ex = SlurmExecutor()
+    with _locked(plan_dir):
+        queued = queued_trials(remote)
+        tasks = sorted({task_key(remote[t]) for t in queued})
+        ex.cancel(tasks)
+    return CancelReport(job_ids=tasks, trials=sorted(queued))

@@ -1,0 +1,34 @@
+"""One trial, by its directory: the entry point every executor runs (``finetune train DIR``).
+
+Dispatches on ``training.workload``: ``"finetune"`` (the trainer, imported only then) or
+``"count"`` (the stand-in of finetune.workloads). Exit codes: 0 finished, 1 failed, 75
+checkpointed after SIGUSR2 (requeue me).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finetune.errors import ConfigError, Problem
+from finetune.fileio import read_json
+
+WORKLOADS = ("finetune", "count")
+
+
+def run_trial(trial_dir: str | Path) -> int:
+    trial_dir = Path(trial_dir)
+    path = trial_dir / "config.json"
+    if not path.is_file():
+        raise ConfigError(problems=[Problem(str(path), "", "no trial config here (submit writes it)")])
+    config = read_json(path)
+    workload = (config.get("training") or {}).get("workload", "finetune")
+    if workload == "count":
+        from finetune.workloads import count
+
+        return count(trial_dir, config)
+    if workload == "finetune":
+        from finetune.trainer import run
+
+        return int(run(trial_dir))
+    raise ConfigError(problems=[Problem(str(path), "$.training.workload",
+                                        f"unknown workload {workload!r}; choose one of {', '.join(WORKLOADS)}")])

@@ -1,0 +1,81 @@
+"""The counting stand-in for the trainer: same files, same USR2 / exit-75 protocol, no torch.
+
+Counts from 0 to ``training.count_to``, sleeping ``training.count_sleep_s`` per step, and saves
+the count atomically after every step (``checkpoints/count.json``), so a rerun resumes exactly
+where the last one stopped. On SIGUSR2 it finishes the current step, saves, writes state.json
+``preempted`` and exits 75. ``training.count_fail_at`` (optional) makes it fail on reaching that
+count (exit 1, state ``failed``), for testing failure reports. Each run is recorded with its
+``SLURM_RESTART_COUNT`` in state.json and, at the end, in result.json.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from finetune.fileio import atomic_write_json, read_json
+
+PREEMPTED = 75
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_state(trial_dir: Path, state: str, reason: str = "", **extra: Any) -> None:
+    restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    atomic_write_json(trial_dir / "state.json", {"state": state, "reason": reason, "restart_count": restart,
+                                                 "updated": _now(), **extra})
+
+
+def count(trial_dir: str | Path, config: dict[str, Any]) -> int:
+    trial_dir = Path(trial_dir)
+    training = config.get("training") or {}
+    target = int(training.get("count_to", 100))
+    sleep_s = float(training.get("count_sleep_s", 0.1))
+    fail_at = training.get("count_fail_at")
+    ckpt = trial_dir / "checkpoints" / "count.json"
+    saved = read_json(ckpt) if ckpt.is_file() else {"count": 0, "runs": []}
+    n = int(saved["count"])
+    restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    runs = list(saved.get("runs", [])) + [{"start": n, "restart_count": restart,
+                                           "job_id": os.environ.get("SLURM_JOB_ID"), "started": _now()}]
+
+    stop = {"requested": False}
+
+    def on_usr2(signum: int, frame: Any) -> None:
+        stop["requested"] = True
+
+    previous = signal.signal(signal.SIGUSR2, on_usr2)
+    started = time.monotonic()
+    try:
+        write_state(trial_dir, "running", count=n)
+        print(f"count: starting at {n} of {target} (restart {restart})", flush=True)
+        while n < target:
+            if stop["requested"]:
+                atomic_write_json(ckpt, {"count": n, "runs": runs})
+                write_state(trial_dir, "preempted", "SIGUSR2", count=n)
+                print(f"count: USR2 at {n}; checkpointed, exiting {PREEMPTED}", flush=True)
+                return PREEMPTED
+            if fail_at is not None and n >= int(fail_at):
+                atomic_write_json(ckpt, {"count": n, "runs": runs})
+                write_state(trial_dir, "failed", f"count_fail_at={fail_at} reached", count=n)
+                print(f"count: failing on purpose at {n}", flush=True)
+                return 1
+            time.sleep(sleep_s)
+            n += 1
+            atomic_write_json(ckpt, {"count": n, "runs": runs}, indent=None)
+        write_state(trial_dir, "finished", count=n)
+        atomic_write_json(trial_dir / "result.json", {
+            "state": "finished", "trial": config.get("id", trial_dir.name), "workload": "count",
+            "count": n, "restart_count": restart, "runs": runs,
+            "timing": {"wall_s": round(time.monotonic() - started, 3)},
+        })
+        print(f"count: finished at {n}", flush=True)
+        return 0
+    finally:
+        signal.signal(signal.SIGUSR2, previous)

@@ -1,0 +1,133 @@
+"""Rendering: engines by file name, strict variables, quoting, and the golden default script."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from finetune.errors import ConfigError
+from finetune.render import ShellSafe, engine_for, quote, render, render_text
+from finetune.submit import DEFAULT_TEMPLATE, directives, script_context
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATES = REPO / "jobs" / "templates"
+GOLDEN = Path(__file__).parent / "golden" / "array.sbatch"
+
+SLURM = {"account": "proj-42", "partition": "gpu", "qos": None, "cpus_per_task": 8, "gpus": 2, "mem": "32G",
+         "time": "04:00:00", "nodes": 1, "ntasks_per_node": 1, "output": None,
+         "setup": ["module load cuda/12.1", "source /opt/venvs/ft/bin/activate"], "signal_grace_s": 120,
+         "extra": {"constraint": "a100", "exclusive": True, "hold": False}}
+
+
+def golden_context() -> dict:
+    plan = Path("/plans/rus pol")
+    return script_context("ft-rus-pol-0a1b2c3d", plan, plan / "jobs" / "0001" / "0a1b2c3d-0.index", SLURM,
+                          "04:00:00", python="/opt/venvs/ft/bin/python")
+
+
+def test_engine_follows_file_name():
+    assert engine_for("x/array.sbatch.j2") == "jinja2"
+    assert engine_for("x/old.sbatch") == "format"
+    assert engine_for("x/old.sh") == "format"
+
+
+def test_default_template_matches_golden():
+    text = render(DEFAULT_TEMPLATE, golden_context())
+    if os.environ.get("FINETUNE_UPDATE_GOLDEN"):
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_golden_is_valid_bash_with_sorted_quoted_directives():
+    text = GOLDEN.read_text()
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+    lines = [line for line in text.splitlines() if line.startswith("#SBATCH ")]
+    flags = [shlex.split(line[len("#SBATCH "):])[0] for line in lines]
+    assert flags[0] == "--job-name=ft-rus-pol-0a1b2c3d"
+    resource_flags = flags[1:-3]
+    assert resource_flags == sorted(resource_flags)
+    assert "--output=/plans/rus pol/jobs/logs/%x-%A_%a.out" in flags  # one word after sbatch's own unquoting
+    assert "--gres=gpu:2" in flags and "--exclusive" in flags and "--constraint=a100" in flags
+    assert not any(f.startswith("--hold") for f in flags)  # false drops the flag
+    assert flags[-3:] == ["--signal=B:USR2@120", "--requeue", "--open-mode=append"]
+    assert "module load cuda/12.1\n" in text  # setup lines are shell code, verbatim
+
+
+def test_jinja_missing_variable_names_template_and_variable(tmp_path):
+    t = tmp_path / "mine.sbatch.j2"
+    t.write_text("#!/bin/bash\necho {{ job_name }} {{ no_such_thing }}\n")
+    with pytest.raises(ConfigError) as e:
+        render(t, {"job_name": "x"})
+    assert str(t) in str(e.value) and "no_such_thing" in str(e.value)
+    assert e.value.exit_code == 2
+
+
+def test_format_missing_variable_names_template_and_variable(tmp_path):
+    t = tmp_path / "old.sbatch"
+    t.write_text("#!/bin/bash\n#SBATCH --job-name={job_name}\npython run.py {args} {temp_config_nmae}\n")
+    with pytest.raises(ConfigError) as e:
+        render(t, {"job_name": "x", "args": "a"})
+    assert str(t) in str(e.value) and "temp_config_nmae" in str(e.value)
+
+
+@pytest.mark.parametrize("engine,text", [("jinja2", "echo {{ v }}"), ("format", "echo {v}")])
+def test_every_value_is_one_shell_word(engine, text):
+    nasty = "a b'c\"d $(touch x) `y`; z"
+    out = render_text(text, {"v": nasty}, name="t", engine=engine)
+    assert shlex.split(out) == ["echo", nasty]
+
+
+@pytest.mark.parametrize("engine,text", [("jinja2", "echo {{ v }}"), ("format", "echo {v}")])
+def test_line_breaks_are_refused(engine, text):
+    with pytest.raises(ConfigError, match="line break"):
+        render_text(text, {"v": "ok\ntouch pwned"}, name="t", engine=engine)
+
+
+def test_shell_safe_values_pass_unquoted_and_quote_handles_types():
+    assert render_text("{{ v }}", {"v": ShellSafe("a b")}, name="t", engine="jinja2") == "a b"
+    assert quote(None) == "''" and quote(True) == "true" and quote(3) == "3"
+
+
+def test_old_style_template_renders_with_the_shipped_context():
+    text = render(TEMPLATES / "old-style.sbatch", golden_context())
+    assert "#SBATCH --cpus-per-task=8\n" in text and "#SBATCH --gres=gpu:2\n" in text
+    assert "#SBATCH --time=04:00:00\n" in text
+    assert "/opt/venvs/ft/bin/python -m finetune array-task '/plans/rus pol/jobs/0001/0a1b2c3d-0.index'" in text
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+
+
+def test_directives_extra_flags_and_multi_task_launcher():
+    d = directives({"cpus_per_task": 2, "extra": {"mail-type": "END", "hold": True}}, "10", "/l/%A.out")
+    assert d == ["--cpus-per-task=2", "--hold", "--mail-type=END", "--nodes=1", "--ntasks-per-node=1",
+                 "--output=/l/%A.out", "--time=10"]
+    ctx = script_context("j", Path("/p"), Path("/p/i"), {"nodes": 2, "ntasks_per_node": 4}, None, python="py")
+    assert ctx["launcher"].startswith("srun ")
+    assert script_context("j", Path("/p"), Path("/p/i"), {}, None, python="py")["launcher"] == ""
+
+
+def test_cli_bad_template_exits_2_and_writes_nothing(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from submit_helpers import make_plan
+
+    plan = tmp_path / "plan"
+    make_plan(plan, 2)
+    t = tmp_path / "broken.sbatch.j2"
+    t.write_text("#!/bin/bash\n{{ undefined_var }}\n")
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    (tmp_path / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path}/SBATCH_CALLED\necho 1\n")
+    (tmp_path / "sbatch").chmod(0o755)
+    proc = subprocess.run([sys.executable, "-m", "finetune", "submit", str(plan), "--template", str(t),
+                           "--executor", "slurm", "--max-array-size", "10"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert str(t) in proc.stderr and "undefined_var" in proc.stderr
+    assert not (plan / "manifest.json").exists() and not (plan / "jobs").exists()
+    assert not (tmp_path / "SBATCH_CALLED").exists()
+    proc = subprocess.run([sys.executable, "-m", "finetune", "submit", str(plan), "--template", "nope.j2"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and "--template" in proc.stderr and "nope.j2" in proc.stderr
