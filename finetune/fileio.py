@@ -42,10 +42,7 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read strict JSON (files this tool wrote); errors name file, line and column."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(problems=[Problem(str(path), "", f"cannot read: {e.strerror or e}")]) from None
+    text = _read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -62,14 +59,18 @@ def read_json5(path: str | os.PathLike[str]) -> Any:
     import json5
 
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(problems=[Problem(str(path), "", f"cannot read: {e.strerror or e}")]) from None
+    text = _read_text(path)
     try:
         return json5.loads(text)
     except ValueError as e:
         raise ConfigError(problems=[Problem(str(path), "", f"invalid JSON: {_json5_position(text, e)}")]) from None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(problems=[Problem(str(path), "", f"cannot read: {e.strerror or e}")]) from None
 
 
 def _json5_position(text: str, err: ValueError) -> str:
