@@ -1,0 +1,179 @@
+"""nanoGPT ckpt.pt -> a Hugging Face model directory (safetensors, config, tokenizer).
+
+The checkpoint is read safely and checked key by key (``finetune.model.load_checkpoint``); the
+directory is built in a temporary sibling and renamed into place, so ``OUT_DIR`` is either
+absent or complete. With a tokenizer inside, the directory works with
+``transformers.pipeline(...)`` and the Auto classes (after ``import finetune.hf``, or with
+``trust_remote_code=True`` anywhere finetune is installed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from finetune.errors import Problem, UsageError
+
+TASKS = ("causal-lm", "classification")
+
+
+@dataclass(frozen=True)
+class ConvertReport:
+    out_dir: Path
+    task: str
+    num_labels: int | None
+    tokenizer: Path | None  # where the tokenizer came from; None: none saved
+    parameters: int
+
+
+def default_tokenizer(ckpt_path: str | os.PathLike[str]) -> Path | None:
+    """nanoGPT's layout: ``models/NAME/ckpt.pt`` has its tokenizer at ``models/NAME-vocab.json``."""
+    path = Path(ckpt_path).resolve()
+    prefix = path if path.is_dir() else path.parent
+    return prefix if Path(str(prefix) + "-vocab.json").is_file() else None
+
+
+def _check_args(task: str, num_labels: int | None, labels: list[str] | None) -> list[Problem]:
+    problems = []
+    if task not in TASKS:
+        problems.append(Problem("--task", "", f"must be one of {', '.join(TASKS)}, got {task!r}"))
+    if task == "classification":
+        if num_labels is None and not labels:
+            problems.append(Problem("--num-labels", "", "required for --task classification (or give --labels)"))
+        if num_labels is not None and num_labels < 1:
+            problems.append(Problem("--num-labels", "", f"must be at least 1, got {num_labels}"))
+        if labels and num_labels is not None and len(labels) != num_labels:
+            problems.append(Problem("--labels", "", f"{len(labels)} labels but --num-labels {num_labels}"))
+        if labels and len(set(labels)) != len(labels):
+            problems.append(Problem("--labels", "", "labels must be distinct"))
+    elif num_labels is not None or labels:
+        problems.append(Problem("--num-labels", "", "only meaningful with --task classification"))
+    return problems
+
+
+def convert(
+    ckpt_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    task: str = "classification",
+    num_labels: int | None = None,
+    labels: list[str] | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> ConvertReport:
+    """Write the HF directory for ``ckpt_path`` (see module doc); raises FinetuneError on bad input.
+
+    ``tokenizer``: vocab/merges prefix, tokenizer.json or HF dir; default: the checkpoint's
+    nanoGPT-layout sibling ``<dir>-vocab.json`` when it exists, else no tokenizer is saved.
+    """
+    problems = _check_args(task, num_labels, labels)
+    out = Path(out_dir)
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
+        problems.append(Problem("OUT_DIR", "", f"{out} exists and is not empty; use --force to replace it"))
+    tok_path = Path(tokenizer) if tokenizer is not None else default_tokenizer(ckpt_path)
+    if tokenizer is not None:
+        from finetune.tokenizer import tokenizer_problems
+
+        problems += tokenizer_problems(tokenizer, source="--tokenizer")
+    if problems:
+        raise UsageError(problems=problems)
+
+    from finetune.hf import NanoGPTForCausalLM, NanoGPTForSequenceClassification
+    from finetune.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tok_path) if tok_path is not None else None
+    overrides: dict = {}
+    if tok is not None:
+        overrides.update(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    if task == "classification":
+        n = num_labels if num_labels is not None else len(labels or [])
+        if labels:
+            overrides.update(id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
+        model = NanoGPTForSequenceClassification.from_nanogpt(ckpt_path, n, **overrides)
+    else:
+        n = None
+        model = NanoGPTForCausalLM.from_nanogpt(ckpt_path, **overrides)
+    if tok is not None and len(tok) > model.config.vocab_size:
+        raise UsageError(
+            problems=[
+                Problem("--tokenizer", "", f"{tok_path}: {len(tok)} tokens but the checkpoint's vocab_size is {model.config.vocab_size}")
+            ]
+        )
+    if tok is not None:
+        tok.model_max_length = model.config.block_size
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ConvertReport(out, task, n, tok_path, sum(p.numel() for p in model.parameters()))
+
+
+# --- Auto* registration without paying for torch at `import finetune` --------------------------
+
+_AUTO_MODULE = "transformers.models.auto.modeling_auto"
+
+
+class _RegisterAfterLoad(importlib.abc.Loader):
+    """Runs transformers' module, then imports finetune.hf, which registers the nanoGPT classes."""
+
+    def __init__(self, inner: importlib.abc.Loader):
+        self.inner = inner
+
+    def create_module(self, spec):
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.inner.exec_module(module)
+        _import_hf()
+
+
+class _AutoRegistrationFinder(importlib.abc.MetaPathFinder):
+    """Waits for transformers' Auto model factories to be imported (one shot)."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _AUTO_MODULE:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        spec.loader = _RegisterAfterLoad(spec.loader)
+        return spec
+
+
+def _import_hf() -> None:
+    try:
+        importlib.import_module("finetune.hf")
+    except Exception as e:  # never break the user's transformers import over our registration
+        warnings.warn(f"finetune: could not register the nanoGPT classes with transformers: {e}", stacklevel=2)
+
+
+def install_auto_registration() -> None:
+    """Make ``from_pretrained(DIR)`` of nanogpt directories work without importing finetune.hf.
+
+    Costs nothing now: torch and transformers are not imported. When transformers' Auto model
+    factories are first imported (which imports torch anyway), ``finetune.hf`` is imported and
+    registers its classes. If they are already imported, registration happens at once.
+    Idempotent.
+    """
+    if _AUTO_MODULE in sys.modules:
+        _import_hf()
+    elif not any(isinstance(f, _AutoRegistrationFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AutoRegistrationFinder())
