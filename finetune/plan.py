@@ -100,7 +100,10 @@ class Plan:
         """TRIAL_CONFIG (see ARCHITECTURE.md): the frozen, resolved trial."""
         if isinstance(trial, str):
             trial = self.trial(trial)
-        g = self.groups[trial.group]
+        g = self.groups.get(trial.group)
+        if g is None:
+            where = str(self.out_dir / PLAN_FILE) if self.out_dir else "plan"
+            raise ConfigError(problems=[Problem(where, "$.groups", f"no group {trial.group!r} (trial {trial.id})")])
         cfg = g["config"]
         provenance = dict(g["provenance"])
         for name in trial.grid_point:
@@ -585,6 +588,8 @@ def materialize_trial(out_dir: str | os.PathLike[str], trial_id: str, *, plan: P
         plan = load_plan(out_dir)
     if plan.out_dir is None:
         plan.out_dir = Path(out_dir)
+    if path.is_file() and plan.trial(trial_id).group not in plan.groups:
+        return path  # frozen by hand or by an older tool: nothing in plan.json to refresh it from
     config = plan.trial_config(trial_id)
     if path.is_file() and read_json(path) == config:
         return path

@@ -1,8 +1,11 @@
-"""Shared fixtures. Area-specific fixtures live in the test modules that use them."""
+"""Shared fixtures: paths, the SIB-200 data and the one real SLURM cluster of a test session.
+
+Area-specific fixtures live in the test modules that use them."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -32,3 +35,24 @@ def sib200_dir() -> Path:
     if not (path / "rus_Cyrl" / "train.tsv").is_file():
         pytest.fail(f"SIB-200 data not found at {path} (set FINETUNE_SIB200)")
     return path
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """Start the cluster, export SLURM_CONF for this process, stop it at the end of the session."""
+    root = tmp_path_factory.mktemp("slurm")
+    script = REPO / "scripts" / "slurm-cluster.sh"
+    proc = subprocess.run(["bash", str(script), "start", str(root)], capture_output=True, text=True, timeout=180)
+    if proc.returncode != 0:
+        subprocess.run(["bash", str(script), "stop", str(root)], capture_output=True, timeout=120)
+        pytest.fail(f"the test SLURM cluster did not start:\n{proc.stdout}\n{proc.stderr}")
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(root / "etc" / "slurm.conf")
+    try:
+        yield root
+    finally:
+        subprocess.run(["bash", str(script), "stop", str(root)], capture_output=True, timeout=120)
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old

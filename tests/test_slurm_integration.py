@@ -8,7 +8,6 @@ optional. Jobs run the ``count`` stand-in workload, so each takes a second or tw
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -26,27 +25,6 @@ from submit_helpers import make_plan  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    """Start the cluster, export SLURM_CONF for this process, stop it at the end of the session."""
-    root = tmp_path_factory.mktemp("slurm")
-    script = REPO / "scripts" / "slurm-cluster.sh"
-    proc = subprocess.run(["bash", str(script), "start", str(root)], capture_output=True, text=True, timeout=180)
-    if proc.returncode != 0:
-        subprocess.run(["bash", str(script), "stop", str(root)], capture_output=True, timeout=120)
-        pytest.fail(f"the test SLURM cluster did not start:\n{proc.stdout}\n{proc.stderr}")
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(root / "etc" / "slurm.conf")
-    try:
-        yield root
-    finally:
-        subprocess.run(["bash", str(script), "stop", str(root)], capture_output=True, timeout=120)
-        if old is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = old
 
 
 def wait_until(check: Callable[[], object], timeout: float = 90, what: str = "condition") -> object:
