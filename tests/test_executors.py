@@ -273,3 +273,14 @@ def test_ctrl_c_during_sbatch_still_records_the_queued_array(tmp_path, stubs):
     assert proc.returncode == 130 and "interrupted" in err
     assert len(stubs.calls("sbatch")) == 1
     assert [e["trial_id"] for e in load_manifest(plan)["submissions"]] == ids[:2]
+
+
+def test_local_trials_share_the_cores_unless_the_user_fixed_threads(monkeypatch):
+    from finetune.executors.local import trial_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert trial_env(2)["OMP_NUM_THREADS"] == "4"
+    assert trial_env(16)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert trial_env(2)["OMP_NUM_THREADS"] == "3"

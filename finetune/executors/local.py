@@ -33,8 +33,9 @@ class LocalExecutor:
 
     def submit(self, job: ArrayJob) -> str:
         workers = job.throttle or self.parallel or max(1, (os.cpu_count() or 2) // 2)
+        env = trial_env(workers)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            codes = list(pool.map(lambda t: run_local_trial(job.trial_dir(t)), job.trial_ids))
+            codes = list(pool.map(lambda t: run_local_trial(job.trial_dir(t), env), job.trial_ids))
         self.exit_codes.update(zip(job.trial_ids, codes, strict=True))
         return f"local-{os.getpid()}-{job.index_path.stem}"
 
@@ -45,7 +46,17 @@ class LocalExecutor:
         return None
 
 
-def run_local_trial(trial_dir: Path) -> int:
+def trial_env(workers: int) -> dict[str, str]:
+    """The trials' environment: the cores shared out between the ``workers`` trials at a time
+    (as SLURM's cpus_per_task would), unless the user fixed OMP_NUM_THREADS. Without this each
+    trial's torch takes every core and concurrent trials slow each other down many times over."""
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
+    return env
+
+
+def run_local_trial(trial_dir: Path, env: dict[str, str] | None = None) -> int:
     """``python -m finetune train TRIAL_DIR`` >> TRIAL_DIR/log.txt; again while it exits 75."""
     argv = [sys.executable, "-m", "finetune", "train", str(trial_dir)]
     rc = 0
@@ -54,7 +65,7 @@ def run_local_trial(trial_dir: Path) -> int:
             stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
             log.write(f"== {stamp} local run of {trial_dir.name}\n".encode())
             log.flush()
-            rc = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            rc = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         if rc != REQUEUE_EXIT:
             return rc
     return rc
