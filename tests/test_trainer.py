@@ -118,8 +118,11 @@ def config_for(setup: dict, trial_id: str, **over) -> dict:
 
 
 def run_in_process(trial: Path, **kwargs) -> int:
+    """In this process, on one CPU thread: float sums are only bit-exact between runs that use
+    the same number of threads, and other tests may change this process's thread count."""
     from finetune import trainer
 
+    kwargs.setdefault("threads", 1)
     return trainer.run(trial, **kwargs)
 
 
@@ -283,7 +286,7 @@ def test_resume_after_preemption_at_random_steps_is_exact(setup, reference):
 
 def test_sigusr2_to_a_running_process_checkpoints_exits_75_and_resumes_exactly(setup, reference):
     trial = make_trial(setup["root"] / "signal", config_for(setup, "ref", training={"log_interval": 1}))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # as run_in_process
     cmd = [sys.executable, "-m", "finetune.trainer", str(trial)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
