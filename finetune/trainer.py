@@ -190,12 +190,16 @@ def _now() -> str:
 
 def write_state(trial_dir: Path, state: str, *, reason: str | None = None, **extra: Any) -> None:
     """state.json: running | preempted | failed | finished, with SLURM's restart count."""
-    restart = os.environ.get("SLURM_RESTART_COUNT", "0")
     atomic_write_json(
         trial_dir / "state.json",
-        {"state": state, "reason": reason, "restart_count": int(restart) if restart.isdigit() else 0,
-         "updated": _now(), **extra},
+        {"state": state, "reason": reason, "restart_count": _restart_count(), "updated": _now(), **extra},
     )
+
+
+def _restart_count() -> int:
+    """How often SLURM requeued this job (``SLURM_RESTART_COUNT``; 0 outside SLURM)."""
+    restart = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return int(restart) if restart.isdigit() else 0
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -778,7 +782,7 @@ class _Trainer:
                        "wall_s": state.wall_s + time.perf_counter() - self.t0,
                        "peak_memory_mb": _peak_memory_mb(self.device)},
             "steps": state.step, "world_size": self.env.world_size, "strategy": self.s.strategy,
-            "precision": self.precision, "device": str(self.device.type),
+            "precision": self.precision, "device": str(self.device.type), "restart_count": _restart_count(),
         }
         if self.env.is_main:
             atomic_write_json(self.trial_dir / "result.json", result)
