@@ -47,6 +47,7 @@ class SubmitReport:
     active: list[str] = field(default_factory=list)  # skipped: queued or running
     dry_run: bool = False
     manifest: Path | None = None
+    warnings: list[Problem] = field(default_factory=list)  # dry run: missing inputs, listed not refused
 
     @property
     def sbatch_calls(self) -> int:
@@ -376,7 +377,11 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
         configs = [(tid, *trial_config(plan_dir, tid, plan)) for tid in todo]
         problems = [p for tid, path, cfg in configs
                     for p in slurm_problems(cfg.get("slurm", {}), str(path), cfg.get("provenance"))]
-        problems += check_inputs([(path, cfg) for _, path, cfg in configs])
+        missing = check_inputs([(path, cfg) for _, path, cfg in configs])
+        if dry_run:
+            report.warnings = missing  # a dry run lists what a real submission would refuse
+        else:
+            problems += missing
         if problems:
             raise ConfigError("cannot submit:", problems=problems)
 

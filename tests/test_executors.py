@@ -284,3 +284,16 @@ def test_local_trials_share_the_cores_unless_the_user_fixed_threads(monkeypatch)
     assert trial_env(16)["OMP_NUM_THREADS"] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert trial_env(2)["OMP_NUM_THREADS"] == "3"
+
+
+def test_a_dry_run_lists_missing_inputs_as_warnings(tmp_path, stubs, monkeypatch, capsys):
+    from finetune.cli import main
+    from finetune.plan import build_plan, write_plan
+
+    monkeypatch.chdir(REPO)
+    plan = build_plan(CONFIGS, [f"checkpoints.prefix={tmp_path / 'no-models'}"], model_types=("normal",))
+    write_plan(plan, tmp_path / "plan")
+    assert main(["submit", str(tmp_path / "plan"), "--executor", "slurm", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and "no-models" in err and "checkpoint" in err
+    assert stubs.calls("sbatch") == [] and not (tmp_path / "plan" / "manifest.json").exists()

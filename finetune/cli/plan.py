@@ -170,6 +170,8 @@ def run(args: argparse.Namespace, *, matrix: bool) -> int:
     result = submit(out, executor=args.executor, template=args.template, timeout=args.timeout,
                     throttle=args.throttle, dry_run=args.dry_run, max_array_size=args.max_array_size)
     if args.dry_run:
+        for w in getattr(result, "warnings", []):
+            print(f"warning: {w}", file=sys.stderr)
         script = rendered_script(result, out)
         print(f"dry run: nothing submitted; one rendered script: {script if script else '(none rendered)'}")
     elif result is not None:

@@ -121,6 +121,8 @@ def _submit(args: argparse.Namespace) -> int:
     report = submit(args.plan_dir, executor=args.executor, template=args.template, timeout=args.timeout,
                     throttle=args.throttle, dry_run=args.dry_run, max_array_size=args.max_array_size,
                     parallel=args.parallel)
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     print(report.summary())
     if report.executor == "local" and not args.dry_run:
         from finetune.status import plan_status
