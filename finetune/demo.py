@@ -54,8 +54,8 @@ SIZES = {
         name="demo",
         grid="config/grid-demo.json",
         corpus_per_language=None,
-        pretrain={"vocab_size": 1000, "n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 128,
-                  "steps": 600, "batch_size": 16, "learning_rate": 2e-3, "seed": 0},
+        pretrain={"vocab_size": 2000, "n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 128,
+                  "steps": 350, "batch_size": 16, "learning_rate": 2e-3, "seed": 0},
     ),
     # a smoke run in seconds for the end-to-end tests: tiny model, few sentences, few steps
     "tiny": DemoSize(
@@ -161,20 +161,45 @@ def corpus(trial_config: dict[str, Any], model_type: str, *, limit: int | None) 
 
 
 def ensure_models(targets: list[ModelTarget], size: DemoSize, *, log: Log) -> None:
-    """Stage 2: pretrain every absent model; an existing checkpoint + tokenizer is reused as is."""
-    from finetune.pretrain import pretrain
+    """Stage 2: pretrain every absent model; an existing checkpoint + tokenizer is reused as is.
 
+    The models train side by side, one process and one CPU thread each (the cores are shared
+    out as for the trials), so the normal and the IPA model together take the time of one.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    todo = []
     for t in targets:
         if t.exists():
             log(f"{t.model_type}: reusing {t.checkpoint}")
             continue
-        start = time.monotonic()
         texts = corpus(t.trial_config, t.model_type, limit=size.corpus_per_language)
         log(f"{t.model_type}: pretraining {t.name} on {len(texts)} sentences ({size.pretrain['steps']} steps) ...")
-        result = pretrain(texts, t.out_dir, t.name, if_exists="overwrite", threads=1, log=lambda line, mt=t.model_type: log(f"{mt}: {line}"),
-                          **size.pretrain)
-        log(f"{t.model_type}: done in {time.monotonic() - start:.0f} s (vocab {result.vocab_size},"
-            f" {result.tokens} tokens, val loss {result.val_loss:.3f})")
+        todo.append((t, texts))
+    if not todo:
+        return
+    start = time.monotonic()
+    workers = max(1, min(len(todo), os.cpu_count() or 1))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [(t, pool.submit(_pretrain_one, texts, t.out_dir, t.name, size.pretrain)) for t, texts in todo]
+        for t, future in futures:
+            result = future.result()
+            log(f"{t.model_type}: done in {time.monotonic() - start:.0f} s (vocab {result.vocab_size},"
+                f" {result.tokens} tokens, val loss {result.val_loss:.3f})")
+
+
+def _pretrain_one(texts: list[str], out_dir: Path, name: str, settings: dict[str, Any]) -> Any:
+    """In a worker process: its progress lines go straight to the shared stderr."""
+    import sys
+
+    from finetune.pretrain import pretrain
+
+    def log(line: str) -> None:
+        if line.startswith("step "):
+            print(f"[2/4 models] {name}: {line}", file=sys.stderr, flush=True)
+
+    return pretrain(texts, out_dir, name, if_exists="overwrite", threads=1, log=log, **settings)
 
 
 ACTIVE = ("running", "pending", "preempted")
