@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from finetune.errors import ConfigError, Problem
+from finetune.errors import ConfigError, Problem, UsageError
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -30,6 +30,19 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def ensure_directory(path: str | os.PathLike[str], what: str) -> Path:
+    """Create ``path`` (and parents) as a directory; a file in the way is a usage error naming
+    ``what`` (the flag or key that gave the path), not a traceback."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(problems=[Problem(what, "", f"{path} is not a directory (a file is in the way)")]) from None
+    except OSError as e:
+        raise UsageError(problems=[Problem(what, "", f"cannot create {path}: {e.strerror or e}")]) from None
+    return path
 
 
 def _umask() -> int:

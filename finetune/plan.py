@@ -497,7 +497,9 @@ def _locked(out_dir: Path) -> Iterator[None]:
     """Serialise concurrent ``write_plan`` calls on one directory."""
     import fcntl
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from finetune.fileio import ensure_directory
+
+    ensure_directory(out_dir, "--output-dir")
     with open(out_dir / ".plan.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

@@ -156,6 +156,9 @@ def pretrain(
         raise UsageError(
             problems=[Problem("--out-dir", "", f"{ckpt_path} exists (a finished run); use --force to replace it")]
         )
+    from finetune.fileio import ensure_directory
+
+    ensure_directory(ckpt_path.parent, "--out-dir")  # before minutes of training, not after
     texts = _validate(
         texts, name, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
         block_size=block_size, steps=steps, batch_size=batch_size, learning_rate=learning_rate,

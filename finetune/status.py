@@ -82,20 +82,40 @@ def _failure_reason(acct: TaskState) -> str:
     return acct.state
 
 
+def is_finished(trial_dir: Path) -> bool:
+    """A trial is finished when its result.json is readable and says so: a truncated or foreign
+    file must not stop a rerun from redoing the trial."""
+    try:
+        data = json.loads((trial_dir / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("state") == "finished"
+
+
 def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue: dict[str, TaskState],
-             acct: dict[str, TaskState] | None) -> TrialStatus:
-    """One trial's status from the files, its latest manifest entry and the scheduler's answers."""
+             acct: dict[str, TaskState] | None, *, queue_known: bool = True) -> TrialStatus:
+    """One trial's status from the files, its latest manifest entry and the scheduler's answers.
+
+    ``queue_known=False`` (squeue could not be asked): a trial SLURM may still hold is "unknown",
+    never guessed cancelled or failed from its absence in an empty answer."""
     saved = _read_state(trial_dir)
     restart = saved.get("restart_count")
     job = f"{entry['job_id']}_{entry['array_index']}" if entry else ""
-    if (trial_dir / "result.json").is_file():
+    if is_finished(trial_dir):
         return TrialStatus(trial_id, "finished", job=job, restart_count=restart)
+    if (trial_dir / "result.json").exists():
+        return TrialStatus(trial_id, "failed", "result.json unreadable or not finished", job, restart,
+                           log_tail(trial_dir))
     q = queue.get(job) if job else None
     if q is not None and q.active:
         state = "running" if q.state in ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT") else "pending"
         return TrialStatus(trial_id, state, reason=q.reason if state == "pending" else "", job=job,
                            restart_count=restart)
     a = acct.get(job) if (acct is not None and job) else None
+    remote = entry is not None and entry.get("executor") in ("slurm", "submitit")
+    if remote and not queue_known and (a is None or a.state in ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED")):
+        return TrialStatus(trial_id, "unknown", "scheduler unreachable: it may still be queued or running", job,
+                           restart)
     if a is not None and a.state in FAILURE_STATES:
         return TrialStatus(trial_id, "failed", _failure_reason(a), job, restart, log_tail(trial_dir))
     if a is not None and a.state == "CANCELLED":
@@ -140,5 +160,6 @@ def plan_status(plan_dir: str | Path) -> StatusReport:
         acct = accounting_state(remote)
         if acct is None:
             notes.append("accounting (sacct) unavailable: failure reasons come from the trial files only")
-    trials = [classify(t.id, plan_dir / "trials" / t.id, entries.get(t.id), queue, acct) for t in plan.trials]
+    trials = [classify(t.id, plan_dir / "trials" / t.id, entries.get(t.id), queue, acct,
+                       queue_known=scheduler or not remote) for t in plan.trials]
     return StatusReport(plan_dir, trials, accounting=acct is not None, scheduler=scheduler, notes=notes)

@@ -25,6 +25,7 @@ from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
 from finetune.executors.base import ArrayJob, make_executor, resolve_name, write_job_files
 from finetune.fileio import atomic_write_json, read_json
 from finetune.render import ShellSafe, join, line_breaks, quote, render
+from finetune.status import is_finished
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TEMPLATE = REPO / "jobs" / "templates" / "array.sbatch.j2"
@@ -341,8 +342,10 @@ def _check_flags(template: Path, timeout: str | None, throttle: int | None, max_
 def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path | None = None,
            timeout: str | None = None, throttle: int | None = None, dry_run: bool = False,
            max_array_size: int | None = None, parallel: int | None = None,
-           python: str | None = None) -> SubmitReport:
+           python: str | None = None, max_trials: int | None = None) -> SubmitReport:
     """Submit every trial of the plan that is neither finished nor queued (see module doc).
+
+    ``max_trials``: refuse (UsageError naming --yes) when more trials than this would go.
 
     ``parallel``: trials at once for the local executor (default: its throttle, else cores/2).
     ``python``: the interpreter the scripts run (default: this one).
@@ -363,7 +366,7 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
         finished, active, todo = [], [], []
         queued = queued_trials(entries)
         for t in plan.trials:
-            if (plan_dir / "trials" / t.id / "result.json").is_file():
+            if is_finished(plan_dir / "trials" / t.id):
                 finished.append(t.id)
             elif t.id in queued:
                 active.append(t.id)
@@ -373,6 +376,9 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
                               manifest=manifest_path(plan_dir))
         if not todo:
             return report
+        if max_trials is not None and len(todo) > max_trials and not dry_run:
+            raise UsageError(problems=[Problem("--yes", "", f"{len(todo)} trials would be submitted (more than "
+                                               f"{max_trials}); add --yes to submit them, or --dry-run to look first")])
 
         configs = [(tid, *trial_config(plan_dir, tid, plan)) for tid in todo]
         problems = [p for tid, path, cfg in configs
@@ -405,10 +411,12 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
                 try:
                     job_id = ex.submit(job)
                 except FinetuneError as e:
+                    queued = (f"{len(report.submitted)} trials were queued before that; {report.manifest} lists "
+                              "them, and running submit again sends only the rest" if report.submitted
+                              else "nothing was queued")
                     raise FinetuneError(
                         f"submission stopped at array {n + 1} of {len(report.arrays)} ({job.script_path}): {e}\n"
-                        f"{len(report.submitted)} trials were queued before that; {report.manifest} lists them, "
-                        "and running submit again sends only the rest"
+                        + queued
                     ) from e
                 stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
                 script = str(job.script_path.relative_to(plan_dir))

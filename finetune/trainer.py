@@ -301,7 +301,9 @@ def run(
     """
     trial_dir = Path(trial_dir)
     env = dist_env.from_environ()
-    if (trial_dir / "result.json").exists():
+    from finetune.status import is_finished
+
+    if is_finished(trial_dir):
         if env.is_main:
             print(f"{trial_dir}: already finished (result.json exists); nothing to do", file=sys.stderr)
         return EXIT_FINISHED

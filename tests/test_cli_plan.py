@@ -238,3 +238,12 @@ def test_config_show_resolved_makes_paths_absolute(capsys, tmp_path, monkeypatch
     assert Path(shown["data"]["mirrors"]["Davlan/sib200"]).resolve() == sib200_dir.resolve()
     assert shown["data"]["cache_dir"] == str(tmp_path / "cache")
     assert shown["checkpoints"]["normal"] == "rus-pol-normal"  # names are not paths
+
+
+def test_an_output_dir_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    code, _, err = run_cli(capsys, "plan", PAIR, TASK, "--output-dir", str(blocker), "--no-submit")
+    assert code == 2 and "Traceback" not in err
+    assert err == f"error: --output-dir: {blocker} is not a directory (a file is in the way)\n"
+    assert blocker.read_text() == "mine"

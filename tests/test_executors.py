@@ -297,3 +297,21 @@ def test_a_dry_run_lists_missing_inputs_as_warnings(tmp_path, stubs, monkeypatch
     err = capsys.readouterr().err
     assert err.startswith("warning: ") and "no-models" in err and "checkpoint" in err
     assert stubs.calls("sbatch") == [] and not (tmp_path / "plan" / "manifest.json").exists()
+
+
+def test_submit_refuses_more_trials_than_the_guard_without_yes(tmp_path, stubs):
+    plan = tmp_path / "plan"
+    make_plan(plan, 3)
+    with pytest.raises(UsageError, match=r"--yes: 3 trials would be submitted \(more than 2\)"):
+        submit(plan, executor="slurm", max_trials=2)
+    assert stubs.calls("sbatch") == [] and not (plan / "manifest.json").exists()
+    assert len(submit(plan, executor="slurm", max_trials=3).submitted) == 3
+
+
+def test_collect_shows_finished_count_trials_as_finished(tmp_path):
+    from finetune.results import collect
+
+    plan = tmp_path / "plan"
+    ids = make_plan(plan, 2)
+    submit(plan, executor="local", parallel=2)
+    assert [(r.trial_id, r.state) for r in collect(plan).rows] == [(i, "finished") for i in ids]

@@ -18,6 +18,8 @@ from finetune.submit import submit
 sys.path.insert(0, str(Path(__file__).parent))
 from submit_helpers import SlurmStubs, make_plan  # noqa: E402
 
+FINISHED = json.dumps({"state": "finished", "metrics": {}})
+
 
 @pytest.fixture
 def stubs(tmp_path, monkeypatch):
@@ -47,7 +49,7 @@ def test_every_state_and_reason_from_one_squeue_and_one_sacct(tmp_path, stubs):
     ids = make_plan(plan, 10)
     submit(plan, executor="slurm")  # job 100, tasks 0..9
     trials = [plan / "trials" / t for t in ids]
-    (trials[0] / "result.json").write_text("{}")
+    (trials[0] / "result.json").write_text(FINISHED)
     for i, reason in [(4, "OUT_OF_MEMORY"), (5, "TIMEOUT"), (6, "NODE_FAIL"), (7, "exit code 3")]:
         (trials[i] / "log.txt").write_text("".join(f"line {n}\n" for n in range(30)) + f"dying of {reason}\n")
     (trials[9] / "state.json").write_text(json.dumps({"state": "preempted", "reason": "SIGUSR2", "restart_count": 2}))
@@ -73,7 +75,7 @@ def test_status_degrades_without_accounting(tmp_path, stubs):
     submit(plan, executor="slurm")
     stubs.set("sacct.off", "")
     stubs.set("squeue.txt", "100_1|RUNNING|None\n")
-    (plan / "trials" / ids[0] / "result.json").write_text("{}")
+    (plan / "trials" / ids[0] / "result.json").write_text(FINISHED)
     (plan / "trials" / ids[2] / "state.json").write_text(json.dumps({"state": "failed", "reason": "CUDA error"}))
     (plan / "trials" / ids[3] / "state.json").write_text(json.dumps({"state": "running"}))
     report = plan_status(plan)
@@ -97,7 +99,7 @@ def test_cli_status_text_and_json(tmp_path, stubs):
     submit(plan, executor="slurm")
     (plan / "trials" / ids[1] / "log.txt").write_text("step 1\nRuntimeError: boom\n")
     stubs.set("sacct.txt", "100_0|COMPLETED|0:0\n100_1|FAILED|1:0\n100_2|TIMEOUT|0:0\n")
-    (plan / "trials" / ids[0] / "result.json").write_text("{}")
+    (plan / "trials" / ids[0] / "result.json").write_text(FINISHED)
     proc = subprocess.run([sys.executable, "-m", "finetune", "status", str(plan)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "3 trials: finished 1, failed 2" in proc.stdout
@@ -110,3 +112,29 @@ def test_cli_status_text_and_json(tmp_path, stubs):
     missing = subprocess.run([sys.executable, "-m", "finetune", "status", str(tmp_path / "nope")],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "plan.json" in missing.stderr
+
+
+def test_an_unreachable_scheduler_makes_slurm_trials_unknown_not_cancelled(tmp_path, stubs):
+    plan = tmp_path / "plan"
+    ids = make_plan(plan, 3)
+    submit(plan, executor="slurm")
+    (stubs.dir / "squeue").write_text("#!/bin/bash\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1\n")
+    stubs.set("sacct.off", "")
+    (plan / "trials" / ids[0] / "result.json").write_text(FINISHED)
+    (plan / "trials" / ids[1] / "state.json").write_text(json.dumps({"state": "running"}))
+    report = plan_status(plan)
+    assert not report.scheduler and any("squeue unavailable" in n for n in report.notes)
+    assert [t.state for t in report.trials] == ["finished", "unknown", "unknown"]
+    assert report.trials[1].reason.startswith("scheduler unreachable")
+
+
+def test_an_unreadable_result_is_not_finished_so_a_rerun_redoes_it(tmp_path, stubs):
+    plan = tmp_path / "plan"
+    ids = make_plan(plan, 2)
+    (plan / "trials" / ids[0] / "result.json").write_text('{"state": "finis')  # cut off
+    (plan / "trials" / ids[1] / "result.json").write_text(FINISHED)
+    report = plan_status(plan)
+    assert [(t.state, t.reason) for t in report.trials] == [
+        ("failed", "result.json unreadable or not finished"), ("finished", "")]
+    again = submit(plan, executor="slurm")
+    assert again.submitted == [ids[0]] and again.finished == [ids[1]]

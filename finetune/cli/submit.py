@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from finetune.cli.plan import GUARD  # the same 500-trial guard as finetune plan
+
 SUBMIT_EPILOG = """examples:
   finetune submit runs/rus-pol
   finetune submit runs/rus-pol --throttle 8 --timeout 02:00:00
@@ -85,6 +87,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--parallel", type=_positive_int, metavar="N", default=None,
                    help="local executor: trials at once (default: --throttle, else half the cores)")
     p.add_argument("--dry-run", action="store_true", help="render scripts into DIR/jobs; submit nothing")
+    p.add_argument("--yes", "-y", action="store_true", help=f"allow submitting more than {GUARD} trials at once")
     p.set_defaults(func=_submit)
 
     p = subparsers.add_parser("status", help="where every trial of a plan stands",
@@ -120,7 +123,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     report = submit(args.plan_dir, executor=args.executor, template=args.template, timeout=args.timeout,
                     throttle=args.throttle, dry_run=args.dry_run, max_array_size=args.max_array_size,
-                    parallel=args.parallel)
+                    parallel=args.parallel, max_trials=None if args.yes else GUARD)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(report.summary())
