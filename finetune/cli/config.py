@@ -41,6 +41,14 @@ def add_layer_arguments(p: argparse.ArgumentParser) -> None:
                    help="the base layer loaded first (default: default.json beside the first CONFIG)")
 
 
+def add_selection_arguments(p: argparse.ArgumentParser) -> None:
+    """Which trials of the layered config: --grid-config, --model-type, --matrix."""
+    p.add_argument("--grid-config", metavar="GRID", default=None, help="a grid config (as for `finetune plan`)")
+    p.add_argument("--model-type", nargs="+", default=["normal", "ipa"], metavar="TYPE",
+                   help="model types: normal, ipa (default: normal ipa)")
+    p.add_argument("--matrix", action="store_true", help="the cross-language matrix (as `finetune matrix`)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from finetune.cli import HelpFormatter
 
@@ -66,10 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          description="Validate the merged config, its language database and a grid config.",
                          epilog=VALIDATE_EPILOG, formatter_class=HelpFormatter)
     add_layer_arguments(val)
-    val.add_argument("--grid-config", metavar="GRID", default=None, help="a grid config to check as well")
-    val.add_argument("--model-type", nargs="+", default=["normal", "ipa"], metavar="TYPE",
-                     help="model types to plan: normal, ipa (default: both)")
-    val.add_argument("--matrix", action="store_true", help="check the cross-language matrix instead of the grid's languages")
+    add_selection_arguments(val)
     val.set_defaults(func=_validate)
 
 

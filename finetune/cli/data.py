@@ -30,7 +30,7 @@ punctuation kept). --espeak takes an espeak-ng voice code (the database's "espea
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from finetune.cli import HelpFormatter
-    from finetune.cli.config import add_layer_arguments
+    from finetune.cli.config import add_layer_arguments, add_selection_arguments
 
     p = subparsers.add_parser(
         "prefetch", help="load every dataset, transcription, tokenizer and checkpoint a plan needs",
@@ -38,10 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "into the cache, and report every missing checkpoint, tokenizer and dataset.",
         epilog=PREFETCH_EPILOG, formatter_class=HelpFormatter)
     add_layer_arguments(p)
-    p.add_argument("--grid-config", metavar="GRID", default=None, help="grid config (as for `finetune plan`)")
-    p.add_argument("--model-type", nargs="+", default=["normal", "ipa"], metavar="TYPE",
-                   help="model types: normal, ipa (default: normal ipa)")
-    p.add_argument("--matrix", action="store_true", help="the cross-language matrix (as `finetune matrix`)")
+    add_selection_arguments(p)
     p.add_argument("--cache-dir", metavar="DIR", default=None, help="override data.cache_dir")
     p.add_argument("--check", action="store_true", help="only check what is missing; load nothing")
     p.add_argument("--no-tokenize", action="store_true", help="skip making the token ids")

@@ -54,9 +54,9 @@ def add_plan_arguments(p: argparse.ArgumentParser, *, matrix: bool) -> None:
                    help="SLURM time limit per trial (e.g. 04:00:00, 90, 1-00:00:00); overrides slurm.time")
     p.add_argument("--executor", choices=("auto", "slurm", "submitit", "local"), default="auto",
                    help="where trials run (auto: slurm when sbatch is on PATH, else local)")
-    p.add_argument("--throttle", type=_positive_int, metavar="N", default=None,
+    p.add_argument("--throttle", type=positive_int, metavar="N", default=None,
                    help="at most N array tasks of a job array run at once")
-    p.add_argument("--max-array-size", type=_positive_int, metavar="N", default=None,
+    p.add_argument("--max-array-size", type=positive_int, metavar="N", default=None,
                    help="split job arrays above N tasks (default: the cluster's MaxArraySize)")
     p.add_argument("--dry-run", action="store_true",
                    help="plan and render the job scripts into DIR/jobs; submit nothing")
@@ -102,7 +102,8 @@ def generator_parser(prog: str = "finetuning-generator.py") -> argparse.Argument
     return p
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type for counts such as --throttle N: an integer of at least 1."""
     try:
         value = int(text)
     except ValueError:

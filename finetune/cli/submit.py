@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from finetune.cli.plan import GUARD  # the same 500-trial guard as finetune plan
+from finetune.cli.plan import GUARD, positive_int  # the same guard and counts as finetune plan
 
 SUBMIT_EPILOG = """examples:
   finetune submit runs/rus-pol
@@ -57,16 +57,6 @@ templates that do not resolve the index themselves (the old-style one).
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     from finetune.cli import HelpFormatter
 
@@ -80,11 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="sbatch template (.j2 = jinja2, else old str.format style); default: jobs/templates/array.sbatch.j2")
     p.add_argument("--timeout", metavar="TIME", default=None,
                    help="time limit per trial (04:00:00, 90, 1-00:00:00); overrides slurm.time")
-    p.add_argument("--throttle", type=_positive_int, metavar="N", default=None,
+    p.add_argument("--throttle", type=positive_int, metavar="N", default=None,
                    help="at most N tasks of an array run at once (--array=...%%N)")
-    p.add_argument("--max-array-size", type=_positive_int, metavar="N", default=None,
+    p.add_argument("--max-array-size", type=positive_int, metavar="N", default=None,
                    help="split arrays above N tasks (default: MaxArraySize from `scontrol show config`)")
-    p.add_argument("--parallel", type=_positive_int, metavar="N", default=None,
+    p.add_argument("--parallel", type=positive_int, metavar="N", default=None,
                    help="local executor: trials at once (default: --throttle, else half the cores)")
     p.add_argument("--dry-run", action="store_true", help="render scripts into DIR/jobs; submit nothing")
     p.add_argument("--yes", "-y", action="store_true", help=f"allow submitting more than {GUARD} trials at once")
