@@ -1,7 +1,7 @@
 """Data throughput over the 8 SIB-200 languages (train + dev + test, 1004 sentences each):
 
-* IPA transcription (finetune.ipa.transcribe, espeak-ng from espeakng-loader), sentences/s;
-* tokenization (the fast byte-level BPE of finetune.tokenizer), sentences/s and tokens/s, raw
+* IPA transcription (finetune.compute.ipa.transcribe, espeak-ng from espeakng-loader), sentences/s;
+* tokenization (the fast byte-level BPE of finetune.compute.tokenizer), sentences/s and tokens/s, raw
   and through prepare_trial_data (cold cache: load + label + tokenize + write arrow; warm cache);
 * padding with and without length grouping (batch 32) on the real token lengths.
 
@@ -42,7 +42,7 @@ def texts_of(subset: str) -> list[str]:
 def make_tokenizer(tmp: Path, texts: list[str]):
     from tokenizers import ByteLevelBPETokenizer
 
-    from finetune.tokenizer import load_tokenizer
+    from finetune.compute.tokenizer import load_tokenizer
 
     bpe = ByteLevelBPETokenizer(add_prefix_space=True)
     bpe.train_from_iterator(texts, vocab_size=2000, special_tokens=["<|endoftext|>"], show_progress=False)
@@ -59,9 +59,9 @@ def trial(subset: str, espeak: str, model_type: str) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from finetune import ipa
-    from finetune.batching import LengthGroupedBatchSampler, padding_fraction
-    from finetune.data import prepare_trial_data
+    from finetune.compute import ipa
+    from finetune.compute.batching import LengthGroupedBatchSampler, padding_fraction
+    from finetune.compute.data import prepare_trial_data
 
     langs = argv or list(LANGS)
     all_texts = {s: texts_of(s) for s in langs}

@@ -29,7 +29,7 @@ def grid_for(trials: int) -> dict:
 
 
 def bench(trials: int, tmp: Path) -> dict:
-    from finetune.plan import build_plan, load_plan, write_plan
+    from finetune.login.plan import build_plan, load_plan, write_plan
 
     grid_path = tmp / f"grid-{trials}.json"
     grid_path.write_text(json.dumps(grid_for(trials)))

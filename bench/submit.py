@@ -3,7 +3,7 @@
     .venv/bin/python bench/submit.py [--trials 1000]
 
 Starts its own cluster (scripts/slurm-cluster.sh, temp dir, free ports), plans a uniform grid of
-N count trials twice, submits one copy through ``finetune.submit`` (job arrays) and the other
+N count trials twice, submits one copy through ``finetune.login.submit`` (job arrays) and the other
 with one sbatch per trial (the same code path with --max-array-size 1), all with
 ``slurm.extra.hold`` so nothing runs, then cancels everything and stops the cluster. Prints
 sbatch calls, wall time and the ratio. Speed goals live here, never in the tests.
@@ -31,7 +31,7 @@ def main() -> int:
 
     from submit_helpers import make_plan
 
-    from finetune.submit import submit
+    from finetune.login.submit import submit
 
     script = REPO / "scripts" / "slurm-cluster.sh"
     with tempfile.TemporaryDirectory(prefix="ft-bench-") as tmp:

@@ -59,7 +59,7 @@ def trial_config(ckpt: Path, tokenizer: Path, cache: Path, args: argparse.Namesp
 def pretrained(work: Path, args: argparse.Namespace) -> tuple[Path, Path]:
     from nanogpt_fixtures import sib200_texts
 
-    from finetune.pretrain import pretrain
+    from finetune.compute.pretrain import pretrain
 
     r = pretrain(sib200_texts(per_language=701), work / "models", "bench", vocab_size=2000, n_layer=args.layers,
                  n_head=args.heads, n_embd=args.dim, block_size=128, steps=args.pretrain_steps, batch_size=16,
@@ -68,7 +68,7 @@ def pretrained(work: Path, args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def ours(work: Path, config: dict) -> dict:
-    from finetune import trainer
+    from finetune.compute import trainer
 
     trial = work / "ours"
     trial.mkdir()
@@ -89,10 +89,10 @@ def hf_trainer(work: Path, config: dict, *, group_by_length: bool, max_steps: in
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from finetune.data import prepare_trial_data
-    from finetune.hf import NanoGPTForSequenceClassification
-    from finetune.metrics import classification_metrics
-    from finetune.tokenizer import load_tokenizer
+    from finetune.compute.data import prepare_trial_data
+    from finetune.compute.hf import NanoGPTForSequenceClassification
+    from finetune.compute.metrics import classification_metrics
+    from finetune.compute.tokenizer import load_tokenizer
 
     t0 = time.perf_counter()
     hp = config["hyperparameters"]
@@ -152,8 +152,8 @@ def main() -> None:
         ckpt, tokenizer = pretrained(work, args)
         print(f"pretrained {args.layers} layers x {args.dim} dims in {time.perf_counter() - t0:.0f} s", flush=True)
         config = trial_config(ckpt, tokenizer, work / "cache", args)
-        from finetune.data import prepare_trial_data
-        from finetune.tokenizer import load_tokenizer
+        from finetune.compute.data import prepare_trial_data
+        from finetune.compute.tokenizer import load_tokenizer
 
         prepare_trial_data(config, load_tokenizer(str(tokenizer)), 128)  # warm the cache for everyone
         # The Trainer imports much of transformers/accelerate lazily inside its first steps; a

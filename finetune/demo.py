@@ -43,7 +43,7 @@ class DemoSize:
     name: str
     grid: str | None  # grid config relative to the repo, None = the config's defaults only
     corpus_per_language: int | None  # pretraining sentences per language (None = all train rows)
-    pretrain: dict[str, Any]  # keyword arguments of finetune.pretrain.pretrain
+    pretrain: dict[str, Any]  # keyword arguments of finetune.compute.pretrain.pretrain
     overrides: tuple[str, ...] = ()  # --set overrides on top of the config layers
     own_models: bool = False  # models inside the plan dir, not where the shipped config points
 
@@ -96,7 +96,7 @@ def _plan_inputs(repo: Path, size: DemoSize, out: Path, extra: list[str]) -> tup
 
 def plan_demo(out: Path, size: DemoSize, *, overrides: list[str] = (), log: Log) -> Any:
     """Stage 1: build (pure, validated) and write the matrix plan; returns the Plan."""
-    from finetune.plan import build_plan, write_plan
+    from finetune.login.plan import build_plan, write_plan
 
     files, overrides, grid = _plan_inputs(repo_root(), size, out, list(overrides))
     plan = build_plan(files, overrides, grid_config=grid, matrix=True)
@@ -145,7 +145,13 @@ def model_targets(plan: Any) -> list[ModelTarget]:
 def corpus(trial_config: dict[str, Any], model_type: str, *, limit: int | None) -> list[str]:
     """The pretraining corpus: the train split's model input of every language of the plan, IPA
     for the IPA model. Transcriptions go through the data layer's cache, so the trials reuse them."""
-    from finetune.data import add_phoneme_columns, features_of, input_columns, load_splits, resolve_cache_dir
+    from finetune.compute.data import (
+        add_phoneme_columns,
+        features_of,
+        input_columns,
+        load_splits,
+        resolve_cache_dir,
+    )
 
     cache = resolve_cache_dir(trial_config)
     texts: list[str] = []
@@ -193,7 +199,7 @@ def _pretrain_one(texts: list[str], out_dir: Path, name: str, settings: dict[str
     """In a worker process: its progress lines go straight to the shared stderr."""
     import sys
 
-    from finetune.pretrain import pretrain
+    from finetune.compute.pretrain import pretrain
 
     def log(line: str) -> None:
         if line.startswith("step "):
@@ -210,10 +216,10 @@ def trial_states(out: Path, executor: str) -> dict[str, str]:
     SLURM: `finetune status`'s view (one squeue + one sacct call), which also knows pending jobs
     and jobs that died without writing state.json."""
     if executor == "local":
-        from finetune.results import collect
+        from finetune.analysis.results import collect
 
         return {row.trial_id: row.state for row in collect(out).rows}
-    from finetune.status import plan_status
+    from finetune.login.status import plan_status
 
     return {t.trial_id: t.state for t in plan_status(out).trials}
 
@@ -235,7 +241,7 @@ def run_trials(out: Path, executor: str, *, parallel: int | None, timeout: float
     ``submit`` blocks for the local executor (it runs its queue to the end) and returns once the
     array is queued for SLURM; it runs in a thread so progress is reported either way.
     """
-    from finetune.submit import submit
+    from finetune.login.submit import submit
 
     states = trial_states(out, "local")
     if all(s == "finished" for s in states.values()):
@@ -297,8 +303,8 @@ def _wait(out: Path, executor: str, thread: threading.Thread, result: dict[str, 
 
 def collect_and_plot(out: Path, *, log: Log) -> Any:
     """Stage 4: results.csv, results.md, the transfer heatmaps and the learning curves."""
-    from finetune.plots import learning_curves, transfer_heatmaps
-    from finetune.results import collect, markdown_text, write_tables
+    from finetune.analysis.plots import learning_curves, transfer_heatmaps
+    from finetune.analysis.results import collect, markdown_text, write_tables
 
     table = collect(out)
     csv_path, md_path = write_tables(table)

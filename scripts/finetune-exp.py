@@ -84,8 +84,8 @@ def check_args(args: argparse.Namespace, languages: list[str]) -> list[Problem]:
 
 def prepare(args: argparse.Namespace) -> Path:
     """Check the flags, build and write the one-trial plan; return the trial directory."""
-    from finetune.layers import load_config
-    from finetune.plan import build_plan, materialize_trial, trial_dir, write_plan
+    from finetune.login.layers import load_config
+    from finetune.login.plan import build_plan, materialize_trial, trial_dir, write_plan
 
     missing = [Problem("CONFIG", "", f"{f}: no such file") for f in args.configs if not Path(f).is_file()]
     if missing:
@@ -129,7 +129,7 @@ def _wait_for(path: Path, timeout_s: float = 600) -> None:
 def main(args: argparse.Namespace) -> int:
     folder = prepare(args)
     print(f"trial {folder.name}: {folder}", file=sys.stderr, flush=True)
-    from finetune.trainer import run
+    from finetune.compute.trainer import run
 
     code = run(folder, dump_logits=bool(args.dump_logits or args.logit_directory),
                logit_directory=args.logit_directory, threads=args.cpus)

@@ -1,4 +1,4 @@
-"""Tiny nanoGPT checkpoints and tokenizers for tests, made by the real ``finetune.pretrain``.
+"""Tiny nanoGPT checkpoints and tokenizers for tests, made by the real ``finetune.compute.pretrain``.
 
 Other test modules may use these::
 
@@ -39,7 +39,7 @@ def sib200_texts(languages: tuple[str, ...] = ("rus_Cyrl", "pol_Latn"), per_lang
 
 def make_tiny_pretrained(tmp_path: Path, texts: list[str] | None = None, name: str = "tiny", **overrides):
     """Pretrain a tiny model + tokenizer under ``tmp_path``: returns (ckpt_path, tokenizer_prefix)."""
-    from finetune.pretrain import pretrain
+    from finetune.compute.pretrain import pretrain
 
     result = pretrain(texts if texts is not None else sib200_texts(), tmp_path, name, **{**TINY, **overrides})
     return result.ckpt_path, result.tokenizer_prefix
@@ -80,7 +80,7 @@ def write_nanogpt_checkpoint(
     """Write a random-weight nanoGPT-format ckpt.pt; returns the saved dict (its ``model`` as saved)."""
     import torch
 
-    from finetune.model import GPT, GPTConfig
+    from finetune.compute.model import GPT, GPTConfig
 
     torch.manual_seed(seed)
     args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, bias=bias,

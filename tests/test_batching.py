@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from finetune.batching import LengthGroupedBatchSampler, collate, padding_fraction
+from finetune.compute.batching import LengthGroupedBatchSampler, collate, padding_fraction
 
 
 def lengths_of(n=1000, seed=0):

@@ -182,7 +182,7 @@ def test_scripts_keep_the_original_flags(tmp_path):
 
 
 def test_config_show_prints_the_merged_json(capsys):
-    from finetune.layers import load_config
+    from finetune.login.layers import load_config
 
     code, stdout, _ = run_cli(capsys, "config", "show", PAIR, TASK, "--set", "hyperparameters.seed=7")
     assert code == 0
@@ -219,7 +219,7 @@ def test_config_validate_checks_database_and_grid_files_on_their_own(tmp_path, c
     code, stdout, _ = run_cli(capsys, "config", "validate", db, grid)
     assert (code, stdout) == (0, f"ok: {db}: database with 8 languages\nok: {grid}: grid\n")
     bad = tmp_path / "grid.json"
-    bad.write_text('{"$schema": "../finetune/schemas/grid.schema.json", "parameters": {"learning_rat": [1]}}')
+    bad.write_text('{"$schema": "../finetune/login/schemas/grid.schema.json", "parameters": {"learning_rat": [1]}}')
     code, stdout, err = run_cli(capsys, "config", "validate", str(bad), PAIR, TASK, "--set", "task=topik")
     assert code == 2 and stdout == ""
     db_shown = os.path.relpath(CONFIG / "language-database.json")

@@ -11,7 +11,7 @@ import torch
 from nanogpt_fixtures import tiny_pretrained, write_nanogpt_checkpoint  # noqa: F401
 
 from finetune.cli import main
-from finetune.model import load_gpt, transformer_hidden
+from finetune.compute.model import load_gpt, transformer_hidden
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def test_causal_lm_directory_reproduces_the_checkpoint(tiny_pretrained, tmp_path, capsys):  # noqa: F811
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import finetune.hf  # noqa: F401  (registers the Auto classes)
+    import finetune.compute.hf  # noqa: F401  (registers the Auto classes)
 
     ckpt, prefix = tiny_pretrained
     out = tmp_path / "lm"
@@ -125,7 +125,7 @@ def test_the_cli_module_and_convert_import_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, finetune.cli.model, finetune.convert, finetune.tokenizer, finetune.pretrain\n"
+    code = ("import sys, finetune.cli.model, finetune.compute.convert, finetune.compute.tokenizer, finetune.compute.pretrain\n"
             "heavy = [m for m in ('torch', 'transformers', 'tokenizers', 'datasets') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -16,8 +16,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from finetune import data as fdata  # noqa: E402
-from finetune import ipa  # noqa: E402
+from finetune.compute import data as fdata  # noqa: E402
+from finetune.compute import ipa  # noqa: E402
 from finetune.errors import FinetuneError  # noqa: E402
 
 SPLITS = {"train": 40, "dev": 12, "test": 12}
@@ -48,7 +48,7 @@ def tokenizer(tmp_path_factory, sib_rows):
     """A small byte-level BPE trained on the rows (text and IPA), loaded the way trials load theirs."""
     from tokenizers import ByteLevelBPETokenizer
 
-    from finetune.tokenizer import load_tokenizer
+    from finetune.compute.tokenizer import load_tokenizer
 
     texts = [r["text"] for splits in sib_rows.values() for rows in splits.values() for r in rows]
     texts += ipa.transcribe(texts[:60], "ru")
@@ -385,7 +385,7 @@ def test_tokenization_is_cached_under_cache_dir(tsv_root, tokenizer, tmp_path):
 
 
 def test_batches_from_prepared_data(reference, tokenizer):
-    from finetune.batching import LengthGroupedBatchSampler, collate
+    from finetune.compute.batching import LengthGroupedBatchSampler, collate
 
     train = reference.train
     lengths = train["length"]

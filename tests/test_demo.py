@@ -51,8 +51,8 @@ def test_demo_tiny_local_and_rerun(tmp_path, capsys, sib200_dir):
     assert "pretraining rus-pol-ipa" in log and "6/6 trials done" in log
     _check_outputs(out)
     # the IPA tokenizer was trained on IPA, the normal one on text: each encodes its own script shorter
-    from finetune.ipa import transcribe
-    from finetune.tokenizer import load_tokenizer
+    from finetune.compute.ipa import transcribe
+    from finetune.compute.tokenizer import load_tokenizer
 
     ipa_tok = load_tokenizer(out / "models" / "rus-pol-ipa")
     normal_tok = load_tokenizer(out / "models" / "rus-pol-normal")

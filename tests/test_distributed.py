@@ -18,7 +18,7 @@ import pytest
 from nanogpt_fixtures import tiny_pretrained  # noqa: F401
 from test_trainer import config_for, make_trial, metric_lines, run_in_process, same_run, write_sib_slice
 
-from finetune.distributed import (
+from finetune.compute.distributed import (
     DistEnv,
     expand_nodelist,
     from_environ,
@@ -94,7 +94,7 @@ def test_resolve_strategy(strategy, world, resolved):
 
 
 def test_fsdp_shards_each_transformer_block(tiny_pretrained):  # noqa: F811
-    from finetune.hf import NanoGPTForSequenceClassification
+    from finetune.compute.hf import NanoGPTForSequenceClassification
 
     model = NanoGPTForSequenceClassification.from_nanogpt(tiny_pretrained[0], 7)
     blocks = transformer_blocks(model)
@@ -136,7 +136,7 @@ def single(setup) -> Path:
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_agree_with_one(setup, single, strategy):
     trial = make_trial(setup["root"] / strategy, _config(setup, "same", strategy))
-    done = _torchrun("-m", "finetune.trainer", str(trial))
+    done = _torchrun("-m", "finetune.compute.trainer", str(trial))
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((trial / "result.json").read_text())
     assert (result["strategy"], result["world_size"]) == (strategy, 2)
@@ -148,7 +148,7 @@ def test_two_processes_agree_with_one(setup, single, strategy):
 
 PREEMPT = """
 import os, signal, sys
-from finetune import trainer
+from finetune.compute import trainer
 
 def hook(step):
     if step == int(sys.argv[2]) and os.environ["RANK"] == "0":  # rank 0 only: the stop is agreed
@@ -172,7 +172,7 @@ def test_fsdp_preempted_and_resumed_from_sharded_checkpoint(setup, tmp_path):
     assert json.loads(latest.read_text())["step"] == 3
     shards = sorted(p.name for p in (trial / "checkpoints" / "step-00000003").iterdir())
     assert "rank0.pt" in shards and "rank1.pt" in shards and any(n.endswith(".distcp") for n in shards)
-    done = _torchrun("-m", "finetune.trainer", str(trial))
+    done = _torchrun("-m", "finetune.compute.trainer", str(trial))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "at step 3" in done.stderr
     same_run(reference, trial, atol=1e-6)

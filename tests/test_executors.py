@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from finetune.errors import ConfigError, FinetuneError, UsageError
-from finetune.executors.base import resolve_name
-from finetune.submit import load_manifest, submit
+from finetune.login.executors.base import resolve_name
+from finetune.login.submit import load_manifest, submit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from submit_helpers import SlurmStubs, make_plan  # noqa: E402
@@ -225,7 +225,7 @@ COUNT = ["training.workload=count", "training.count_to=2", "training.count_sleep
 
 
 def test_a_real_plan_runs_locally(tmp_path, monkeypatch):
-    from finetune.plan import build_plan, write_plan
+    from finetune.login.plan import build_plan, write_plan
 
     monkeypatch.chdir(REPO)
     plan = build_plan(CONFIGS, COUNT, grid_config="config/grid-demo.json", model_types=("normal",))
@@ -239,7 +239,7 @@ def test_a_real_plan_runs_locally(tmp_path, monkeypatch):
 
 
 def test_missing_checkpoints_block_submission(tmp_path, stubs, monkeypatch):
-    from finetune.plan import build_plan, write_plan
+    from finetune.login.plan import build_plan, write_plan
 
     monkeypatch.chdir(REPO)
     plan = build_plan(CONFIGS, [f"checkpoints.prefix={tmp_path / 'no-models'}"], model_types=("normal",))
@@ -276,7 +276,7 @@ def test_ctrl_c_during_sbatch_still_records_the_queued_array(tmp_path, stubs):
 
 
 def test_local_trials_share_the_cores_unless_the_user_fixed_threads(monkeypatch):
-    from finetune.executors.local import trial_env
+    from finetune.login.executors.local import trial_env
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 8)
@@ -288,7 +288,7 @@ def test_local_trials_share_the_cores_unless_the_user_fixed_threads(monkeypatch)
 
 def test_a_dry_run_lists_missing_inputs_as_warnings(tmp_path, stubs, monkeypatch, capsys):
     from finetune.cli import main
-    from finetune.plan import build_plan, write_plan
+    from finetune.login.plan import build_plan, write_plan
 
     monkeypatch.chdir(REPO)
     plan = build_plan(CONFIGS, [f"checkpoints.prefix={tmp_path / 'no-models'}"], model_types=("normal",))
@@ -309,7 +309,7 @@ def test_submit_refuses_more_trials_than_the_guard_without_yes(tmp_path, stubs):
 
 
 def test_collect_shows_finished_count_trials_as_finished(tmp_path):
-    from finetune.results import collect
+    from finetune.analysis.results import collect
 
     plan = tmp_path / "plan"
     ids = make_plan(plan, 2)

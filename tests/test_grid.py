@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from finetune.grid import Grid, axes, count, excluded, expand, grid_problems, language_sets, parse_grid
-from finetune.schema import hyperparameter_names
+from finetune.login.grid import Grid, axes, count, excluded, expand, grid_problems, language_sets, parse_grid
+from finetune.login.schema import hyperparameter_names
 
 
 def grid(**data) -> Grid:

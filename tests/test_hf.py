@@ -1,4 +1,4 @@
-"""finetune.hf: the Hugging Face adapter reproduces model.py, saves/loads, works with Auto, pipeline, Trainer."""
+"""finetune.compute.hf: the Hugging Face adapter reproduces model.py, saves/loads, works with Auto, pipeline, Trainer."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import torch
 from nanogpt_fixtures import sib200_texts, tiny_pretrained, write_nanogpt_checkpoint  # noqa: F401
 from torch.nn import functional as F
 
-from finetune.hf import (
+from finetune.compute.hf import (
     NanoGPTConfig,
     NanoGPTForCausalLM,
     NanoGPTForSequenceClassification,
     NanoGPTModel,
 )
-from finetune.model import CheckpointError, load_gpt, transformer_hidden
+from finetune.compute.model import CheckpointError, load_gpt, transformer_hidden
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -131,7 +131,7 @@ def test_greedy_generate_matches_nanogpt_argmax_loop(ckpt):
 def test_pipeline_and_trust_remote_code_on_a_converted_directory(tiny_pretrained, tmp_path):  # noqa: F811
     from transformers import pipeline
 
-    from finetune.convert import convert
+    from finetune.compute.convert import convert
 
     ckpt, prefix = tiny_pretrained
     out = tmp_path / "clf"
@@ -151,11 +151,11 @@ def test_pipeline_and_trust_remote_code_on_a_converted_directory(tiny_pretrained
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["finetune.hf", "NanoGPTForSequenceClassification", "sports"]
+    assert run.stdout.split() == ["finetune.compute.hf", "NanoGPTForSequenceClassification", "sports"]
 
 
 def test_plain_import_finetune_registers_auto_classes_without_importing_torch(tiny_pretrained, tmp_path):  # noqa: F811
-    from finetune.convert import convert
+    from finetune.compute.convert import convert
 
     out = tmp_path / "clf"
     convert(tiny_pretrained[0], out, task="classification", num_labels=2, tokenizer=tiny_pretrained[1])
@@ -177,7 +177,7 @@ def test_transformers_trainer_trains_the_classifier(tiny_pretrained, tmp_path): 
     from datasets import Dataset
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from finetune.tokenizer import load_tokenizer
+    from finetune.compute.tokenizer import load_tokenizer
 
     ckpt, prefix = tiny_pretrained
     tok = load_tokenizer(prefix)

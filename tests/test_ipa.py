@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune import ipa
+from finetune.compute import ipa
 from finetune.errors import FinetuneError
 
 ESPEAK = {

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from finetune.errors import ConfigError, UsageError
-from finetune.layers import join_path, load_config, parse_override, resolved_paths
+from finetune.login.layers import join_path, load_config, parse_override, resolved_paths
 
 
 def write_layers(tmp_path: Path, layers: list[str]) -> list[str]:
@@ -151,8 +151,8 @@ def test_layers_module_stays_light():
     import subprocess
     import sys
 
-    code = ("import sys, finetune.cli, finetune.plan, finetune.layers, finetune.schema, finetune.grid, "
-            "finetune.matrix, finetune.database; "
+    code = ("import sys, finetune.cli, finetune.login.plan, finetune.login.layers, finetune.login.schema, finetune.login.grid, "
+            "finetune.login.matrix, finetune.login.database; "
             "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'datasets', 'matplotlib', 'submitit') "
             "if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from finetune.matrix import cells, language_matrix
-from finetune.plan import build_plan
+from finetune.login.matrix import cells, language_matrix
+from finetune.login.plan import build_plan
 
 
 def test_two_languages_give_three_train_sets_and_six_cells():

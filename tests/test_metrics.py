@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from finetune.metrics import classification_metrics, cross_entropy, is_better
+from finetune.compute.metrics import classification_metrics, cross_entropy, is_better
 
 
 def _logits_for(preds: list[int], classes: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""finetune.model: nanoGPT numerics and safe, key-by-key checkpoint loading."""
+"""finetune.compute.model: nanoGPT numerics and safe, key-by-key checkpoint loading."""
 
 from __future__ import annotations
 
@@ -11,8 +11,15 @@ import torch
 from nanogpt_fixtures import write_nanogpt_checkpoint
 from torch.nn import functional as F
 
+from finetune.compute.model import (
+    GPT,
+    CheckpointError,
+    GPTConfig,
+    load_checkpoint,
+    load_gpt,
+    transformer_hidden,
+)
 from finetune.errors import FinetuneError
-from finetune.model import GPT, CheckpointError, GPTConfig, load_checkpoint, load_gpt, transformer_hidden
 
 
 def reference_logits(state: dict, args: dict, idx: torch.Tensor) -> torch.Tensor:

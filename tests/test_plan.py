@@ -10,7 +10,7 @@ import json5
 import pytest
 
 from finetune.errors import ConfigError
-from finetune.plan import (
+from finetune.login.plan import (
     build_plan,
     canonical_json,
     load_plan,

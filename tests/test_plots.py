@@ -1,4 +1,4 @@
-"""finetune.plots: the transfer matrix cells exactly, and the PNGs that are drawn from them."""
+"""finetune.analysis.plots: the transfer matrix cells exactly, and the PNGs that are drawn from them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_results import standard_plan, write_plan
 
-from finetune.plots import (
+from finetune.analysis.plots import (
     curve_series,
     draw_heatmaps,
     learning_curves,
@@ -16,7 +16,7 @@ from finetune.plots import (
     transfer_heatmaps,
     transfer_matrix,
 )
-from finetune.results import collect
+from finetune.analysis.results import collect
 
 GREY = np.array([0xD0, 0xD0, 0xD0])
 

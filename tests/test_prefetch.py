@@ -12,9 +12,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from nanogpt_fixtures import sib200_texts, write_nanogpt_checkpoint  # noqa: E402
 
-from finetune import ipa  # noqa: E402
 from finetune.cli import main  # noqa: E402
-from finetune.prefetch import check_plan, prefetch  # noqa: E402
+from finetune.compute import ipa  # noqa: E402
+from finetune.compute.prefetch import check_plan, prefetch  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +93,8 @@ def test_hub_snapshot_serves_offline_nodes(tiny_pretrained, sib200_dir, tmp_path
     """What prefetch leaves for a hub dataset (a save_to_disk snapshot) is all a trial needs."""
     from datasets import Dataset, DatasetDict
 
-    from finetune.data import hub_snapshot, prepare_trial_data
-    from finetune.tokenizer import load_tokenizer
+    from finetune.compute.data import hub_snapshot, prepare_trial_data
+    from finetune.compute.tokenizer import load_tokenizer
 
     ckpt, tok = tiny_pretrained
     hub = entry(None, "rus_Cyrl", "ru", dataset="someone/offline-only", classes=2)
@@ -111,7 +111,7 @@ def test_hub_snapshot_serves_offline_nodes(tiny_pretrained, sib200_dir, tmp_path
 @pytest.fixture
 def plan_dir(tiny_pretrained, tmp_path, repo_root, monkeypatch):
     """A real plan (Russian + Polish, normal + ipa, two learning rates) on the tiny model."""
-    from finetune.plan import build_plan, write_plan
+    from finetune.login.plan import build_plan, write_plan
 
     ckpt, tok = tiny_pretrained
     monkeypatch.chdir(repo_root)
@@ -125,10 +125,10 @@ def plan_dir(tiny_pretrained, tmp_path, repo_root, monkeypatch):
 
 
 def test_prefetch_plan_dir_then_trials_need_no_transcription(plan_dir, tmp_path, monkeypatch, sib200_dir):
-    from finetune.data import prepare_trial_data
+    from finetune.compute.data import prepare_trial_data
+    from finetune.compute.tokenizer import load_tokenizer
     from finetune.fileio import read_json
-    from finetune.plan import load_plan, materialize_trial
-    from finetune.tokenizer import load_tokenizer
+    from finetune.login.plan import load_plan, materialize_trial
 
     assert check_plan(plan_dir) == []
     calls = []
@@ -153,10 +153,10 @@ def test_prefetch_plan_dir_then_trials_need_no_transcription(plan_dir, tmp_path,
 
 
 def test_parallel_transcription_is_found_by_single_process_trials(plan_dir, monkeypatch):
-    from finetune.data import prepare_trial_data
+    from finetune.compute.data import prepare_trial_data
+    from finetune.compute.tokenizer import load_tokenizer
     from finetune.fileio import read_json
-    from finetune.plan import load_plan, materialize_trial
-    from finetune.tokenizer import load_tokenizer
+    from finetune.login.plan import load_plan, materialize_trial
 
     report = prefetch(plan_dir, workers=2, tokenize=False)
     assert report.ok and len(report.transcribed) == 2

@@ -1,4 +1,4 @@
-"""finetune.pretrain and `finetune pretrain`: outputs in nanoGPT's exact layouts, reruns, flags."""
+"""finetune.compute.pretrain and `finetune pretrain`: outputs in nanoGPT's exact layouts, reruns, flags."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import torch
 from nanogpt_fixtures import TINY, sib200_texts, tiny_pretrained  # noqa: F401
 
 from finetune.cli import main
+from finetune.compute.model import MODEL_ARGS, load_checkpoint, load_gpt
+from finetune.compute.pretrain import pretrain
+from finetune.compute.tokenizer import load_tokenizer
 from finetune.errors import UsageError
-from finetune.model import MODEL_ARGS, load_checkpoint, load_gpt
-from finetune.pretrain import pretrain
-from finetune.tokenizer import load_tokenizer
 
 
 def test_writes_a_checkpoint_in_nanogpts_format(tiny_pretrained):  # noqa: F811
@@ -94,14 +94,14 @@ def test_cli_pretrains_from_sib200_and_from_corpus_files(sib200_dir, tmp_path, c
 
 
 def test_cli_ipa_transcribes_the_corpus(sib200_dir, tmp_path):
-    pytest.importorskip("finetune.ipa")
+    pytest.importorskip("finetune.compute.ipa")
     rc = main(["pretrain", "--sib200", str(sib200_dir), "--languages", "rus_Cyrl", "pol_Latn=pl", "--limit", "15",
                "--ipa", "--name", "ipa", "--out-dir", str(tmp_path), "--n-layer", "1", "--n-head", "2",
                "--n-embd", "16", "--block-size", "32", "--steps", "1", "--vocab-size", "300"])
     assert rc == 0
     tok = load_tokenizer(tmp_path / "ipa")
     assert any("ʲ" in tok.decode([i]) for i in range(len(tok)))  # IPA palatalisation became tokens
-    from finetune.ipa import transcribe
+    from finetune.compute.ipa import transcribe
 
     ipa = transcribe(["Москва"], "ru")[0]
     assert tok.decode(tok(ipa)["input_ids"]).strip() == ipa
@@ -133,7 +133,7 @@ def test_cli_flag_errors_exit_2_and_write_nothing(sib200_dir, tmp_path, capsys, 
     [(0, 0.1), (9, 1.0), (10, 1.0), (55, 0.55), (100, 0.1), (150, 0.1)],
 )
 def test_learning_rate_warms_up_then_decays_to_a_tenth(step, expected):
-    from finetune.pretrain import learning_rate_at
+    from finetune.compute.pretrain import learning_rate_at
 
     assert learning_rate_at(step, 1.0, warmup=10, steps=100) == pytest.approx(expected)
 

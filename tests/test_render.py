@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from finetune.errors import ConfigError
-from finetune.render import ShellSafe, engine_for, quote, render, render_text
-from finetune.submit import DEFAULT_TEMPLATE, directives, script_context
+from finetune.login.render import ShellSafe, engine_for, quote, render, render_text
+from finetune.login.submit import DEFAULT_TEMPLATE, directives, script_context
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "jobs" / "templates"

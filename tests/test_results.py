@@ -1,4 +1,4 @@
-"""finetune.results / `finetune collect` on plan dirs written by hand from the documented files."""
+"""finetune.analysis.results / `finetune collect` on plan dirs written by hand from the documented files."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from finetune.analysis.results import collect, csv_text, markdown_text, write_tables
 from finetune.cli import main
 from finetune.errors import FinetuneError
-from finetune.results import collect, csv_text, markdown_text, write_tables
 
 LANGS = ["polish", "russian"]
 

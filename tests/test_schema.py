@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from finetune.errors import ConfigError
-from finetune.plan import build_plan
-from finetune.schema import SCHEMAS, did_you_mean, load_schema, schema_path, validate
+from finetune.login.plan import build_plan
+from finetune.login.schema import SCHEMAS, did_you_mean, load_schema, schema_path, validate
 
 PAIR = '{"checkpoints": {"normal": "n", "ipa": "i"}, "tokenizers": {"normal_prefix": "n", "ipa_prefix": "i"}}'
 TASK = '{"task": "topic", "datasets": {"russian": "sib200", "polish": "sib200"}}'
@@ -193,7 +193,7 @@ def test_database_schema(data, expected):
 
 
 def test_database_labels_must_match_classes(tmp_path):
-    from finetune.database import load_database
+    from finetune.login.database import load_database
 
     entry = {"dataset": "d", "train_features": ["t"], "eval_feature": "c", "splits": {"train": "t", "eval": "e"},
              "task_type": "classification", "classes": 3, "labels": ["a", "b", "b"]}
@@ -220,7 +220,7 @@ def test_shipped_schemas_are_valid_draft_2020_12(kind):
     schema = load_schema(kind)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     jsonschema.Draft202012Validator.check_schema(schema)
-    assert schema_path(kind).parent == Path(__import__("finetune").__file__).parent / "schemas"
+    assert schema_path(kind).parent == Path(__import__("finetune").__file__).parent / "login" / "schemas"
 
 
 def test_every_hyperparameter_in_the_architecture_is_in_the_schema():

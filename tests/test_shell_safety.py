@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from finetune.errors import ConfigError
-from finetune.submit import submit
+from finetune.login.submit import submit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from submit_helpers import make_plan  # noqa: E402

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from finetune.database import load_database
-from finetune.layers import read_config_file
-from finetune.plan import build_plan
-from finetune.schema import load_schema, validate
+from finetune.login.database import load_database
+from finetune.login.layers import read_config_file
+from finetune.login.plan import build_plan
+from finetune.login.schema import load_schema, validate
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "config"

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from finetune.analysis.significance import approximate_randomization, compare, logits_name, scores
 from finetune.errors import UsageError
-from finetune.significance import approximate_randomization, compare, logits_name, scores
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune.status import plan_status
-from finetune.submit import load_manifest, submit
+from finetune.login.status import plan_status
+from finetune.login.submit import load_manifest, submit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from submit_helpers import make_plan  # noqa: E402

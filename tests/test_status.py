@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from finetune.executors.base import TaskState
-from finetune.executors.slurm import parse_sacct, parse_squeue
-from finetune.status import plan_status
-from finetune.submit import submit
+from finetune.login.executors.base import TaskState
+from finetune.login.executors.slurm import parse_sacct, parse_squeue
+from finetune.login.status import plan_status
+from finetune.login.submit import submit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from submit_helpers import SlurmStubs, make_plan  # noqa: E402

@@ -1,4 +1,4 @@
-"""finetune.tokenizer: byte-level BPE from vocab/merges, tokenizer.json or an HF directory."""
+"""finetune.compute.tokenizer: byte-level BPE from vocab/merges, tokenizer.json or an HF directory."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 from nanogpt_fixtures import sib200_texts, tiny_pretrained  # noqa: F401
 
-from finetune.tokenizer import TokenizerError, load_tokenizer, tokenizer_kind, tokenizer_problems
+from finetune.compute.tokenizer import TokenizerError, load_tokenizer, tokenizer_kind, tokenizer_problems
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from nanogpt_fixtures import tiny_pretrained  # noqa: F401
 
+from finetune.compute.trainer import lr_factor, settings_from_config
 from finetune.errors import ConfigError
-from finetune.trainer import lr_factor, settings_from_config
 
 REPO = Path(__file__).resolve().parent.parent
 LABELS = ["science/technology", "travel", "politics", "sports", "health", "entertainment", "geography"]
@@ -120,7 +120,7 @@ def config_for(setup: dict, trial_id: str, **over) -> dict:
 def run_in_process(trial: Path, **kwargs) -> int:
     """In this process, on one CPU thread: float sums are only bit-exact between runs that use
     the same number of threads, and other tests may change this process's thread count."""
-    from finetune import trainer
+    from finetune.compute import trainer
 
     kwargs.setdefault("threads", 1)
     return trainer.run(trial, **kwargs)
@@ -230,17 +230,17 @@ def test_outputs_of_a_finished_trial(setup, reference):
     import numpy as np
     import torch
 
-    from finetune.hf import NanoGPTForSequenceClassification
+    from finetune.compute.hf import NanoGPTForSequenceClassification
 
     model = NanoGPTForSequenceClassification.from_pretrained(reference / "model").eval()
     assert model.config.id2label[0] == LABELS[0] or set(model.config.id2label.values()) == set(LABELS)
     dump = np.load(reference / "logits" / "ref-russian-test.npz")
     assert dump["logits"].shape == (ROWS["test"], 7) and dump["labels"].shape == (ROWS["test"],)
-    from finetune.metrics import classification_metrics
+    from finetune.compute.metrics import classification_metrics
 
     assert classification_metrics(dump["logits"], dump["labels"])["macro_f1"] == pytest.approx(
         result["metrics"]["russian"]["test"]["macro_f1"])
-    from finetune.tokenizer import load_tokenizer
+    from finetune.compute.tokenizer import load_tokenizer
 
     tok = load_tokenizer(str(reference / "model"))
     first = tok(["Турция с трёх сторон окружена морями."], return_tensors="pt")
@@ -287,7 +287,7 @@ def test_resume_after_preemption_at_random_steps_is_exact(setup, reference):
 def test_sigusr2_to_a_running_process_checkpoints_exits_75_and_resumes_exactly(setup, reference):
     trial = make_trial(setup["root"] / "signal", config_for(setup, "ref", training={"log_interval": 1}))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # as run_in_process
-    cmd = [sys.executable, "-m", "finetune.trainer", str(trial)]
+    cmd = [sys.executable, "-m", "finetune.compute.trainer", str(trial)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     for line in proc.stderr:

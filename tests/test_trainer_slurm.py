@@ -1,7 +1,7 @@
 """The real trainer as a SLURM array task, interrupted with SIGUSR2 mid-training, requeued and resumed.
 
 Real parts throughout: the planner (config layers + ``--set`` overrides, as the demo builds them),
-a tiny pretrained nanoGPT (``finetune.pretrain``), the SIB-200 data in ../shared/data/sib200,
+a tiny pretrained nanoGPT (``finetune.compute.pretrain``), the SIB-200 data in ../shared/data/sib200,
 ``finetune submit`` to the single-node test cluster (scripts/slurm-cluster.sh) with the default
 template, and ``scancel --signal=USR2 --batch`` at a random training step. The batch script
 forwards the signal, the trainer checkpoints and exits 75, the script requeues the job, and the
@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 from nanogpt_fixtures import tiny_pretrained  # noqa: F401
 
-from finetune.plan import build_plan, write_plan
-from finetune.status import plan_status
-from finetune.submit import submit
+from finetune.login.plan import build_plan, write_plan
+from finetune.login.status import plan_status
+from finetune.login.submit import submit
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_FILES = ("config/finetune-rus-pol.json", "config/finetune-rus-pol-topic.json", "config/data-local.json")

@@ -79,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from finetune.layers import load_config, resolved_value
+    from finetune.login.layers import load_config, resolved_value
 
     layered = load_config(args.config, args.set, default=args.default)
     value = resolved_value(layered) if args.resolved else layered.value
@@ -92,12 +92,12 @@ def _show(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     """Layers go through build_plan; a database or grid file (by its "$schema") is checked on its own."""
-    from finetune.database import load_database
     from finetune.errors import ConfigError, FinetuneError
-    from finetune.grid import grid_problems, parse_grid
-    from finetune.layers import read_config_file
-    from finetune.plan import build_plan
-    from finetune.schema import hyperparameter_names, validate
+    from finetune.login.database import load_database
+    from finetune.login.grid import grid_problems, parse_grid
+    from finetune.login.layers import read_config_file
+    from finetune.login.plan import build_plan
+    from finetune.login.schema import hyperparameter_names, validate
 
     layers, problems, lines = [], [], []
     for name in args.config:
@@ -149,7 +149,7 @@ def _schema_kind(name: str, read) -> str:
 
 def explain(value: Any, source_of, path: str = "$", indent: int = 0) -> str:
     """Pretty JSON with ``// source`` after every leaf (a valid JSON5/JSONC document)."""
-    from finetune.layers import join_path
+    from finetune.login.layers import join_path
 
     if not isinstance(value, dict) or not value:
         return json.dumps(value, ensure_ascii=False)

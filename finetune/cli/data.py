@@ -56,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _source(args: argparse.Namespace):
-    """A plan directory as is; config layers through finetune.plan.build_plan (nothing written)."""
-    from finetune.plan import build_plan
+    """A plan directory as is; config layers through finetune.login.plan.build_plan (nothing written)."""
+    from finetune.login.plan import build_plan
 
     if len(args.config) == 1 and Path(args.config[0]).is_dir():
         return args.config[0]
@@ -66,8 +66,8 @@ def _source(args: argparse.Namespace):
 
 
 def run_prefetch(args: argparse.Namespace) -> int:
+    from finetune.compute.prefetch import check_plan, prefetch
     from finetune.errors import FinetuneError
-    from finetune.prefetch import check_plan, prefetch
 
     source = _source(args)
     if args.check:
@@ -87,7 +87,7 @@ def run_prefetch(args: argparse.Namespace) -> int:
 
 
 def run_transcribe(args: argparse.Namespace) -> int:
-    from finetune.ipa import transcribe
+    from finetune.compute.ipa import transcribe
 
     lines = args.text or [line.rstrip("\n") for line in sys.stdin]
     for out in transcribe(lines, args.espeak):

@@ -17,7 +17,7 @@ Reads the checkpoint with torch.load(weights_only=True) (a file that needs arbit
 is refused), checks every key and shape against its model_args, and writes OUT_DIR with
 model.safetensors, config.json (model_type nanogpt) and the tokenizer. Without --tokenizer the
 nanoGPT-layout sibling <ckpt dir>-vocab.json / -merges.txt is used when it exists. Load the
-result with transformers after `import finetune.hf`, or with trust_remote_code=True.
+result with transformers after `import finetune.compute.hf`, or with trust_remote_code=True.
 A bad checkpoint exits 2 with every problem listed.
 """
 
@@ -99,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from finetune.convert import convert
+    from finetune.compute.convert import convert
 
     report = convert(
         args.ckpt, args.out_dir, task=args.task, num_labels=args.num_labels, labels=args.labels,
@@ -163,12 +163,12 @@ def _corpus(args: argparse.Namespace) -> list[tuple[list[str], str | None]]:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from finetune.pretrain import pretrain, result_dict
+    from finetune.compute.pretrain import pretrain, result_dict
 
     texts: list[str] = []
     for group, voice in _corpus(args):
         if args.ipa:
-            from finetune.ipa import transcribe
+            from finetune.compute.ipa import transcribe
 
             group = transcribe(group, voice)
         texts += group

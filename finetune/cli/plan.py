@@ -1,5 +1,5 @@
 """`finetune plan` (grid search, = scripts/grid-search.py) and `finetune matrix` (cross-language
-matrix, = scripts/finetuning-generator.py): plan into DIR, then submit through finetune.submit."""
+matrix, = scripts/finetuning-generator.py): plan into DIR, then submit through finetune.login.submit."""
 
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def _check_flags(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace, *, matrix: bool) -> int:
     """Validate flags and configs, plan, guard, write the plan, submit (or dry-run)."""
     from finetune.errors import Problem, UsageError
-    from finetune.plan import build_plan, write_plan
+    from finetune.login.plan import build_plan, write_plan
 
     _check_flags(args)
     out = output_dir(args, matrix=matrix)
@@ -184,7 +184,7 @@ def _submit_function():
     from finetune.errors import FinetuneError
 
     try:
-        from finetune.submit import submit
+        from finetune.login.submit import submit
     except ImportError as e:
         raise FinetuneError(f"submission is not available in this installation ({e}); "
                             "the plan is written, use --no-submit to only plan") from None

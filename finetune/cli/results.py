@@ -69,12 +69,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from finetune.results import collect, markdown_text, write_tables
+    from finetune.analysis.results import collect, markdown_text, write_tables
 
     table = collect(args.plan_dir, metric=args.metric)
     paths = list(write_tables(table))
     if args.plots:
-        from finetune.plots import learning_curves, transfer_heatmaps
+        from finetune.analysis.plots import learning_curves, transfer_heatmaps
 
         plots = Path(args.plan_dir) / "plots"
         paths.append(transfer_heatmaps(table, plots / "transfer-heatmap.png"))

@@ -109,7 +109,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from finetune.submit import submit
+    from finetune.login.submit import submit
 
     report = submit(args.plan_dir, executor=args.executor, template=args.template, timeout=args.timeout,
                     throttle=args.throttle, dry_run=args.dry_run, max_array_size=args.max_array_size,
@@ -118,7 +118,7 @@ def _submit(args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     print(report.summary())
     if report.executor == "local" and not args.dry_run:
-        from finetune.status import plan_status
+        from finetune.login.status import plan_status
 
         counts = plan_status(args.plan_dir).counts
         print("states: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -126,7 +126,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from finetune.status import plan_status
+    from finetune.login.status import plan_status
 
     report = plan_status(args.plan_dir)
     if args.json:
@@ -149,7 +149,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from finetune.submit import cancel
+    from finetune.login.submit import cancel
 
     report = cancel(args.plan_dir)
     print(f"cancelled {len(report.trials)} trials ({len(report.job_ids)} array tasks)")
@@ -157,14 +157,14 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from finetune.trial import run_trial
+    from finetune.compute.trial import run_trial
 
     return run_trial(args.trial_dir)
 
 
 def _array_task(args: argparse.Namespace) -> int:
+    from finetune.compute.trial import run_trial
     from finetune.errors import UsageError
-    from finetune.trial import run_trial
 
     index = Path(args.index_file).resolve()
     task = args.task_id if args.task_id is not None else os.environ.get("SLURM_ARRAY_TASK_ID")

@@ -21,8 +21,8 @@ training.dump_logits in the config). Prints both scores, their difference and th
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from finetune.analysis.significance import SCORES
     from finetune.cli import HelpFormatter
-    from finetune.significance import SCORES
 
     p = subparsers.add_parser(
         "significance", help="paired approximate randomization test between two trials",
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _significance(args: argparse.Namespace) -> int:
-    from finetune.significance import compare
+    from finetune.analysis.significance import compare
 
     if args.rounds < 1:
         raise UsageError(problems=[Problem("--rounds", "", f"must be at least 1, got {args.rounds}")])

@@ -1,5 +1,5 @@
 """Executors: ``slurm``, ``submitit`` and ``local`` behind one small interface (see base.py)."""
 
-from finetune.executors.base import ArrayJob, Executor, TaskState, make_executor, resolve_name
+from finetune.login.executors.base import ArrayJob, Executor, TaskState, make_executor, resolve_name
 
 __all__ = ["ArrayJob", "Executor", "TaskState", "make_executor", "resolve_name"]

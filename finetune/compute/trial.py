@@ -1,7 +1,7 @@
 """One trial, by its directory: the entry point every executor runs (``finetune train DIR``).
 
 Dispatches on ``training.workload``: ``"finetune"`` (the trainer, imported only then) or
-``"count"`` (the stand-in of finetune.workloads). Exit codes: 0 finished, 1 failed, 75
+``"count"`` (the stand-in of finetune.compute.workloads). Exit codes: 0 finished, 1 failed, 75
 checkpointed after SIGUSR2 (requeue me).
 """
 
@@ -23,11 +23,11 @@ def run_trial(trial_dir: str | Path) -> int:
     config = read_json(path)
     workload = (config.get("training") or {}).get("workload", "finetune")
     if workload == "count":
-        from finetune.workloads import count
+        from finetune.compute.workloads import count
 
         return count(trial_dir, config)
     if workload == "finetune":
-        from finetune.trainer import run
+        from finetune.compute.trainer import run
 
         return int(run(trial_dir))
     raise ConfigError(problems=[Problem(str(path), "$.training.workload",

@@ -2,7 +2,7 @@
 
 ``submit`` picks the trials that need to run (neither finished, i.e. with a result.json, nor
 queued or running per one scheduler call), checks that their inputs exist
-(``finetune.prefetch.check_plan``), freezes their configs, groups them by resources into job
+(``finetune.compute.prefetch.check_plan``), freezes their configs, groups them by resources into job
 arrays (split at the cluster's MaxArraySize), renders one script per array and submits them,
 writing ``DIR/manifest.json`` after every sbatch. Everything up to the first sbatch is checked
 first: bad input raises before anything is written or submitted.
@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
-from finetune.executors.base import ArrayJob, make_executor, resolve_name, write_job_files
 from finetune.fileio import atomic_write_json, read_json
-from finetune.render import ShellSafe, join, line_breaks, quote, render
-from finetune.status import is_finished
+from finetune.login.executors.base import ArrayJob, make_executor, resolve_name, write_job_files
+from finetune.login.render import ShellSafe, join, line_breaks, quote, render
+from finetune.login.status import is_finished
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = REPO / "jobs" / "templates" / "array.sbatch.j2"
 MANIFEST = "manifest.json"
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
@@ -72,11 +72,11 @@ class SubmitReport:
 
 
 # ---------------------------------------------------------------------------------------------
-# the plan directory (through finetune.plan)
+# the plan directory (through finetune.login.plan)
 
 
 def plan_trial_ids(plan_dir: Path) -> list[str]:
-    from finetune.plan import load_plan
+    from finetune.login.plan import load_plan
 
     return [t.id for t in load_plan(plan_dir).trials]
 
@@ -84,7 +84,7 @@ def plan_trial_ids(plan_dir: Path) -> list[str]:
 def trial_config(plan_dir: Path, trial_id: str, plan: Any = None) -> tuple[Path, dict[str, Any]]:
     """Freeze a trial that is about to be (re)submitted. ``refresh``: a failed or never-queued
     trial takes the operational settings (slurm, data mirrors) that plan.json has now."""
-    from finetune.plan import materialize_trial
+    from finetune.login.plan import materialize_trial
 
     path = Path(materialize_trial(plan_dir, trial_id, plan=plan, refresh=True))
     return path, read_json(path)
@@ -123,7 +123,7 @@ def queued_trials(entries: dict[str, dict[str, Any]]) -> set[str]:
     Asked whatever executor submits now: a trial queued by ``slurm`` or ``submitit`` must not go
     again through ``local``. When SLURM cannot answer, submitting would risk duplicates: error.
     """
-    from finetune.executors.slurm import SchedulerError, queue_state
+    from finetune.login.executors.slurm import SchedulerError, queue_state
 
     remote = {t: e for t, e in entries.items() if e.get("executor") in ("slurm", "submitit")}
     if not remote:
@@ -307,7 +307,7 @@ def plan_arrays(plan_dir: Path, trials: list[tuple[str, dict[str, Any]]], *, bat
 
 
 def check_inputs(configs: list[tuple[Path, dict[str, Any]]]) -> list[Problem]:
-    """``finetune.prefetch.check_plan`` on the frozen configs of the trials that train.
+    """``finetune.compute.prefetch.check_plan`` on the frozen configs of the trials that train.
 
     The ``count`` stand-in needs no checkpoint, tokenizer or data. Tolerates a missing module.
     """
@@ -315,7 +315,7 @@ def check_inputs(configs: list[tuple[Path, dict[str, Any]]]) -> list[Problem]:
     if not real:
         return []
     try:
-        from finetune.prefetch import check_plan
+        from finetune.compute.prefetch import check_plan
     except ImportError:
         return []
     return list(check_plan(real))
@@ -357,7 +357,7 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
     _check_flags(template_path, timeout, throttle, max_array_size)
     name = resolve_name(executor)
     ex = make_executor(name, parallel=parallel)
-    from finetune.plan import load_plan
+    from finetune.login.plan import load_plan
 
     plan = load_plan(plan_dir)
     with _locked(plan_dir):
@@ -454,7 +454,7 @@ def _batches(manifest: dict[str, Any]) -> set[str]:
 
 def _cluster_max_array_size(executor: str) -> int:
     if executor in ("slurm", "submitit"):
-        from finetune.executors.slurm import max_array_size
+        from finetune.login.executors.slurm import max_array_size
 
         return max_array_size() or DEFAULT_MAX_ARRAY_SIZE
     return DEFAULT_MAX_ARRAY_SIZE
@@ -480,7 +480,7 @@ def cancel(plan_dir: str | Path) -> CancelReport:
     remote = {t: e for t, e in entries.items() if e.get("executor") in ("slurm", "submitit")}
     if not remote:
         return CancelReport([], [])
-    from finetune.executors.slurm import SlurmExecutor
+    from finetune.login.executors.slurm import SlurmExecutor
 
     ex = SlurmExecutor()
     with _locked(plan_dir):

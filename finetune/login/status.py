@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import UsageError
-from finetune.executors.base import TaskState
+from finetune.login.executors.base import TaskState
 
 STATES = ("finished", "running", "pending", "preempted", "failed", "cancelled", "unsubmitted")
 FAILURE_STATES = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
@@ -137,9 +137,9 @@ def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue
 
 
 def plan_status(plan_dir: str | Path) -> StatusReport:
-    from finetune.executors.slurm import SchedulerError, accounting_state, queue_state
-    from finetune.plan import load_plan
-    from finetune.submit import latest_entries, load_manifest
+    from finetune.login.executors.slurm import SchedulerError, accounting_state, queue_state
+    from finetune.login.plan import load_plan
+    from finetune.login.submit import latest_entries, load_manifest
 
     plan_dir = Path(plan_dir).resolve()
     if not (plan_dir / "plan.json").is_file():

@@ -96,13 +96,13 @@ def resolve_name(name: str) -> str:
 def make_executor(name: str, **options: Any) -> Executor:
     name = resolve_name(name)
     if name == "slurm":
-        from finetune.executors.slurm import SlurmExecutor
+        from finetune.login.executors.slurm import SlurmExecutor
 
         return SlurmExecutor()
     if name == "submitit":
-        from finetune.executors.submitit_executor import SubmititExecutor
+        from finetune.login.executors.submitit_executor import SubmititExecutor
 
         return SubmititExecutor()
-    from finetune.executors.local import LocalExecutor
+    from finetune.login.executors.local import LocalExecutor
 
     return LocalExecutor(parallel=options.get("parallel"))

@@ -1,7 +1,7 @@
-"""Hugging Face adapter for the nanoGPT GPT of ``finetune.model``: a thin layer, no new numerics.
+"""Hugging Face adapter for the nanoGPT GPT of ``finetune.compute.model``: a thin layer, no new numerics.
 
 ``NanoGPTModel`` holds exactly nanoGPT's trunk modules (``wte``, ``wpe``, ``drop``, ``h``,
-``ln_f``, built by ``finetune.model.build_transformer``) and runs them with the same function as
+``ln_f``, built by ``finetune.compute.model.build_transformer``) and runs them with the same function as
 ``GPT``; the heads keep it under ``transformer``, so their state-dict keys are nanoGPT's
 (``transformer.h.0.attn.c_attn.weight``, ...) and ``NanoGPTForCausalLM``'s ``lm_head`` is tied to
 ``transformer.wte`` as in nanoGPT.
@@ -9,7 +9,7 @@
 Importing this module registers the classes with AutoConfig, AutoModel,
 AutoModelForSequenceClassification and AutoModelForCausalLM (model_type ``nanogpt``), so
 ``AutoModelForSequenceClassification.from_pretrained(DIR)`` and
-``transformers.pipeline("text-classification", model=DIR)`` work after ``import finetune.hf``.
+``transformers.pipeline("text-classification", model=DIR)`` work after ``import finetune.compute.hf``.
 Model directories written by ``save_pretrained`` also carry an ``auto_map`` and a two-line
 ``nanogpt_hf.py`` shim, so ``from_pretrained(DIR, trust_remote_code=True)`` works in any Python
 where ``finetune`` is installed, without importing it first.
@@ -41,13 +41,13 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutput,
 )
 
+from finetune.compute.model import GPTConfig, build_transformer, load_checkpoint, transformer_hidden
 from finetune.errors import Problem
-from finetune.model import GPTConfig, build_transformer, load_checkpoint, transformer_hidden
 
 MODEL_TYPE = "nanogpt"
 SHIM_FILE = "nanogpt_hf.py"
-_SHIM = '''"""Loads finetune's nanoGPT classes (pip install finetune); written by finetune.hf."""
-from finetune.hf import (  # noqa: F401
+_SHIM = '''"""Loads finetune's nanoGPT classes (pip install finetune); written by finetune.compute.hf."""
+from finetune.compute.hf import (  # noqa: F401
     NanoGPTConfig, NanoGPTForCausalLM, NanoGPTForSequenceClassification, NanoGPTModel,
 )
 '''
@@ -132,7 +132,7 @@ class NanoGPTPreTrainedModel(PreTrainedModel):
         sizes = asdict(gpt_cfg)
         clash = sorted(k for k in config_overrides if k in sizes and k != "dropout")
         if clash:
-            from finetune.model import CheckpointError
+            from finetune.compute.model import CheckpointError
 
             raise CheckpointError(
                 problems=[Problem(str(ckpt_path), f"$.model_args.{k}", "fixed by the checkpoint; cannot override") for k in clash]

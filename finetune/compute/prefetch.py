@@ -4,7 +4,7 @@
 problem per missing thing, naming how many trials need it), without loading anything heavy.
 ``prefetch`` materialises what the trials will read on compute nodes that are often offline:
 datasets (hub downloads into the cache dir), IPA transcriptions and token ids (the cached maps
-of ``finetune.data``), then reports what is still missing.
+of ``finetune.compute.data``), then reports what is still missing.
 
 A hub dataset counts as present once ``prefetch`` has saved a snapshot of it into the cache dir
 the trials use (``data.cache_dir``): ``<cache>/hub/<name>-<subset>-<key>/`` (``save_to_disk``),
@@ -49,7 +49,7 @@ def trial_configs(source: TrialSource | Iterable[TrialSource] | Any) -> list[tup
     """
     from finetune.fileio import read_json
 
-    if hasattr(source, "trials") and hasattr(source, "trial_config"):  # a finetune.plan.Plan
+    if hasattr(source, "trials") and hasattr(source, "trial_config"):  # a finetune.login.plan.Plan
         return [(_plan_file(source), source.trial_config(t)) for t in source.trials]
     if isinstance(source, dict):
         return [(_config_file(source), source)]
@@ -66,7 +66,7 @@ def trial_configs(source: TrialSource | Iterable[TrialSource] | Any) -> list[tup
 
 def _plan_dir_configs(plan_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     from finetune.fileio import read_json
-    from finetune.plan import CONFIG_FILE, load_plan, trial_dir
+    from finetune.login.plan import CONFIG_FILE, load_plan, trial_dir
 
     plan = load_plan(plan_dir)
     out = []
@@ -84,7 +84,7 @@ def _plan_file(plan: Any) -> str:
 
 
 def _config_file(config: dict[str, Any]) -> str:
-    from finetune.data import config_file
+    from finetune.compute.data import config_file
 
     name = config_file(config)
     return name if name != "trial config" else f"trial {config.get('id', '?')}"
@@ -126,7 +126,7 @@ def _origin(file: str, trial: dict[str, Any], path: str, layer_path: str) -> tup
 
 def check_trials(configs: Sequence[tuple[str, dict[str, Any]]], *, cache_dir: str | os.PathLike[str] | None = None) -> list[Problem]:
     """Missing checkpoints, tokenizers and datasets of ``(file, TRIAL_CONFIG)`` pairs."""
-    from finetune.data import (
+    from finetune.compute.data import (
         dataset_label,
         hub_snapshot,
         local_folder,
@@ -134,7 +134,7 @@ def check_trials(configs: Sequence[tuple[str, dict[str, Any]]], *, cache_dir: st
         split_problems,
         trial_languages,
     )
-    from finetune.tokenizer import tokenizer_problems
+    from finetune.compute.tokenizer import tokenizer_problems
 
     missing = _Missing()
     seen_ckpt: dict[str, bool] = {}
@@ -211,7 +211,7 @@ def prefetch(
     ``workers`` > 1 transcribes in that many processes.
     Never raises for a missing input: everything still missing is in ``report.problems``.
     """
-    from finetune.data import (
+    from finetune.compute.data import (
         DataError,
         add_phoneme_columns,
         dataset_label,
@@ -267,9 +267,9 @@ def prefetch(
 
 
 def _tokenize_all(configs, report: PrefetchReport, *, cache_dir, say) -> None:
-    from finetune.data import prepare_trial_data
-    from finetune.model import load_checkpoint
-    from finetune.tokenizer import load_tokenizer, tokenizer_problems
+    from finetune.compute.data import prepare_trial_data
+    from finetune.compute.model import load_checkpoint
+    from finetune.compute.tokenizer import load_tokenizer, tokenizer_problems
 
     tokenizers: dict[str, Any] = {}
     block_sizes: dict[str, int] = {}

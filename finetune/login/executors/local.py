@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from finetune.executors.base import ArrayJob, TaskState, write_job_files
+from finetune.login.executors.base import ArrayJob, TaskState, write_job_files
 
 REQUEUE_EXIT = 75
 MAX_REQUEUES = 20

@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Sequence
 
 from finetune.errors import FinetuneError
-from finetune.executors.base import ArrayJob, TaskState, write_job_files
+from finetune.login.executors.base import ArrayJob, TaskState, write_job_files
 
 SQUEUE_FORMAT = "%i|%T|%r"  # "<array job>_<task>" (or "<job>") | state | reason
 SACCT_FIELDS = "JobID,State,ExitCode"

@@ -166,7 +166,7 @@ def pretrain(
 
     import torch
 
-    from finetune.model import GPT, GPTConfig
+    from finetune.compute.model import GPT, GPTConfig
 
     with _torch_threads(threads):
         started = time.perf_counter()

@@ -1,9 +1,9 @@
 """nanoGPT ckpt.pt -> a Hugging Face model directory (safetensors, config, tokenizer).
 
-The checkpoint is read safely and checked key by key (``finetune.model.load_checkpoint``); the
+The checkpoint is read safely and checked key by key (``finetune.compute.model.load_checkpoint``); the
 directory is built in a temporary sibling and renamed into place, so ``OUT_DIR`` is either
 absent or complete. With a tokenizer inside, the directory works with
-``transformers.pipeline(...)`` and the Auto classes (after ``import finetune.hf``, or with
+``transformers.pipeline(...)`` and the Auto classes (after ``import finetune.compute.hf``, or with
 ``trust_remote_code=True`` anywhere finetune is installed).
 """
 
@@ -80,14 +80,14 @@ def convert(
         problems.append(Problem("OUT_DIR", "", f"{out} exists and is not empty; use --force to replace it"))
     tok_path = Path(tokenizer) if tokenizer is not None else default_tokenizer(ckpt_path)
     if tokenizer is not None:
-        from finetune.tokenizer import tokenizer_problems
+        from finetune.compute.tokenizer import tokenizer_problems
 
         problems += tokenizer_problems(tokenizer, source="--tokenizer")
     if problems:
         raise UsageError(problems=problems)
 
-    from finetune.hf import NanoGPTForCausalLM, NanoGPTForSequenceClassification
-    from finetune.tokenizer import load_tokenizer
+    from finetune.compute.hf import NanoGPTForCausalLM, NanoGPTForSequenceClassification
+    from finetune.compute.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tok_path) if tok_path is not None else None
     overrides: dict = {}
@@ -131,7 +131,7 @@ _AUTO_MODULE = "transformers.models.auto.modeling_auto"
 
 
 class _RegisterAfterLoad(importlib.abc.Loader):
-    """Runs transformers' module, then imports finetune.hf, which registers the nanoGPT classes."""
+    """Runs transformers' module, then imports finetune.compute.hf, which registers the nanoGPT classes."""
 
     def __init__(self, inner: importlib.abc.Loader):
         self.inner = inner
@@ -160,16 +160,16 @@ class _AutoRegistrationFinder(importlib.abc.MetaPathFinder):
 
 def _import_hf() -> None:
     try:
-        importlib.import_module("finetune.hf")
+        importlib.import_module("finetune.compute.hf")
     except Exception as e:  # never break the user's transformers import over our registration
         warnings.warn(f"finetune: could not register the nanoGPT classes with transformers: {e}", stacklevel=2)
 
 
 def install_auto_registration() -> None:
-    """Make ``from_pretrained(DIR)`` of nanogpt directories work without importing finetune.hf.
+    """Make ``from_pretrained(DIR)`` of nanogpt directories work without importing finetune.compute.hf.
 
     Costs nothing now: torch and transformers are not imported. When transformers' Auto model
-    factories are first imported (which imports torch anyway), ``finetune.hf`` is imported and
+    factories are first imported (which imports torch anyway), ``finetune.compute.hf`` is imported and
     registers its classes. If they are already imported, registration happens at once.
     Idempotent.
     """

@@ -1,6 +1,6 @@
 """JSON Schema (draft 2020-12) validation of configs, the language database and grid configs.
 
-The schemas ship in ``finetune/schemas/`` and editors can use them through ``"$schema"``.
+The schemas ship in ``finetune/login/schemas/`` and editors can use them through ``"$schema"``.
 Every error becomes a ``Problem`` naming the file that set the value and its JSON path; unknown
 keys get a "did you mean" suggestion. Validation collects all problems; it never stops at one.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import Problem
-from finetune.layers import join_path, path_of
+from finetune.login.layers import join_path, path_of
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 SCHEMAS = {"config": "config.schema.json", "database": "database.schema.json", "grid": "grid.schema.json"}

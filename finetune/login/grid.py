@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune.errors import Problem
-from finetune.layers import join_path
+from finetune.login.layers import join_path
 
 ALL = "all"
 
@@ -60,7 +60,7 @@ def parse_grid(data: dict[str, Any], source: str) -> Grid:
 def grid_problems(grid: Grid, hyperparameters: Sequence[str], languages: Sequence[str] | None) -> list[Problem]:
     """Cross checks the schema cannot express; ``languages`` are the config's datasets (None:
     the grid's languages are not used, as with the matrix, and not checked)."""
-    from finetune.schema import did_you_mean, validate_hyperparameter
+    from finetune.login.schema import did_you_mean, validate_hyperparameter
 
     src, problems = grid.source, []
     for name, value in grid.parameters.items():

@@ -332,7 +332,7 @@ def add_phoneme_columns(
     ``num_proc`` > 1 transcribes in that many processes (datasets' map); the cache is found
     again whatever ``num_proc`` a later call uses.
     """
-    from finetune import ipa
+    from finetune.compute import ipa
 
     missing = [f for f in features if f + PHONEME_SUFFIX not in ds.column_names]
     if not missing:

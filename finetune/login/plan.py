@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import ConfigError, FinetuneError, Problem
-from finetune.layers import Layered, join_path, load_config, resolved_paths
+from finetune.login.layers import Layered, join_path, load_config, resolved_paths
 
 PLAN_VERSION = 1
 ID_VERSION = 1
@@ -173,7 +173,7 @@ def trial_id(identity: dict[str, Any], hyperparameters: dict[str, Any]) -> str:
 
 
 def _check_model_types(model_types: Sequence[str]) -> tuple[list[str], list[Problem]]:
-    from finetune.schema import did_you_mean
+    from finetune.login.schema import did_you_mean
 
     types = list(dict.fromkeys(model_types))
     problems = []
@@ -187,9 +187,9 @@ def _check_model_types(model_types: Sequence[str]) -> tuple[list[str], list[Prob
 
 
 def _load_grid(grid_config: str | None):
-    from finetune.grid import Grid, parse_grid
-    from finetune.layers import read_config_file
-    from finetune.schema import validate
+    from finetune.login.grid import Grid, parse_grid
+    from finetune.login.layers import read_config_file
+    from finetune.login.schema import validate
 
     if grid_config is None:
         return Grid(source="<no grid>"), []
@@ -214,10 +214,10 @@ def build_plan(
     default: str | None = None,
 ) -> Plan:
     """Validate everything, then expand into trials. Raises ConfigError listing every problem."""
-    from finetune.database import load_database
-    from finetune.grid import grid_problems, language_sets
-    from finetune.matrix import language_matrix
-    from finetune.schema import hyperparameter_names, validate_config
+    from finetune.login.database import load_database
+    from finetune.login.grid import grid_problems, language_sets
+    from finetune.login.matrix import language_matrix
+    from finetune.login.schema import hyperparameter_names, validate_config
 
     problems: list[Problem] = []
     types, type_problems = _check_model_types(model_types)
@@ -328,7 +328,7 @@ def _group(layered: Layered, paths: dict[str, str | None], grid, database, types
 def _trials(cfg: dict[str, Any], database, types: list[str], lang_sets, points, hyper: dict[str, Any], grid,
             group_id: str) -> list[Trial]:
     """model types x language sets x grid points, minus excluded ones, with their ids."""
-    from finetune.grid import excluded
+    from finetune.login.grid import excluded
 
     task, datasets, ck, tk = cfg["task"], cfg["datasets"], cfg["checkpoints"], cfg["tokenizers"]
     training_id = {k: v for k, v in cfg["training"].items() if k not in OPERATIONAL_TRAINING_KEYS}
@@ -368,12 +368,12 @@ def _raw(value: Any) -> str:
 
 def _expand_points(grid, hyper: dict[str, Any]) -> list[tuple[dict[str, Any], str, str, str]]:
     """Grid points with their JSON made once: (point, canonical hyperparameters, hyperparameters
-    as stored in plan.json, point as stored). Same order as ``finetune.grid.expand``.
+    as stored in plan.json, point as stored). Same order as ``finetune.login.grid.expand``.
 
     The texts are assembled from per-value fragments (sorted keys), so a 100k-point grid costs
     a join per point instead of a JSON encoding; tests check them against ``canonical_json``.
     """
-    from finetune.grid import axes
+    from finetune.login.grid import axes
 
     keys = sorted(hyper)
     pos = {k: i for i, k in enumerate(keys)}
@@ -408,7 +408,7 @@ def _dataset_problems(database, task: str, datasets: dict[str, Any], src) -> lis
     A task that none of the known languages has is one problem at ``$.task`` (the task layer
     or ``--set task=...`` is at fault), not one per language.
     """
-    from finetune.schema import did_you_mean
+    from finetune.login.schema import did_you_mean
 
     problems = []
     known = [lang for lang in datasets if database.has_language(lang)]
@@ -469,7 +469,7 @@ def _leaf_paths(value: Any, path: str = "$") -> Iterator[str]:
 
 def _resolved_config(layered: Layered) -> dict[str, Any]:
     """The merged config with every path-valued key made absolute, without editor-only keys."""
-    from finetune.layers import resolved_value
+    from finetune.login.layers import resolved_value
 
     out = resolved_value(layered)
     out.pop("$schema", None)

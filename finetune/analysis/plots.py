@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune.analysis.results import ResultsTable
 from finetune.fileio import atomic_write_bytes
-from finetune.results import ResultsTable
 
 PANEL_TITLES = {"normal": "normal text", "ipa": "IPA"}
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from finetune.executors.base import ArrayJob, TaskState, write_job_files
-from finetune.executors.local import run_local_trial
+from finetune.login.executors.base import ArrayJob, TaskState, write_job_files
+from finetune.login.executors.local import run_local_trial
 
 
 def _task(trial_dir: str) -> int:
@@ -88,11 +88,11 @@ class SubmititExecutor:
         return str(jobs[0].job_id).split("_")[0]
 
     def state(self, job_ids: list[str]) -> dict[str, TaskState]:
-        from finetune.executors.slurm import queue_state
+        from finetune.login.executors.slurm import queue_state
 
         return queue_state([j for j in job_ids if j.isdigit()])
 
     def cancel(self, job_ids: list[str]) -> None:
-        from finetune.executors.slurm import SlurmExecutor
+        from finetune.login.executors.slurm import SlurmExecutor
 
         SlurmExecutor().cancel([j for j in job_ids if j.isdigit()])

@@ -43,7 +43,7 @@ class Database:
 
     def lookup_problems(self, language: str, task: str, name: str) -> list[str]:
         """Why (language, task, name) has no entry; empty when it has one."""
-        from finetune.schema import did_you_mean
+        from finetune.login.schema import did_you_mean
 
         if not self.has_language(language):
             return [f"language {language!r} is not in the database {self.path}" + did_you_mean(language, self.languages())]
@@ -79,8 +79,8 @@ def _looks_local(dataset: str, folder: Path) -> bool:
 
 def load_database(path: str | os.PathLike[str], *, name: str | None = None) -> Database:
     """Read and schema-check the database; raises ConfigError listing every problem."""
-    from finetune.layers import read_config_file
-    from finetune.schema import validate
+    from finetune.login.layers import read_config_file
+    from finetune.login.schema import validate
 
     shown = name or str(path)
     try:
@@ -96,7 +96,7 @@ def load_database(path: str | os.PathLike[str], *, name: str | None = None) -> D
 
 def consistency_problems(data: Any, shown: str) -> list[Problem]:
     """Checks the schema cannot express: labels agree with classes."""
-    from finetune.layers import join_path
+    from finetune.login.layers import join_path
 
     problems: list[Problem] = []
     if not isinstance(data, dict):

@@ -108,7 +108,7 @@ def find_default(files: Sequence[str]) -> Path | None:
     candidates = []
     if files:
         candidates.append(Path(files[0]).resolve().parent / "default.json")
-    candidates.append(Path(__file__).resolve().parent.parent / "config" / "default.json")
+    candidates.append(Path(__file__).resolve().parents[2] / "config" / "default.json")
     for candidate in candidates:
         if candidate.is_file():
             return candidate

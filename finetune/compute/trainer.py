@@ -36,10 +36,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from finetune import distributed as dist_env
+from finetune.compute import distributed as dist_env
+from finetune.compute.metrics import METRICS, classification_metrics, is_better
 from finetune.errors import ConfigError, FinetuneError, Problem
 from finetune.fileio import atomic_write_json, atomic_write_text, read_json
-from finetune.metrics import METRICS, classification_metrics, is_better
 
 EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED = 0, 1, 2, 75
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -301,7 +301,7 @@ def run(
     """
     trial_dir = Path(trial_dir)
     env = dist_env.from_environ()
-    from finetune.status import is_finished
+    from finetune.login.status import is_finished
 
     if is_finished(trial_dir):
         if env.is_main:
@@ -428,10 +428,10 @@ class _Trainer:
         return p
 
     def _build_model_and_data(self) -> None:
-        from finetune.batching import LengthGroupedBatchSampler
-        from finetune.data import prepare_trial_data
-        from finetune.hf import NanoGPTForSequenceClassification
-        from finetune.tokenizer import load_tokenizer
+        from finetune.compute.batching import LengthGroupedBatchSampler
+        from finetune.compute.data import prepare_trial_data
+        from finetune.compute.hf import NanoGPTForSequenceClassification
+        from finetune.compute.tokenizer import load_tokenizer
 
         self.tokenizer = load_tokenizer(self.config["tokenizer"])
         self.pad_id = int(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None
@@ -581,7 +581,7 @@ class _Trainer:
         import torch
         from torch.utils.data import DataLoader
 
-        from finetune.batching import collate
+        from finetune.compute.batching import collate
 
         sampler.set_epoch(epoch)
         sampler.skip(skip)
@@ -628,7 +628,7 @@ class _Trainer:
         import numpy as np
         import torch
 
-        from finetune.batching import LengthGroupedBatchSampler, collate
+        from finetune.compute.batching import LengthGroupedBatchSampler, collate
 
         model = dist_env.unwrap(self.model) if self.s.strategy == "ddp" else self.model
         model.eval()
@@ -797,8 +797,8 @@ class _Trainer:
 
         import numpy as np
 
+        from finetune.analysis.significance import logits_name
         from finetune.fileio import atomic_write_bytes
-        from finetune.significance import logits_name
 
         buf = io.BytesIO()
         np.savez(buf, logits=logits, labels=labels, trial=np.array(self.trial_id), language=np.array(language),
@@ -890,8 +890,8 @@ def _peak_memory_mb(device: Any) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-if __name__ == "__main__":  # python -m finetune.trainer TRIAL_DIR (e.g. under torchrun)
+if __name__ == "__main__":  # python -m finetune.compute.trainer TRIAL_DIR (e.g. under torchrun)
     if len(sys.argv) != 2:
-        print("usage: python -m finetune.trainer TRIAL_DIR", file=sys.stderr)
+        print("usage: python -m finetune.compute.trainer TRIAL_DIR", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     sys.exit(run(sys.argv[1]))
