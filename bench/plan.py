@@ -29,6 +29,7 @@ def grid_for(trials: int) -> dict:
 
 
 def bench(trials: int, tmp: Path) -> dict:
+    from finetune.layout import plan_file
     from finetune.login.plan import build_plan, load_plan, write_plan
 
     grid_path = tmp / f"grid-{trials}.json"
@@ -42,7 +43,7 @@ def bench(trials: int, tmp: Path) -> dict:
     loaded = load_plan(out)
     t3 = time.perf_counter()
     assert len(plan.trials) == trials == report.total == len(loaded.trials), (len(plan.trials), trials)
-    size = (out / "plan.json").stat().st_size
+    size = plan_file(out).stat().st_size
     return {"trials": trials, "build_s": t1 - t0, "write_s": t2 - t1, "total_s": t2 - t0, "load_s": t3 - t2,
             "plan_mb": size / 1e6}
 

@@ -68,16 +68,17 @@ def pretrained(work: Path, args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def ours(work: Path, config: dict) -> dict:
+    from finetune import layout
     from finetune.compute import trainer
 
     trial = work / "ours"
     trial.mkdir()
-    (trial / "config.json").write_text(json.dumps(config))
+    layout.config_file(trial).write_text(json.dumps(config))
     t0 = time.perf_counter()
     code = trainer.run(trial)
     wall = time.perf_counter() - t0
-    assert code == 0, (trial / "state.json").read_text()
-    result = json.loads((trial / "result.json").read_text())
+    assert code == layout.EXIT_FINISHED, layout.state_file(trial).read_text()
+    result = layout.read_result(trial)
     evals = [result["metrics"][lang]["eval"] for lang in LANGS]
     return {"samples_per_s": result["timing"]["samples_per_s"], "wall_s": wall,
             "accuracy": sum(m["accuracy"] for m in evals) / len(evals),

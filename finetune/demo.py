@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune import layout
 from finetune.errors import FinetuneError, Problem, UsageError
 
 # The demo's trials are small (one CPU, under 1 GB): sized so two run at once even on the 2-CPU,
@@ -360,7 +361,7 @@ def run_demo(*, executor: str = "local", out: str | os.PathLike[str] | None = No
     table = collect_and_plot(out_dir, log=lambda m: _say("4/4 collect", m))
     failed = [r for r in table.rows if r.state != "finished"]
     for r in failed:
-        print(f"  trial {r.trial_id} {r.state}: {r.reason or 'see ' + str(out_dir / 'trials' / r.trial_id / 'log.txt')}",
+        print(f"  trial {r.trial_id} {r.state}: {r.reason or 'see ' + str(layout.log_file(layout.trial_dir(out_dir, r.trial_id)))}",
               file=sys.stderr)
     _say("done", f"{len(table.rows) - len(failed)}/{len(states)} trials finished in {time.monotonic() - start:.0f} s;"
                  f" open {out_dir / 'plots' / 'transfer-heatmap.png'}")

@@ -84,8 +84,9 @@ def check_args(args: argparse.Namespace, languages: list[str]) -> list[Problem]:
 
 def prepare(args: argparse.Namespace) -> Path:
     """Check the flags, build and write the one-trial plan; return the trial directory."""
+    from finetune.layout import config_file, trial_dir
     from finetune.login.layers import load_config
-    from finetune.login.plan import build_plan, materialize_trial, trial_dir, write_plan
+    from finetune.login.plan import build_plan, materialize_trial, write_plan
 
     missing = [Problem("CONFIG", "", f"{f}: no such file") for f in args.configs if not Path(f).is_file()]
     if missing:
@@ -114,7 +115,7 @@ def prepare(args: argparse.Namespace) -> Path:
         write_plan(plan, out)
         materialize_trial(out, trial.id)
     else:
-        _wait_for(folder / "config.json")
+        _wait_for(config_file(folder))
     return folder
 
 
@@ -130,11 +131,12 @@ def main(args: argparse.Namespace) -> int:
     folder = prepare(args)
     print(f"trial {folder.name}: {folder}", file=sys.stderr, flush=True)
     from finetune.compute.trainer import run
+    from finetune.layout import EXIT_FINISHED, result_file
 
     code = run(folder, dump_logits=bool(args.dump_logits or args.logit_directory),
                logit_directory=args.logit_directory, threads=args.cpus)
-    if code == 0:
-        print(f"result: {folder / 'result.json'}", file=sys.stderr)
+    if code == EXIT_FINISHED:
+        print(f"result: {result_file(folder)}", file=sys.stderr)
     return code
 
 

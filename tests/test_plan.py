@@ -10,13 +10,13 @@ import json5
 import pytest
 
 from finetune.errors import ConfigError
+from finetune.layout import trial_dir
 from finetune.login.plan import (
     build_plan,
     canonical_json,
     load_plan,
     materialize_trial,
     materialize_trials,
-    trial_dir,
     trial_id,
     write_plan,
 )

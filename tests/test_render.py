@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from finetune import layout
 from finetune.errors import ConfigError
 from finetune.login.render import ShellSafe, engine_for, quote, render, render_text
 from finetune.login.submit import DEFAULT_TEMPLATE, directives, script_context
@@ -41,6 +42,18 @@ def test_default_template_matches_golden():
     if os.environ.get("FINETUNE_UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()
+
+
+def test_template_takes_the_trial_layout_and_requeue_code_from_the_context():
+    """The script knows no file name or exit code of its own: finetune.layout supplies them."""
+    ctx = golden_context()
+    assert (ctx["exit_requeue"], ctx["trials_dir"], ctx["log_file"]) == (layout.EXIT_REQUEUE, layout.TRIALS_DIR,
+                                                                         layout.LOG_FILE)
+    text = render(DEFAULT_TEMPLATE, {**ctx, "exit_requeue": 99, "trials_dir": "tr", "log_file": "out.log"})
+    assert '[ "$rc" -eq 99 ]' in text and "exits 99;" in text
+    assert "trial_dir=$plan_dir/tr/$trial\n" in text and '"$trial_dir"/out.log 2>&1' in text
+    assert "75" not in text and "log.txt" not in text and "/trials/" not in text
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
 
 
 def test_golden_is_valid_bash_with_sorted_quoted_directives():

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from finetune.analysis.significance import approximate_randomization, compare, logits_name, scores
+from finetune.analysis.significance import approximate_randomization, compare, scores
 from finetune.errors import UsageError
+from finetune.layout import logits_name
 
 REPO = Path(__file__).resolve().parent.parent
 

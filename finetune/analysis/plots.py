@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune import layout
 from finetune.analysis.results import ResultsTable
 from finetune.fileio import atomic_write_bytes
 
@@ -153,7 +154,7 @@ def curve_series(records: list[dict], key: str) -> dict[str, tuple[list[float], 
 def _trial_title(tdir: Path) -> str:
     """'trial <id>: ipa, train polish+russian, learning_rate=0.001' from the frozen trial config."""
     try:
-        cfg = json.loads((tdir / "config.json").read_text(encoding="utf-8"))
+        cfg = json.loads(layout.config_file(tdir).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return f"trial {tdir.name}"
     point = ", ".join(f"{k}={v}" for k, v in sorted((cfg.get("grid_point") or {}).items()))
@@ -165,12 +166,12 @@ def learning_curves(plan_dir: str | os.PathLike[str], out_dir: str | os.PathLike
     """One PNG per trial with a metrics.jsonl: loss and ``metric`` against step."""
     plan_dir, out_dir = Path(plan_dir), Path(out_dir)
     written: list[Path] = []
-    trials = plan_dir / "trials"
+    trials = layout.trials_dir(plan_dir)
     if not trials.is_dir():
         return written
     plt = None
     for tdir in sorted(p for p in trials.iterdir() if p.is_dir()):
-        records = read_metrics(tdir / "metrics.jsonl")
+        records = read_metrics(layout.metrics_file(tdir))
         if not records:
             continue
         plt = plt or _pyplot()

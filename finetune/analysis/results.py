@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune import layout
 from finetune.errors import Problem, UsageError
 from finetune.fileio import atomic_write_text
 
@@ -124,7 +125,7 @@ def collect(plan_dir: str | os.PathLike[str], *, metric: str = "macro_f1") -> Re
     plan_dir = Path(plan_dir)
     if metric not in METRICS:
         raise UsageError(problems=[Problem("--metric", "", f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")])
-    plan_file = plan_dir / "plan.json"
+    plan_file = layout.plan_file(plan_dir)
     if not plan_file.is_file():
         raise UsageError(problems=[Problem(str(plan_file), "", "no plan here; make one with `finetune plan ... --output-dir DIR`")])
     plan = _read(plan_file)
@@ -159,9 +160,9 @@ def _try_read(path: Path) -> tuple[Any, str]:
 
 
 def _row(plan_dir: Path, trial: dict[str, Any]) -> TrialRow:
-    tdir = plan_dir / "trials" / trial["id"]
+    tdir = layout.trial_dir(plan_dir, trial["id"])
     hyper = dict(trial.get("hyperparameters") or {})
-    config, _ = _try_read(tdir / "config.json")
+    config, _ = _try_read(layout.config_file(tdir))
     if isinstance(config, dict) and isinstance(config.get("hyperparameters"), dict):
         hyper = {**config["hyperparameters"], **hyper}
     row = TrialRow(
@@ -172,12 +173,15 @@ def _row(plan_dir: Path, trial: dict[str, Any]) -> TrialRow:
         hyperparameters=hyper,
         state="missing",
     )
-    result, why = _try_read(tdir / "result.json")
+    result, why = _try_read(layout.result_file(tdir))
     if why:
         row.state, row.reason = "invalid", why
         return row
-    if isinstance(result, dict) and result.get("state", "finished") == "finished":
-        problem = _check_result(tdir / "result.json", result)
+    if result is not None and not layout.says_finished(result):  # the rule submit and status follow
+        row.state, row.reason = "invalid", f"{layout.result_file(tdir)}: does not say \"state\": \"finished\""
+        return row
+    if result is not None:
+        problem = _check_result(layout.result_file(tdir), result)
         if problem:
             row.state, row.reason = "invalid", problem
             return row
@@ -187,14 +191,14 @@ def _row(plan_dir: Path, trial: dict[str, Any]) -> TrialRow:
         if isinstance(result.get("hyperparameters"), dict):
             row.hyperparameters = {**row.hyperparameters, **result["hyperparameters"]}
         return row
-    state, why = _try_read(tdir / "state.json")
+    state, why = _try_read(layout.state_file(tdir))
     if why:
         row.state, row.reason = "invalid", why
-    elif isinstance(state, dict) and state.get("state") in ("failed", "running", "preempted", "finished"):
+    elif isinstance(state, dict) and state.get("state") in layout.TRIAL_STATES:
         row.state = str(state["state"])
         row.reason = str(state.get("reason") or "")
         if row.state == "finished":  # state says finished but the result is gone
-            row.state, row.reason = "invalid", f"{tdir / 'result.json'}: missing although state.json says finished"
+            row.state, row.reason = "invalid", f"{layout.result_file(tdir)}: missing although {layout.STATE_FILE} says finished"
     return row
 
 

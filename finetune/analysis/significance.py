@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune import layout
 from finetune.errors import Problem, UsageError
 
 SCORES = ("accuracy", "macro_f1")
@@ -94,11 +95,6 @@ def approximate_randomization(
     )
 
 
-def logits_name(trial_id: str, language: str, split: str) -> str:
-    """The dump file name: unique per trial, so runs of one day never overwrite each other."""
-    return f"{trial_id}-{language}-{split}.npz"
-
-
 def load_logits(path: str | Path) -> tuple[Any, Any]:
     """``(logits, labels)`` from a dump; errors name the file."""
     import numpy as np
@@ -118,9 +114,8 @@ def find_logits(where: str | Path, *, language: str | None, split: str, flag: st
         return where
     if not where.is_dir():
         raise UsageError(problems=[Problem(flag, "", f"{where} is neither a trial directory nor a logits file")])
-    folder = where / "logits" if (where / "logits").is_dir() else where
-    prefix = _trial_id(where) or "*"
-    found = sorted(folder.glob(f"{prefix}-{language or '*'}-{split}.npz"))
+    folder = layout.logits_dir(where) if layout.logits_dir(where).is_dir() else where
+    found = sorted(folder.glob(layout.logits_glob(_trial_id(where), language, split)))
     if len(found) != 1:
         what = f"language {language!r}, split {split!r}" if language else f"split {split!r}"
         detail = "none" if not found else ", ".join(p.name for p in found)
@@ -136,7 +131,7 @@ def _trial_id(trial_dir: Path) -> str | None:
     import json
 
     try:
-        return str(json.loads((trial_dir / "config.json").read_text(encoding="utf-8"))["id"])
+        return str(json.loads(layout.config_file(trial_dir).read_text(encoding="utf-8"))["id"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

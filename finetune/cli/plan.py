@@ -198,7 +198,9 @@ def rendered_script(report, out: Path) -> str | None:
         if value:
             first = next(iter(value.values())) if isinstance(value, dict) else next(iter(value))
             return str(first)
-    jobs = out / "jobs"
+    from finetune.layout import jobs_dir
+
+    jobs = jobs_dir(out)
     if jobs.is_dir():
         for path in sorted(jobs.rglob("*")):
             if path.is_file() and path.suffix in (".sh", ".sbatch", ".slurm", ""):

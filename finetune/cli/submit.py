@@ -163,6 +163,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _array_task(args: argparse.Namespace) -> int:
+    from finetune import layout
     from finetune.compute.trial import run_trial
     from finetune.errors import UsageError
 
@@ -177,8 +178,8 @@ def _array_task(args: argparse.Namespace) -> int:
         raise UsageError(f"{index}: no trial for array task {task}") from None
     if not trial or not all(c.isalnum() or c in "_-" for c in trial):
         raise UsageError(f"{index}: line {int(task) + 1} is not a trial id")
-    trial_dir = index.parent.parent.parent / "trials" / trial
-    log = open(trial_dir / "log.txt", "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
+    trial_dir = layout.trial_dir(layout.plan_dir_of_index(index), trial)
+    log = open(layout.log_file(trial_dir), "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     return run_trial(trial_dir)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from finetune import layout
 from finetune.errors import FinetuneError, Problem
 
 if TYPE_CHECKING:
@@ -542,7 +543,7 @@ def trial_languages(trial_config: dict[str, Any]) -> list[str]:
 def config_file(trial_config: dict[str, Any]) -> str:
     """How errors name a trial config: ``<plan_dir>/trials/<id>/config.json`` when known."""
     if trial_config.get("plan_dir") and trial_config.get("id"):
-        return str(Path(trial_config["plan_dir"]) / "trials" / str(trial_config["id"]) / "config.json")
+        return str(layout.config_file(layout.trial_dir(trial_config["plan_dir"], str(trial_config["id"]))))
     return "trial config"
 
 

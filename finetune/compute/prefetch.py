@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune import layout
 from finetune.errors import FinetuneError, Problem
 
 TrialSource = str | os.PathLike[str] | dict[str, Any]
@@ -66,21 +67,21 @@ def trial_configs(source: TrialSource | Iterable[TrialSource] | Any) -> list[tup
 
 def _plan_dir_configs(plan_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     from finetune.fileio import read_json
-    from finetune.login.plan import CONFIG_FILE, load_plan, trial_dir
+    from finetune.login.plan import load_plan
 
     plan = load_plan(plan_dir)
     out = []
     for t in plan.trials:
-        frozen = trial_dir(plan_dir, t.id) / CONFIG_FILE
+        frozen = layout.config_file(layout.trial_dir(plan_dir, t.id))
         if frozen.is_file():
             out.append((str(frozen), read_json(frozen)))
         else:
-            out.append((str(plan_dir / "plan.json"), plan.trial_config(t)))
+            out.append((str(layout.plan_file(plan_dir)), plan.trial_config(t)))
     return out
 
 
 def _plan_file(plan: Any) -> str:
-    return str(Path(plan.out_dir) / "plan.json") if getattr(plan, "out_dir", None) else PLAN_IN_MEMORY
+    return str(layout.plan_file(plan.out_dir)) if getattr(plan, "out_dir", None) else PLAN_IN_MEMORY
 
 
 def _config_file(config: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ Resume: everything that decides the next step is in the checkpoint: model and op
 the grad scaler, the best metric so far. ``checkpoints/latest.json`` and ``best.json`` point at
 the current folders and are replaced atomically, so a crash mid-save leaves the last good one.
 
-Exit codes: 0 finished, 1 failed (state.json says why), 2 bad input, 75 preempted (USR2).
+Exit codes (finetune.layout): 0 finished, 1 failed (state.json says why), 2 bad input, 75 preempted (USR2).
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from finetune import layout
 from finetune.compute import distributed as dist_env
 from finetune.compute.metrics import METRICS, classification_metrics, is_better
 from finetune.errors import ConfigError, FinetuneError, Problem
 from finetune.fileio import atomic_write_json, atomic_write_text, read_json
+from finetune.layout import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_FINISHED, EXIT_REQUEUE, write_state
 
-EXIT_FINISHED, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_PREEMPTED = 0, 1, 2, 75
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -79,7 +80,7 @@ class Settings:
         return self.batch_size // self.micro_batch_size
 
 
-def settings_from_config(config: dict[str, Any], world_size: int = 1, *, file: str = "config.json") -> Settings:
+def settings_from_config(config: dict[str, Any], world_size: int = 1, *, file: str = layout.CONFIG_FILE) -> Settings:
     """Check every hyperparameter and training option at once; raise ConfigError listing all."""
     hp = config.get("hyperparameters") or {}
     tr = config.get("training") or {}
@@ -188,20 +189,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_state(trial_dir: Path, state: str, *, reason: str | None = None, **extra: Any) -> None:
-    """state.json: running | preempted | failed | finished, with SLURM's restart count."""
-    atomic_write_json(
-        trial_dir / "state.json",
-        {"state": state, "reason": reason, "restart_count": _restart_count(), "updated": _now(), **extra},
-    )
-
-
-def _restart_count() -> int:
-    """How often SLURM requeued this job (``SLURM_RESTART_COUNT``; 0 outside SLURM)."""
-    restart = os.environ.get("SLURM_RESTART_COUNT", "0")
-    return int(restart) if restart.isdigit() else 0
-
-
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop evaluation lines after the resume step, so a rerun never duplicates them."""
     if not path.exists():
@@ -301,18 +288,16 @@ def run(
     """
     trial_dir = Path(trial_dir)
     env = dist_env.from_environ()
-    from finetune.login.status import is_finished
-
-    if is_finished(trial_dir):
+    if layout.is_finished(trial_dir):
         if env.is_main:
-            print(f"{trial_dir}: already finished (result.json exists); nothing to do", file=sys.stderr)
+            print(f"{trial_dir}: already finished ({layout.RESULT_FILE} says so); nothing to do", file=sys.stderr)
         return EXIT_FINISHED
-    if not (trial_dir / "config.json").is_file():
-        print(f"error: {trial_dir / 'config.json'}: no such file (not a trial directory?)", file=sys.stderr)
+    if not layout.config_file(trial_dir).is_file():
+        print(f"error: {layout.config_file(trial_dir)}: no such file (not a trial directory?)", file=sys.stderr)
         return EXIT_BAD_INPUT
     with _Preemption() as preemption:
         try:
-            config = read_json(trial_dir / "config.json")
+            config = read_json(layout.config_file(trial_dir))
             if env.is_main:
                 write_state(trial_dir, "running")
             trainer = _Trainer(trial_dir, config, env, preemption, dump_logits=dump_logits,
@@ -323,7 +308,7 @@ def run(
         except _Preempted as e:
             if env.is_main:
                 write_state(trial_dir, "preempted", reason=str(e))
-            return EXIT_PREEMPTED
+            return EXIT_REQUEUE
         except FinetuneError as e:
             print(f"error: {e}", file=sys.stderr)
             if env.is_main:
@@ -390,15 +375,15 @@ class _Trainer:
         self.t0 = time.perf_counter()
         self.trial_dir, self.config, self.env, self.preemption = trial_dir, config, env, preemption
         self.on_step = on_step
-        self.config_file = str(trial_dir / "config.json")
+        self.config_file = str(layout.config_file(trial_dir))
         self.s = settings_from_config(config, env.world_size, file=self.config_file)
         training = config.get("training") or {}
         self.dump_logits = bool(training.get("dump_logits", False)) if dump_logits is None else dump_logits
         logdir = logit_directory if logit_directory is not None else training.get("logit_directory")
-        self.logit_dir = Path(logdir) if logdir else trial_dir / "logits"
+        self.logit_dir = Path(logdir) if logdir else layout.logits_dir(trial_dir)
         self.trial_id = str(config.get("id") or trial_dir.name)
-        self.ckpt_dir = trial_dir / "checkpoints"
-        self.metrics_path = trial_dir / "metrics.jsonl"
+        self.ckpt_dir = layout.checkpoints_dir(trial_dir)
+        self.metrics_path = layout.metrics_file(trial_dir)
 
         threads = threads or _int_env("SLURM_CPUS_PER_TASK")
         if threads:
@@ -784,10 +769,10 @@ class _Trainer:
                        "wall_s": state.wall_s + time.perf_counter() - self.t0,
                        "peak_memory_mb": _peak_memory_mb(self.device)},
             "steps": state.step, "world_size": self.env.world_size, "strategy": self.s.strategy,
-            "precision": self.precision, "device": str(self.device.type), "restart_count": _restart_count(),
+            "precision": self.precision, "device": str(self.device.type), "restart_count": layout.restart_count(),
         }
         if self.env.is_main:
-            atomic_write_json(self.trial_dir / "result.json", result)
+            atomic_write_json(layout.result_file(self.trial_dir), result)
             write_state(self.trial_dir, "finished")
             shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         dist_env.barrier(self.env)
@@ -797,13 +782,12 @@ class _Trainer:
 
         import numpy as np
 
-        from finetune.analysis.significance import logits_name
         from finetune.fileio import atomic_write_bytes
 
         buf = io.BytesIO()
         np.savez(buf, logits=logits, labels=labels, trial=np.array(self.trial_id), language=np.array(language),
                  split=np.array(split), label_names=np.array(self.label_names))
-        atomic_write_bytes(self.logit_dir / logits_name(self.trial_id, language, split), buf.getvalue())
+        atomic_write_bytes(self.logit_dir / layout.logits_name(self.trial_id, language, split), buf.getvalue())
 
     def _save_model(self) -> None:
         """save_pretrained (safetensors) with the tokenizer, into model/ via a temporary folder."""
@@ -817,7 +801,7 @@ class _Trainer:
         else:
             model = self.base
         if self.env.is_main:
-            out = self.trial_dir / "model"
+            out = layout.model_dir(self.trial_dir)
             tmp = self.trial_dir / ".model.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             from transformers.utils import logging as hf_logging

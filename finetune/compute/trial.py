@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from finetune import layout
 from finetune.errors import ConfigError, Problem
 from finetune.fileio import read_json
 
@@ -17,7 +18,7 @@ WORKLOADS = ("finetune", "count")
 
 def run_trial(trial_dir: str | Path) -> int:
     trial_dir = Path(trial_dir)
-    path = trial_dir / "config.json"
+    path = layout.config_file(trial_dir)
     if not path.is_file():
         raise ConfigError(problems=[Problem(str(path), "", "no trial config here (submit writes it)")])
     config = read_json(path)

@@ -17,19 +17,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from finetune import layout
 from finetune.fileio import atomic_write_json, read_json
-
-PREEMPTED = 75
+from finetune.layout import EXIT_FAILED, EXIT_FINISHED, EXIT_REQUEUE, write_state
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def write_state(trial_dir: Path, state: str, reason: str = "", **extra: Any) -> None:
-    restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
-    atomic_write_json(trial_dir / "state.json", {"state": state, "reason": reason, "restart_count": restart,
-                                                 "updated": _now(), **extra})
 
 
 def count(trial_dir: str | Path, config: dict[str, Any]) -> int:
@@ -38,10 +32,10 @@ def count(trial_dir: str | Path, config: dict[str, Any]) -> int:
     target = int(training.get("count_to", 100))
     sleep_s = float(training.get("count_sleep_s", 0.1))
     fail_at = training.get("count_fail_at")
-    ckpt = trial_dir / "checkpoints" / "count.json"
+    ckpt = layout.checkpoints_dir(trial_dir) / "count.json"
     saved = read_json(ckpt) if ckpt.is_file() else {"count": 0, "runs": []}
     n = int(saved["count"])
-    restart = int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
+    restart = layout.restart_count()
     runs = list(saved.get("runs", [])) + [{"start": n, "restart_count": restart,
                                            "job_id": os.environ.get("SLURM_JOB_ID"), "started": _now()}]
 
@@ -59,23 +53,23 @@ def count(trial_dir: str | Path, config: dict[str, Any]) -> int:
             if stop["requested"]:
                 atomic_write_json(ckpt, {"count": n, "runs": runs})
                 write_state(trial_dir, "preempted", "SIGUSR2", count=n)
-                print(f"count: USR2 at {n}; checkpointed, exiting {PREEMPTED}", flush=True)
-                return PREEMPTED
+                print(f"count: USR2 at {n}; checkpointed, exiting {EXIT_REQUEUE}", flush=True)
+                return EXIT_REQUEUE
             if fail_at is not None and n >= int(fail_at):
                 atomic_write_json(ckpt, {"count": n, "runs": runs})
                 write_state(trial_dir, "failed", f"count_fail_at={fail_at} reached", count=n)
                 print(f"count: failing on purpose at {n}", flush=True)
-                return 1
+                return EXIT_FAILED
             time.sleep(sleep_s)
             n += 1
             atomic_write_json(ckpt, {"count": n, "runs": runs}, indent=None)
         write_state(trial_dir, "finished", count=n)
-        atomic_write_json(trial_dir / "result.json", {
+        atomic_write_json(layout.result_file(trial_dir), {
             "state": "finished", "trial": config.get("id", trial_dir.name), "workload": "count",
             "count": n, "restart_count": restart, "runs": runs,
             "timing": {"wall_s": round(time.monotonic() - started, 3)},
         })
         print(f"count: finished at {n}", flush=True)
-        return 0
+        return EXIT_FINISHED
     finally:
         signal.signal(signal.SIGUSR2, previous)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import ConfigError, FinetuneError, Problem
+from finetune.layout import PLAN_FILE, config_file, plan_file, trial_dir
 from finetune.login.layers import Layered, join_path, load_config, resolved_paths
 
 PLAN_VERSION = 1
@@ -47,9 +48,6 @@ OPERATIONAL_TRAINING_KEYS = frozenset(
     {"strategy", "device", "num_workers", "checkpoint_interval", "compile", "count_sleep_s", "eval_batch_size",
      "log_interval", "dump_logits", "logit_directory"}
 )
-PLAN_FILE = "plan.json"
-TRIALS_DIR = "trials"
-CONFIG_FILE = "config.json"
 
 
 @dataclass(slots=True)
@@ -484,14 +482,6 @@ def _resolved_config(layered: Layered) -> dict[str, Any]:
 # the plan directory
 
 
-def trial_dir(out_dir: str | os.PathLike[str], trial_id: str) -> Path:
-    return Path(out_dir) / TRIALS_DIR / trial_id
-
-
-def plan_path(out_dir: str | os.PathLike[str]) -> Path:
-    return Path(out_dir) / PLAN_FILE
-
-
 @contextlib.contextmanager
 def _locked(out_dir: Path) -> Iterator[None]:
     """Serialise concurrent ``write_plan`` calls on one directory."""
@@ -521,7 +511,7 @@ def write_plan(plan: Plan, out_dir: str | os.PathLike[str]) -> WriteReport:
 
     out = Path(out_dir)
     with _locked(out):
-        old = load_plan(out) if plan_path(out).is_file() else Plan(trials=[], groups={}, sources=[])
+        old = load_plan(out) if plan_file(out).is_file() else Plan(trials=[], groups={}, sources=[])
         new_by_id = {t.id: t for t in plan.trials}
         trials, added, updated, kept = [], [], [], []
         for t in old.trials:
@@ -541,9 +531,9 @@ def write_plan(plan: Plan, out_dir: str | os.PathLike[str]) -> WriteReport:
         sources = [s for s in old.sources if s.get("group") in used]
         sources += [s for s in plan.sources if s not in sources]
         merged = Plan(trials=trials, groups=groups, sources=sources)
-        atomic_write_text(plan_path(out), _dump(merged))
+        atomic_write_text(plan_file(out), _dump(merged))
     plan.out_dir = out
-    return WriteReport(path=plan_path(out), added=added, updated=updated, kept=kept, total=len(trials))
+    return WriteReport(path=plan_file(out), added=added, updated=updated, kept=kept, total=len(trials))
 
 
 def _dump(plan: Plan) -> str:
@@ -560,7 +550,7 @@ def load_plan(out_dir: str | os.PathLike[str]) -> Plan:
     from finetune.fileio import read_json
 
     out = Path(out_dir)
-    path = plan_path(out)
+    path = plan_file(out)
     if not path.is_file():
         raise ConfigError(problems=[Problem(str(path), "", "no plan here (run `finetune plan` first)")])
     data = read_json(path)
@@ -583,7 +573,7 @@ def materialize_trial(out_dir: str | os.PathLike[str], trial_id: str, *, plan: P
     """
     from finetune.fileio import atomic_write_json, read_json
 
-    path = trial_dir(out_dir, trial_id) / CONFIG_FILE
+    path = config_file(trial_dir(out_dir, trial_id))
     if path.is_file() and not refresh:
         return path
     if plan is None:

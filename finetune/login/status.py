@@ -1,7 +1,7 @@
 """Where every trial of a plan stands: one ``squeue`` and one ``sacct`` for the whole plan.
 
-A trial is ``finished`` when its result.json exists; else ``pending``/``running`` when the
-scheduler still holds its latest submission; else what accounting says about that submission
+A trial is ``finished`` when its result.json says so (``finetune.layout.is_finished``); else
+``pending``/``running`` when the scheduler still holds its latest submission; else what accounting says about that submission
 (``failed`` with OUT_OF_MEMORY, TIMEOUT, PREEMPTED, NODE_FAIL or the exit code; ``cancelled``);
 else what its state.json says; else ``unsubmitted``. Without accounting (sacct refused) the
 report says so and uses squeue plus the trial files alone.
@@ -9,13 +9,14 @@ report says so and uses squeue plus the trial files alone.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune import layout
 from finetune.errors import UsageError
+from finetune.layout import is_finished
 from finetune.login.executors.base import TaskState
 
 STATES = ("finished", "running", "pending", "preempted", "failed", "cancelled", "unsubmitted")
@@ -53,7 +54,7 @@ class StatusReport:
 
 
 def log_tail(trial_dir: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
-    path = trial_dir / "log.txt"
+    path = layout.log_file(trial_dir)
     try:
         with open(path, "rb") as f:
             f.seek(0, 2)
@@ -65,14 +66,6 @@ def log_tail(trial_dir: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     return data.splitlines()[-lines:]
 
 
-def _read_state(trial_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((trial_dir / "state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _failure_reason(acct: TaskState) -> str:
     if acct.state == "FAILED":
         code = acct.exit_code.split(":")
@@ -82,29 +75,19 @@ def _failure_reason(acct: TaskState) -> str:
     return acct.state
 
 
-def is_finished(trial_dir: Path) -> bool:
-    """A trial is finished when its result.json is readable and says so: a truncated or foreign
-    file must not stop a rerun from redoing the trial."""
-    try:
-        data = json.loads((trial_dir / "result.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("state") == "finished"
-
-
 def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue: dict[str, TaskState],
              acct: dict[str, TaskState] | None, *, queue_known: bool = True) -> TrialStatus:
     """One trial's status from the files, its latest manifest entry and the scheduler's answers.
 
     ``queue_known=False`` (squeue could not be asked): a trial SLURM may still hold is "unknown",
     never guessed cancelled or failed from its absence in an empty answer."""
-    saved = _read_state(trial_dir)
+    saved = layout.read_state(trial_dir)
     restart = saved.get("restart_count")
     job = f"{entry['job_id']}_{entry['array_index']}" if entry else ""
     if is_finished(trial_dir):
         return TrialStatus(trial_id, "finished", job=job, restart_count=restart)
-    if (trial_dir / "result.json").exists():
-        return TrialStatus(trial_id, "failed", "result.json unreadable or not finished", job, restart,
+    if layout.result_file(trial_dir).exists():
+        return TrialStatus(trial_id, "failed", f"{layout.RESULT_FILE} unreadable or not finished", job, restart,
                            log_tail(trial_dir))
     q = queue.get(job) if job else None
     if q is not None and q.active:
@@ -121,7 +104,7 @@ def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue
     if a is not None and a.state == "CANCELLED":
         return TrialStatus(trial_id, "cancelled", "CANCELLED", job, restart, log_tail(trial_dir))
     if a is not None and a.state == "COMPLETED" and saved.get("state") != "preempted":
-        return TrialStatus(trial_id, "failed", "exit code 0 without result.json", job, restart, log_tail(trial_dir))
+        return TrialStatus(trial_id, "failed", f"exit code 0 without {layout.RESULT_FILE}", job, restart, log_tail(trial_dir))
     if saved.get("state") == "failed":
         return TrialStatus(trial_id, "failed", saved.get("reason") or "failed", job, restart, log_tail(trial_dir))
     if saved.get("state") == "preempted":
@@ -132,7 +115,7 @@ def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue
         return TrialStatus(trial_id, "failed", "stopped while running (no accounting record)", job, restart,
                            log_tail(trial_dir))
     if entry.get("executor") == "local":
-        return TrialStatus(trial_id, "failed", "ended without result.json", job, restart, log_tail(trial_dir))
+        return TrialStatus(trial_id, "failed", f"ended without {layout.RESULT_FILE}", job, restart, log_tail(trial_dir))
     return TrialStatus(trial_id, "cancelled", "left the queue before starting", job, restart, log_tail(trial_dir))
 
 
@@ -142,8 +125,8 @@ def plan_status(plan_dir: str | Path) -> StatusReport:
     from finetune.login.submit import latest_entries, load_manifest
 
     plan_dir = Path(plan_dir).resolve()
-    if not (plan_dir / "plan.json").is_file():
-        raise UsageError(f"{plan_dir}: no plan here (plan.json missing; run `finetune plan` first)")
+    if not layout.plan_file(plan_dir).is_file():
+        raise UsageError(f"{plan_dir}: no plan here ({layout.PLAN_FILE} missing; run `finetune plan` first)")
     plan = load_plan(plan_dir)
     entries = latest_entries(load_manifest(plan_dir))
     remote = sorted({str(e["job_id"]) for e in entries.values() if e.get("executor") in ("slurm", "submitit")})
@@ -160,6 +143,6 @@ def plan_status(plan_dir: str | Path) -> StatusReport:
         acct = accounting_state(remote)
         if acct is None:
             notes.append("accounting (sacct) unavailable: failure reasons come from the trial files only")
-    trials = [classify(t.id, plan_dir / "trials" / t.id, entries.get(t.id), queue, acct,
+    trials = [classify(t.id, layout.trial_dir(plan_dir, t.id), entries.get(t.id), queue, acct,
                        queue_known=scheduler or not remote) for t in plan.trials]
     return StatusReport(plan_dir, trials, accounting=acct is not None, scheduler=scheduler, notes=notes)

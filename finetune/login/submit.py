@@ -1,6 +1,6 @@
 """Plan -> arrays on a scheduler, with a manifest that always says what is queued.
 
-``submit`` picks the trials that need to run (neither finished, i.e. with a result.json, nor
+``submit`` picks the trials that need to run (neither finished, ``finetune.layout.is_finished``, nor
 queued or running per one scheduler call), checks that their inputs exist
 (``finetune.compute.prefetch.check_plan``), freezes their configs, groups them by resources into job
 arrays (split at the cluster's MaxArraySize), renders one script per array and submits them,
@@ -21,15 +21,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from finetune import layout
 from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
 from finetune.fileio import atomic_write_json, read_json
+from finetune.layout import is_finished
 from finetune.login.executors.base import ArrayJob, make_executor, resolve_name, write_job_files
 from finetune.login.render import ShellSafe, join, line_breaks, quote, render
-from finetune.login.status import is_finished
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = REPO / "jobs" / "templates" / "array.sbatch.j2"
-MANIFEST = "manifest.json"
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 TIME_RE = re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$")
 MEM_RE = re.compile(r"^[0-9]+[KMGT]?$")
@@ -44,7 +44,7 @@ class SubmitReport:
     arrays: list[ArrayJob]
     job_ids: list[str] = field(default_factory=list)
     submitted: list[str] = field(default_factory=list)  # trial ids sent to the executor
-    finished: list[str] = field(default_factory=list)  # skipped: result.json present
+    finished: list[str] = field(default_factory=list)  # skipped: finished (finetune.layout.is_finished)
     active: list[str] = field(default_factory=list)  # skipped: queued or running
     dry_run: bool = False
     manifest: Path | None = None
@@ -95,7 +95,7 @@ def trial_config(plan_dir: Path, trial_id: str, plan: Any = None) -> tuple[Path,
 
 
 def manifest_path(plan_dir: Path) -> Path:
-    return Path(plan_dir) / MANIFEST
+    return layout.manifest_file(plan_dir)
 
 
 def load_manifest(plan_dir: Path) -> dict[str, Any]:
@@ -248,7 +248,7 @@ def script_context(job_name: str, plan_dir: Path, index_file: Path, slurm: dict[
                    time: str | None, python: str | None = None) -> dict[str, Any]:
     """Everything a template may use (jinja2 and old style alike)."""
     python = python or sys.executable
-    log_pattern = str(plan_dir / "jobs" / "logs" / "%x-%A_%a.out")
+    log_pattern = str(layout.job_logs_dir(plan_dir) / "%x-%A_%a.out")
     tasks = (slurm.get("nodes") or 1) * (slurm.get("ntasks_per_node") or 1)
     return {
         "job_name": job_name,
@@ -259,6 +259,10 @@ def script_context(job_name: str, plan_dir: Path, index_file: Path, slurm: dict[
         "python": python,
         "launcher": ShellSafe("srun --kill-on-bad-exit=1 " if tasks > 1 else ""),
         "grace": int(slurm.get("signal_grace_s") if slurm.get("signal_grace_s") is not None else 120),
+        # the trial folder and the requeue protocol (finetune.layout)
+        "trials_dir": layout.TRIALS_DIR,
+        "log_file": layout.LOG_FILE,
+        "exit_requeue": layout.EXIT_REQUEUE,
         # old-style names
         "cpus": slurm.get("cpus_per_task") or 1,
         "gpus": slurm.get("gpus") or 0,
@@ -290,7 +294,7 @@ def plan_arrays(plan_dir: Path, trials: list[tuple[str, dict[str, Any]]], *, bat
         key = resource_key(slurm, time)
         groups.setdefault(key, (slurm, time, []))[2].append(trial_id)
     jobs: list[ArrayJob] = []
-    folder = plan_dir / "jobs" / batch
+    folder = layout.batch_dir(plan_dir, batch)
     for key, (slurm, time, ids) in groups.items():
         for n, part in enumerate(chunks(ids, max_array_size)):
             name = job_name(plan_dir, key)
@@ -366,7 +370,7 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
         finished, active, todo = [], [], []
         queued = queued_trials(entries)
         for t in plan.trials:
-            if is_finished(plan_dir / "trials" / t.id):
+            if is_finished(layout.trial_dir(plan_dir, t.id)):
                 finished.append(t.id)
             elif t.id in queued:
                 active.append(t.id)
@@ -401,7 +405,7 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
                 write_job_files(job)
             return report
 
-        (plan_dir / "jobs" / "logs").mkdir(parents=True, exist_ok=True)
+        layout.job_logs_dir(plan_dir).mkdir(parents=True, exist_ok=True)
         for n, job in enumerate(report.arrays):
             ex.write(job)
             # Ctrl-C between a successful sbatch and the manifest write would leave a queued array
@@ -473,8 +477,8 @@ class CancelReport:
 def cancel(plan_dir: str | Path) -> CancelReport:
     """Cancel every queued or running task of the plan (one squeue, one scancel)."""
     plan_dir = Path(plan_dir).resolve()
-    if not (plan_dir / "plan.json").is_file():
-        raise UsageError(problems=[Problem(str(plan_dir), "", "no plan here (plan.json missing)")])
+    if not layout.plan_file(plan_dir).is_file():
+        raise UsageError(problems=[Problem(str(plan_dir), "", f"no plan here ({layout.PLAN_FILE} missing)")])
     manifest = load_manifest(plan_dir)
     entries = latest_entries(manifest)
     remote = {t: e for t, e in entries.items() if e.get("executor") in ("slurm", "submitit")}

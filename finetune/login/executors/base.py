@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from finetune import layout
 from finetune.errors import UsageError
 from finetune.fileio import atomic_write_text
 
@@ -38,7 +39,7 @@ class ArrayJob:
         return f"{spec}%{self.throttle}" if self.throttle else spec
 
     def trial_dir(self, trial_id: str) -> Path:
-        return self.plan_dir / "trials" / trial_id
+        return layout.trial_dir(self.plan_dir, trial_id)
 
 
 @dataclass(frozen=True)

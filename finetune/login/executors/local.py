@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+from finetune import layout
 from finetune.login.executors.base import ArrayJob, TaskState, write_job_files
 
-REQUEUE_EXIT = 75
 MAX_REQUEUES = 20
 
 
@@ -61,11 +61,11 @@ def run_local_trial(trial_dir: Path, env: dict[str, str] | None = None) -> int:
     argv = [sys.executable, "-m", "finetune", "train", str(trial_dir)]
     rc = 0
     for _ in range(MAX_REQUEUES + 1):
-        with open(trial_dir / "log.txt", "ab") as log:
+        with open(layout.log_file(trial_dir), "ab") as log:
             stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
             log.write(f"== {stamp} local run of {trial_dir.name}\n".encode())
             log.flush()
             rc = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        if rc != REQUEUE_EXIT:
+        if rc != layout.EXIT_REQUEUE:
             return rc
     return rc

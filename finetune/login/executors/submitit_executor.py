@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from finetune import layout
 from finetune.login.executors.base import ArrayJob, TaskState, write_job_files
 from finetune.login.executors.local import run_local_trial
 
@@ -78,7 +79,7 @@ class SubmititExecutor:
     def submit(self, job: ArrayJob) -> str:
         import submitit
 
-        folder = job.plan_dir / "jobs" / "submitit" / "%j"
+        folder = layout.jobs_dir(job.plan_dir) / "submitit" / "%j"
         executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
         params = submitit_parameters(job)
         if executor.cluster != "slurm":
