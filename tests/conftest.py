@@ -4,8 +4,10 @@ Area-specific fixtures live in the test modules that use them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,22 +39,45 @@ def sib200_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    """Start the cluster, export SLURM_CONF for this process, stop it at the end of the session."""
-    root = tmp_path_factory.mktemp("slurm")
-    script = REPO / "scripts" / "slurm-cluster.sh"
-    proc = subprocess.run(["bash", str(script), "start", str(root)], capture_output=True, text=True, timeout=180)
-    if proc.returncode != 0:
-        subprocess.run(["bash", str(script), "stop", str(root)], capture_output=True, timeout=120)
-        pytest.fail(f"the test SLURM cluster did not start:\n{proc.stdout}\n{proc.stderr}")
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(root / "etc" / "slurm.conf")
+SLURM_CLUSTER = REPO / "scripts" / "slurm-cluster.sh"
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path, nodes: int = 1) -> Iterator[Path]:
+    """Start a cluster in ``root`` with ``nodes`` slurmd; stop it (everything it started) afterwards."""
+    args = ["bash", str(SLURM_CLUSTER), "start", str(root)] + (["--nodes", str(nodes)] if nodes > 1 else [])
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=240)
     try:
+        if proc.returncode != 0:
+            pytest.fail(f"the test SLURM cluster ({nodes} nodes) did not start:\n{proc.stdout}\n{proc.stderr}")
         yield root
     finally:
-        subprocess.run(["bash", str(script), "stop", str(root)], capture_output=True, timeout=120)
-        if old is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = old
+        subprocess.run(["bash", str(SLURM_CLUSTER), "stop", str(root)], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def _slurm_single_session(tmp_path_factory):
+    with running_cluster(tmp_path_factory.mktemp("slurm")) as root:
+        yield root
+
+
+@pytest.fixture(scope="session")
+def _slurm_multinode_session(tmp_path_factory):
+    with running_cluster(tmp_path_factory.mktemp("slurm-multinode"), nodes=2) as root:
+        yield root
+
+
+@pytest.fixture
+def slurm_cluster(_slurm_single_session, monkeypatch):
+    """The single-node cluster (one per session), SLURM_CONF pointing at it during the test."""
+    monkeypatch.setenv("SLURM_CONF", str(_slurm_single_session / "etc" / "slurm.conf"))
+    return _slurm_single_session
+
+
+@pytest.fixture
+def slurm_multinode(_slurm_multinode_session, monkeypatch):
+    """A 2-node cluster (one per session; scripts/slurm-cluster.sh --nodes 2): nodes ftnode1 and
+    ftnode2, each slurmd in its own network, UTS and mount namespace with its own hostname and
+    address; SLURM_CONF points at it during the test."""
+    monkeypatch.setenv("SLURM_CONF", str(_slurm_multinode_session / "etc" / "slurm.conf"))
+    return _slurm_multinode_session

@@ -113,7 +113,9 @@ def test_usr2_at_a_random_point_checkpoints_requeues_and_resumes(slurm_cluster, 
     wait_until(lambda: ckpt.is_file() and json.loads(ckpt.read_text())["count"] >= at, what=f"count {at}")
     sig = subprocess.run(["scancel", "--signal=USR2", "--batch", f"{job}_0"], capture_output=True, text=True)
     assert sig.returncode == 0, sig.stderr
-    wait_until(lambda: (trial / "result.json").is_file(), timeout=60, what="the requeued job to finish")
+    # result.json first, then the batch script's last log line as the job ends
+    wait_until(lambda: (trial / "result.json").is_file() and "exited with" in (trial / "log.txt").read_text(),
+               timeout=60, what="the requeued job to finish")
     result = json.loads((trial / "result.json").read_text())
     state = json.loads((trial / "state.json").read_text())
     assert result["count"] == target and state["state"] == "finished"
