@@ -1,4 +1,4 @@
-"""Shared fixtures: paths, the SIB-200 data and the one real SLURM cluster of a test session.
+"""Shared fixtures: paths, the SIB-200 data and the real SLURM test clusters (one of each kind per session).
 
 Area-specific fixtures live in the test modules that use them."""
 
