@@ -10,8 +10,8 @@ heavy: the standard library, ``finetune.fileio`` and nothing else. ::
       jobs/logs/                SLURM's own output files
       trials/<id>/
         config.json             the frozen trial config (written at plan or submit time)
-        state.json              running | preempted | failed | finished, why, SLURM's restart count
-        result.json             the final result; the trial is finished when it says so
+        state.json              running | preempted | failed | finished | pruned, why, SLURM's restart count
+        result.json             the final result; the trial is finished when it says so (or pruned)
         metrics.jsonl           one line per evaluation
         log.txt                 the output of every run of the trial, appended
         checkpoints/            resume state (removed once finished)
@@ -59,7 +59,7 @@ EXIT_REQUEUE = 75  # checkpointed after SIGUSR2: run me again (EX_TEMPFAIL); the
 
 # --- trial states (state.json) ------------------------------------------------------------------
 
-TRIAL_STATES = ("running", "preempted", "failed", "finished")
+TRIAL_STATES = ("running", "preempted", "failed", "finished", "pruned")  # pruned: a search's pruner stopped it
 
 PathLike = str | os.PathLike[str]
 
@@ -189,3 +189,24 @@ def read_result(trial: PathLike) -> Any:
 def is_finished(trial: PathLike) -> bool:
     """Is this trial done (``says_finished`` on its ``result.json``)? Submit skips it, collect scores it."""
     return says_finished(read_result(trial))
+
+
+def says_pruned(result: Any) -> bool:
+    """A search's pruner stopped the trial: ``result.json`` says ``"state": "pruned"`` (with
+    ``"pruned_step"``, the training step, and the metrics of that evaluation)."""
+    return isinstance(result, dict) and result.get("state") == "pruned"
+
+
+def pruned_step(trial: PathLike) -> int | None | bool:
+    """The step the trial was pruned at (None when not recorded); False when it was not pruned."""
+    result = read_result(trial)
+    if not says_pruned(result):
+        return False
+    step = result.get("pruned_step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def is_done(trial: PathLike) -> bool:
+    """Nothing left to run: finished, or pruned (submit does not run a pruned trial again)."""
+    result = read_result(trial)
+    return says_finished(result) or says_pruned(result)

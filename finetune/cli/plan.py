@@ -147,8 +147,9 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise UsageError(problems=problems)
 
 
-def run(args: argparse.Namespace, *, matrix: bool) -> int:
-    """Validate flags and configs, plan, guard, write the plan, submit (or dry-run)."""
+def run(args: argparse.Namespace, *, matrix: bool, search: bool = False) -> int:
+    """Validate flags and configs, plan, guard, write the plan, submit (or dry-run).
+    A grid config with a search block starts the search instead (``run_search``)."""
     from finetune.errors import Problem, UsageError
     from finetune.login.plan import build_plan, write_plan
 
@@ -156,6 +157,8 @@ def run(args: argparse.Namespace, *, matrix: bool) -> int:
     out = output_dir(args, matrix=matrix)
     plan = build_plan(args.config, args.set, grid_config=args.grid_config, model_types=args.model_type,
                       matrix=matrix, default=args.default)
+    if plan.search is not None or search:
+        return run_search(args, plan, out)
     n = len(plan.trials)
     submitting = not (args.dry_run or args.no_submit)
     if submitting and n > GUARD and not args.yes:
@@ -177,6 +180,29 @@ def run(args: argparse.Namespace, *, matrix: bool) -> int:
         print(f"dry run: nothing submitted; one rendered script: {script if script else '(none rendered)'}")
     elif result is not None:
         print(_summary(result))
+    return 0
+
+
+def run_search(args: argparse.Namespace, plan, out: Path) -> int:
+    """Start (or continue) the search: one array of workers sharing an Optuna study in DIR."""
+    from finetune.errors import Problem, UsageError
+    from finetune.login.search_submit import prepare, start_search
+
+    if plan.search is None:
+        raise UsageError(problems=[Problem(args.grid_config or "--grid-config", "$.search",
+                                           "missing: `finetune search` needs a grid config with a search block")])
+    if args.template is not None:
+        raise UsageError(problems=[Problem("--template", "", "a search renders jobs/templates/search.sbatch.j2; "
+                                           "--template is for grids")])
+    s = plan.search
+    print(f"search: {s['sampler']} sampler, {s['pruner']} pruner, budget {s['trials']} trials, {s['workers']} "
+          f"workers, {s['direction']} eval {s['metric']}; parameters: {', '.join(s['params'])}")
+    if args.no_submit:
+        prepare(plan, out)
+        print(f"study ready in {out / 'search'} (nothing submitted)")
+        return 0
+    report = start_search(plan, out, executor=args.executor, timeout=args.timeout, dry_run=args.dry_run)
+    print(report.summary())
     return 0
 
 

@@ -6,10 +6,18 @@ where the last one stopped. On SIGUSR2 it finishes the current step, saves, writ
 ``preempted`` and exits 75. ``training.count_fail_at`` (optional) makes it fail on reaching that
 count (exit 1, state ``failed``), for testing failure reports. Each run is recorded with its
 ``SLURM_RESTART_COUNT`` in state.json and, at the end, in result.json.
+
+``training.count_eval_interval`` (optional) makes it evaluate every N counts: one made-up
+metrics.jsonl row per eval language whose ``macro_f1`` grows with the count and peaks at a
+learning rate of 1e-3 (``made_up_score``), so searches and pruning can be tested in seconds.
+Each evaluation is reported to the trial's search, if any (finetune.compute.pruning); when the
+pruner says stop, the trial writes a ``pruned`` result.json and exits 0.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import time
@@ -26,12 +34,33 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def made_up_score(hyperparameters: dict[str, Any], n: int, interval: int) -> float:
+    """A macro-F1 stand-in in [0, 1]: best at learning rate 1e-3, rising with the count."""
+    lr = float(hyperparameters.get("learning_rate") or 1e-3)
+    quality = math.exp(-(math.log10(lr / 1e-3) ** 2) / 2)
+    return round(quality * (1 - 0.5 ** (n / interval)), 6)
+
+
+def _evaluate(trial_dir: Path, config: dict[str, Any], n: int, interval: int) -> list[dict[str, Any]]:
+    score = made_up_score(config.get("hyperparameters") or {}, n, interval)
+    rows = [{"step": n, "epoch": 0, "language": lang, "split": "eval", "loss": round(1 - score, 6),
+             "accuracy": score, "macro_f1": score} for lang in config.get("eval_languages") or ["all"]]
+    with open(layout.metrics_file(trial_dir), "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
 def count(trial_dir: str | Path, config: dict[str, Any]) -> int:
     trial_dir = Path(trial_dir)
     training = config.get("training") or {}
     target = int(training.get("count_to", 100))
     sleep_s = float(training.get("count_sleep_s", 0.1))
     fail_at = training.get("count_fail_at")
+    interval = training.get("count_eval_interval")
+    from finetune.compute.pruning import Reporter, pruned_result
+
+    reporter = Reporter.from_config(config) if interval else None
+    rows: list[dict[str, Any]] = []
     ckpt = layout.checkpoints_dir(trial_dir) / "count.json"
     saved = read_json(ckpt) if ckpt.is_file() else {"count": 0, "runs": []}
     n = int(saved["count"])
@@ -63,12 +92,27 @@ def count(trial_dir: str | Path, config: dict[str, Any]) -> int:
             time.sleep(sleep_s)
             n += 1
             atomic_write_json(ckpt, {"count": n, "runs": runs}, indent=None)
+            if interval and (n % interval == 0 or n == target):
+                rows = _evaluate(trial_dir, config, n, interval)
+                if reporter is not None and reporter.report(n, rows) and n < target:
+                    write_state(trial_dir, "pruned", f"pruned at step {n}", count=n, step=n)
+                    atomic_write_json(layout.result_file(trial_dir), pruned_result(
+                        config, n, rows, workload="count", count=n, restart_count=restart, runs=runs,
+                        timing={"wall_s": round(time.monotonic() - started, 3)}))
+                    print(f"count: pruned at {n}", flush=True)
+                    return EXIT_FINISHED
         write_state(trial_dir, "finished", count=n)
-        atomic_write_json(layout.result_file(trial_dir), {
+        result = {
             "state": "finished", "trial": config.get("id", trial_dir.name), "workload": "count",
             "count": n, "restart_count": restart, "runs": runs,
             "timing": {"wall_s": round(time.monotonic() - started, 3)},
-        })
+        }
+        if interval:
+            if not rows:  # resumed after the last evaluation
+                rows = _evaluate(trial_dir, config, n, interval)
+            result["metrics"] = pruned_result(config, n, rows)["metrics"]
+            result["best_step"] = n
+        atomic_write_json(layout.result_file(trial_dir), result)
         print(f"count: finished at {n}", flush=True)
         return EXIT_FINISHED
     finally:

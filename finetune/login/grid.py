@@ -9,6 +9,8 @@ Syntax (``{"parameters": ..., "zip": ..., "exclude": ..., "languages": ...}``):
   rule is dropped. Keys are swept parameters or ``model_type``.
 * ``languages``: ``{"train": "all" | language | [languages], "eval": ...}``; ``"all"`` means
   every language of ``datasets``. Train on the union, evaluate on each eval language.
+* ``search``: sample the lists and ranges (``{"low", "high", "log"|"step"}``) with Optuna
+  instead of expanding them (finetune.login.search). Without it a range is an error.
 
 The points are the Cartesian product of the axes, in the order the parameters are written.
 """
@@ -34,6 +36,7 @@ class Grid:
     train: str | list[str] = ALL
     eval: str | list[str] = ALL
     source: str = "<grid>"
+    search: dict[str, Any] | None = None  # the search block, when the parameters are sampled
 
     @property
     def swept(self) -> dict[str, list[Any]]:
@@ -41,7 +44,7 @@ class Grid:
 
     @property
     def fixed(self) -> dict[str, Any]:
-        return {k: v for k, v in self.parameters.items() if not isinstance(v, list)}
+        return {k: v for k, v in self.parameters.items() if not isinstance(v, (list, dict))}
 
 
 def parse_grid(data: dict[str, Any], source: str) -> Grid:
@@ -54,6 +57,7 @@ def parse_grid(data: dict[str, Any], source: str) -> Grid:
         train=languages.get("train", ALL),
         eval=languages.get("eval", ALL),
         source=source,
+        search=dict(data["search"]) if isinstance(data.get("search"), dict) else None,
     )
 
 
@@ -67,6 +71,14 @@ def grid_problems(grid: Grid, hyperparameters: Sequence[str], languages: Sequenc
         path = join_path("$.parameters", name)
         if name not in hyperparameters:
             problems.append(Problem(src, path, "not a hyperparameter" + did_you_mean(name, hyperparameters)))
+            continue
+        if isinstance(value, dict):
+            from finetune.login.search import range_problems
+
+            if grid.search is None:
+                problems.append(Problem(src, path, "a range ({low, high, ...}) is sampled by a search: add a "
+                                        "\"search\" block, or give a list of values"))
+            problems += range_problems(name, value, src)
             continue
         values = value if isinstance(value, list) else [value]
         for i, v in enumerate(values):
@@ -99,6 +111,11 @@ def grid_problems(grid: Grid, hyperparameters: Sequence[str], languages: Sequenc
                 problems.append(Problem(src, join_path(join_path("$.exclude", ri), name),
                                         "exclude rules may name swept parameters or model_type only"
                                         + did_you_mean(name, [*swept, "model_type"])))
+    if grid.search is not None:
+        from finetune.login.search import search_problems
+
+        problems += search_problems(grid.search, grid.parameters, src, zipped=bool(grid.zip),
+                                    excluded=bool(grid.exclude))
     for side in ("train", "eval") if languages is not None else ():
         value = getattr(grid, side)
         names = [value] if isinstance(value, str) else list(value)

@@ -79,6 +79,7 @@ class Plan:
     sources: list[dict[str, Any]]  # one per build: files, overrides, grid config, model types, matrix
     version: int = PLAN_VERSION
     out_dir: Path | None = None  # set by load_plan / write_plan
+    search: dict[str, Any] | None = None  # a search (grid config with a search block): SPEC, no trials yet
     _index: dict[str, Trial] | None = field(default=None, repr=False)
 
     def trial(self, trial_id: str) -> Trial:
@@ -266,6 +267,11 @@ def build_plan(
 
     if grid is not None:
         problems += grid_problems(grid, hyperparameter_names(), None if matrix else languages)
+    if grid is not None and grid.search is not None and not config_problems:
+        from finetune.login.search import config_problems as search_config_problems
+
+        problems += search_config_problems(grid.search, cfg, grid.source, config_source=src, matrix=matrix,
+                                           model_types=types)
 
     if grid is not None and not problems:
         if matrix:
@@ -279,6 +285,13 @@ def build_plan(
 
     group, group_id = _group(layered, paths, grid, database, types, overrides, grid_config)
     hyper = {**cfg["hyperparameters"], **grid.fixed}
+    source = {"group": group_id, "files": [os.path.abspath(s) for s in layered.sources if s != "--set"],
+              "overrides": list(overrides),
+              "grid_config": os.path.abspath(grid_config) if grid_config is not None else None,
+              "model_types": types, "matrix": matrix}
+    if grid.search is not None:
+        return Plan(trials=[], groups={group_id: group}, sources=[source],
+                    search=_search_spec(cfg, database, types, lang_sets[0], hyper, grid, group_id))
     points = _expand_points(grid, hyper)
     batch_problems = _batch_problems(points, hyper, grid, src)
     if batch_problems:
@@ -286,10 +299,6 @@ def build_plan(
     trials = _trials(cfg, database, types, lang_sets, points, hyper, grid, group_id)
     if not trials:
         raise ConfigError(problems=[Problem(grid.source, "$.exclude", "the exclude rules drop every trial")])
-    source = {"group": group_id, "files": [os.path.abspath(s) for s in layered.sources if s != "--set"],
-              "overrides": list(overrides),
-              "grid_config": os.path.abspath(grid_config) if grid_config is not None else None,
-              "model_types": types, "matrix": matrix}
     return Plan(trials=trials, groups={group_id: group}, sources=[source])
 
 
@@ -328,23 +337,11 @@ def _trials(cfg: dict[str, Any], database, types: list[str], lang_sets, points, 
     """model types x language sets x grid points, minus excluded ones, with their ids."""
     from finetune.login.grid import excluded
 
-    task, datasets, ck, tk = cfg["task"], cfg["datasets"], cfg["checkpoints"], cfg["tokenizers"]
-    training_id = {k: v for k, v in cfg["training"].items() if k not in OPERATIONAL_TRAINING_KEYS}
     trials: list[Trial] = []
     seen: set[str] = set()
     for mt in types:
         for train, evals in lang_sets:
-            langs = sorted(set(train) | set(evals))
-            identity = {
-                "id_version": ID_VERSION, "task": task, "model_type": mt,
-                "train_languages": train, "eval_languages": evals,
-                "datasets": {lang: {"name": datasets[lang], "entry": database.entry(lang, task, datasets[lang])}
-                             for lang in langs},
-                "training": training_id,
-                "checkpoint": [ck["prefix"], ck[mt]],
-                "tokenizer": [tk["prefix"], tk[f"{mt}_prefix"]],
-            }
-            identity_json = canonical_json(identity)
+            identity_json = canonical_json(trial_identity(cfg, database, mt, train, evals))
             head = (', "model_type": ' + _raw(mt) + ', "train_languages": ' + _raw(train)
                     + ', "eval_languages": ' + _raw(evals) + ', "hyperparameters": ')
             for point, hyper_canonical, hyper_raw, point_raw in points:
@@ -358,6 +355,45 @@ def _trials(cfg: dict[str, Any], database, types: list[str], lang_sets, points, 
                         + '", "grid_point": ' + point_raw + "}")
                 trials.append(Trial(tid, mt, train, evals, {**hyper, **point}, group_id, point, text))
     return trials
+
+
+def trial_identity(cfg: dict[str, Any], database, model_type: str, train: list[str], evals: list[str]) -> dict[str, Any]:
+    """The "trial" part of a trial's id (see the module docstring), hyperparameters aside."""
+    task, datasets, ck, tk = cfg["task"], cfg["datasets"], cfg["checkpoints"], cfg["tokenizers"]
+    langs = sorted(set(train) | set(evals))
+    return {
+        "id_version": ID_VERSION, "task": task, "model_type": model_type,
+        "train_languages": train, "eval_languages": evals,
+        "datasets": {lang: {"name": datasets[lang], "entry": database.entry(lang, task, datasets[lang])}
+                     for lang in langs},
+        "training": {k: v for k, v in cfg["training"].items() if k not in OPERATIONAL_TRAINING_KEYS},
+        "checkpoint": [ck["prefix"], ck[model_type]],
+        "tokenizer": [tk["prefix"], tk[f"{model_type}_prefix"]],
+    }
+
+
+def _search_spec(cfg: dict[str, Any], database, types: list[str], lang_set, hyper: dict[str, Any], grid,
+                 group_id: str) -> dict[str, Any]:
+    """finetune.login.search's SPEC plus what a worker needs to make trials of sampled points:
+    per model type the id's "trial" part (canonical JSON) and the base hyperparameters."""
+    from finetune.login.search import SPEC_VERSION, resolve
+
+    train, evals = lang_set
+    spec = resolve(grid.search, grid.parameters, cfg["training"], types)
+    bases = {mt: {"identity": canonical_json(trial_identity(cfg, database, mt, train, evals)),
+                  "train_languages": train, "eval_languages": evals} for mt in types}
+    return {"version": SPEC_VERSION, **spec, "group": group_id, "hyperparameters": hyper, "bases": bases,
+            "model_types": types, "grid_config": grid.source}
+
+
+def searched_trial(spec: dict[str, Any], point: dict[str, Any]) -> Trial:
+    """The trial of one sampled point (``point`` may hold ``model_type``): content id as for a grid."""
+    point = dict(point)
+    mt = point.pop("model_type", None) or spec["model_types"][0]
+    base = spec["bases"][mt]
+    hyper = {**spec["hyperparameters"], **point}
+    tid = _id(canonical_json(hyper), base["identity"])
+    return Trial(tid, mt, list(base["train_languages"]), list(base["eval_languages"]), hyper, spec["group"], point)
 
 
 def _raw(value: Any) -> str:
