@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from finetune import layout
@@ -27,6 +27,7 @@ class TransferMatrix:
     train_sets: list[str]  # rows, single languages first, then unions
     languages: list[str]  # columns (eval languages)
     values: dict[str, list[list[float | None]]]  # model_type -> rows x columns
+    pruned: dict[str, list[list[tuple[int, ...]]]] = field(default_factory=dict)  # steps of pruned trials per cell
 
     def value_range(self) -> tuple[float, float] | None:
         """Shared colour scale over every panel, so normal and IPA cells compare by colour."""
@@ -47,7 +48,22 @@ def transfer_matrix(table: ResultsTable) -> TransferMatrix:
         ]
         for mt in table.model_types
     }
-    return TransferMatrix(table.metric, table.model_types, table.train_sets, langs, values)
+    pruned = {
+        mt: [
+            [(c.pruned_steps if (c := table.best_cell(mt, ts, lang)) else ()) for lang in langs]
+            for ts in table.train_sets
+        ]
+        for mt in table.model_types
+    }
+    return TransferMatrix(table.metric, table.model_types, table.train_sets, langs, values, pruned)
+
+
+def pruned_note(steps: tuple[int, ...]) -> str:
+    """'3 pruned at step 50-150' under a cell whose search stopped trials early."""
+    if not steps:
+        return ""
+    span = f"{steps[0]}" if steps[0] == steps[-1] else f"{steps[0]}-{steps[-1]}"
+    return f"{len(steps)} pruned at step {span}"
 
 
 def _png(fig) -> bytes:
@@ -97,12 +113,15 @@ def draw_heatmaps(matrix: TransferMatrix, out_png: str | os.PathLike[str], *, ti
         for i in range(rows):
             for j in range(cols):
                 v = grid[i][j] if i < len(grid) and j < len(grid[i]) else None
+                steps = matrix.pruned.get(mt, [])
+                note = pruned_note(steps[i][j]) if i < len(steps) and j < len(steps[i]) else ""
                 if v is None:
-                    ax.text(j, i, "n/a", ha="center", va="center", color="#555555")
+                    ax.text(j, i, "n/a" + (f"\n{note}" if note else ""), ha="center", va="center", color="#555555")
                 else:
                     # dark text on the light (high) end of viridis, white on the dark end
                     light = (v - vmin) / (vmax - vmin) > 0.6 if vmax > vmin else False
-                    ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="black" if light else "white")
+                    ax.text(j, i, f"{v:.3f}" + (f"\n{note}" if note else ""), ha="center", va="center",
+                            color="black" if light else "white", fontsize=10 if not note else 8)
     if image is not None:
         fig.colorbar(image, ax=axes[0].tolist(), label=f"test {matrix.metric}", shrink=0.9)
     fig.suptitle(title or f"cross-language transfer: test {matrix.metric}\n(best hyperparameters by eval {matrix.metric})")

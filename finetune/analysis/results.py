@@ -27,7 +27,7 @@ from finetune.fileio import atomic_write_text
 METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "loss")
 SPLITS = ("eval", "test")
 LOWER_IS_BETTER = frozenset({"loss"})
-STATES = ("finished", "failed", "preempted", "running", "missing", "invalid")
+STATES = ("finished", "pruned", "failed", "preempted", "running", "missing", "invalid")
 
 
 @dataclass
@@ -44,6 +44,7 @@ class TrialRow:
     # metrics[language][split][metric] -> value
     metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     best_step: int | None = None
+    pruned_step: int | None = None  # a search's pruner stopped the trial at this training step
 
     @property
     def train_set(self) -> str:
@@ -67,6 +68,7 @@ class BestCell:
     test_value: float | None
     finished: int  # finished trials with this eval metric that competed for the cell
     total: int  # trials of the plan planned for the cell
+    pruned_steps: tuple[int, ...] = ()  # the steps the cell's pruned trials were stopped at
 
 
 @dataclass
@@ -177,6 +179,11 @@ def _row(plan_dir: Path, trial: dict[str, Any]) -> TrialRow:
     if why:
         row.state, row.reason = "invalid", why
         return row
+    if layout.says_pruned(result):
+        row.state, row.pruned_step = "pruned", result.get("pruned_step")
+        row.reason = f"at step {row.pruned_step}"
+        row.metrics = result.get("metrics") or {}
+        return row
     if result is not None and not layout.says_finished(result):  # the rule submit and status follow
         row.state, row.reason = "invalid", f"{layout.result_file(tdir)}: does not say \"state\": \"finished\""
         return row
@@ -249,6 +256,7 @@ def _best(rows: list[TrialRow], metric: str, varying: list[str]) -> list[BestCel
                 model_type, train_set, lang, best.trial_id,
                 {k: best.hyperparameters.get(k) for k in varying},
                 value, best.metric(lang, "test", metric), len(scored), len(members),
+                tuple(sorted(r.pruned_step for r in members if r.state == "pruned" and r.pruned_step is not None)),
             )
         )
     out.sort(key=lambda c: (_model_type_order(c.model_type), c.train_set.count("+"), c.train_set, c.language))

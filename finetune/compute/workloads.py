@@ -110,7 +110,8 @@ def count(trial_dir: str | Path, config: dict[str, Any]) -> int:
         if interval:
             if not rows:  # resumed after the last evaluation
                 rows = _evaluate(trial_dir, config, n, interval)
-            result["metrics"] = pruned_result(config, n, rows)["metrics"]
+            metrics = pruned_result(config, n, rows)["metrics"]
+            result["metrics"] = {lang: {**m, "test": dict(m["eval"])} for lang, m in metrics.items()}
             result["best_step"] = n
         atomic_write_json(layout.result_file(trial_dir), result)
         print(f"count: finished at {n}", flush=True)

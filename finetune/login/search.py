@@ -194,15 +194,16 @@ def search_problems(search: dict[str, Any], parameters: dict[str, Any], source: 
         problems.append(Problem(source, "$.exclude", "exclude rules cannot be searched: narrow the ranges or lists "
                                 "instead, or drop the search block"))
     if sampler == "grid":
-        size = 1
+        size: int | None = 1
         for name, p in params.items():
             values = p.grid_values()
             if values is None:
                 problems.append(Problem(source, join_path("$.parameters", name),
                                         "the grid sampler needs a list or a {low, high, step} range"))
-            else:
+                size = None
+            elif size is not None:
                 size *= len(values)
-        if "trials" in search and params and search["trials"] > size and size:
+        if "trials" in search and params and size and search["trials"] > size:
             problems.append(Problem(source, "$.search.trials",
                                     f"the grid has {size} points: the grid sampler cannot run {search['trials']} trials"))
     elif "trials" not in search:
@@ -294,6 +295,9 @@ def make_sampler(spec: dict[str, Any], number: int = 0):
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=per_ask)
     if kind == "qmc":  # the sequence comes from the study; the scramble must be the same for all
+        import warnings
+
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.QMCSampler(seed=seed, scramble=seed is not None,
                                           independent_sampler=optuna.samplers.RandomSampler(seed=per_ask),
                                           warn_independent_sampling=False)
@@ -457,8 +461,8 @@ def fail_stale(plan_dir: str | os.PathLike[str], study, spec: dict[str, Any], ru
             continue
         why = (f"worker {worker} stopped beating ({age:.0f}s > stale_after_s {spec['stale_after_s']:g})" if holds_it
                else f"worker {worker} no longer holds it")
-        study.tell(t.number, state=TrialState.FAIL)
         study._storage.set_trial_user_attr(t._trial_id, "failed_reason", why)
+        study.tell(t.number, state=TrialState.FAIL)
         trial_id = t.user_attrs.get("trial_id")
         if trial_id:
             tdir = Path(plan_dir) / "trials" / trial_id

@@ -19,7 +19,7 @@ from finetune.errors import UsageError
 from finetune.layout import is_finished
 from finetune.login.executors.base import TaskState
 
-STATES = ("finished", "running", "pending", "preempted", "failed", "cancelled", "unsubmitted")
+STATES = ("finished", "pruned", "running", "pending", "preempted", "failed", "cancelled", "unsubmitted")
 FAILURE_STATES = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
 LOG_TAIL_LINES = 10
 
@@ -86,6 +86,9 @@ def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue
     job = f"{entry['job_id']}_{entry['array_index']}" if entry else ""
     if is_finished(trial_dir):
         return TrialStatus(trial_id, "finished", job=job, restart_count=restart)
+    step = layout.pruned_step(trial_dir)
+    if step is not False:
+        return TrialStatus(trial_id, "pruned", f"at step {step}", job=job, restart_count=restart)
     if layout.result_file(trial_dir).exists():
         return TrialStatus(trial_id, "failed", f"{layout.RESULT_FILE} unreadable or not finished", job, restart,
                            log_tail(trial_dir))

@@ -24,7 +24,6 @@ from typing import Any
 from finetune import layout
 from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
 from finetune.fileio import atomic_write_json, read_json
-from finetune.layout import is_finished
 from finetune.login.executors.base import ArrayJob, make_executor, resolve_name, write_job_files
 from finetune.login.render import ShellSafe, join, line_breaks, quote, render
 
@@ -362,15 +361,19 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
     name = resolve_name(executor)
     ex = make_executor(name, parallel=parallel)
     from finetune.login.plan import load_plan
+    from finetune.login.search import is_search, spec_path
 
     plan = load_plan(plan_dir)
+    if is_search(plan_dir):
+        raise UsageError(problems=[Problem(str(spec_path(plan_dir)), "", "this folder is a search: its trials are "
+                                           "asked by search workers; run `finetune search` again to continue it")])
     with _locked(plan_dir):
         manifest = load_manifest(plan_dir)
         entries = latest_entries(manifest)
         finished, active, todo = [], [], []
         queued = queued_trials(entries)
         for t in plan.trials:
-            if is_finished(layout.trial_dir(plan_dir, t.id)):
+            if layout.is_done(layout.trial_dir(plan_dir, t.id)):  # finished, or pruned by a search
                 finished.append(t.id)
             elif t.id in queued:
                 active.append(t.id)
