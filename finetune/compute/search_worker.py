@@ -23,10 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from finetune import layout
 from finetune.fileio import atomic_write_json, read_json
+from finetune.layout import EXIT_REQUEUE as PREEMPTED
 from finetune.login import search as S
 
-PREEMPTED = 75
 MAX_DUPLICATES = 20  # asks in a row that give an already tried point: the space is exhausted
 
 
@@ -115,7 +116,7 @@ def _freeze(plan_dir: Path, made, spec: dict[str, Any], number: int, worker: str
     config = plan.trial_config(made)
     config["search"] = {"number": number, "worker": worker, "metric": spec["metric"],
                         "direction": spec["direction"], "pruner": spec["pruner"]}
-    path = plan_dir / "trials" / made.id / "config.json"
+    path = layout.config_file(layout.trial_dir(plan_dir, made.id))
     atomic_write_json(path, config)
     return path
 
@@ -128,8 +129,8 @@ def tell(plan_dir: Path, spec: dict[str, Any], number: int, trial_id: str, rc: i
     frozen = study.get_trials(deepcopy=False)[number]
     if frozen.state != TrialState.RUNNING:
         return frozen.state.name.lower()  # failed as stale meanwhile
-    tdir = plan_dir / "trials" / trial_id
-    result = _read(tdir / "result.json")
+    tdir = layout.trial_dir(plan_dir, trial_id)
+    result = layout.read_result(tdir)
     state = result.get("state") if isinstance(result, dict) else None
     if rc == 0 and state == "finished":
         value = S.objective(result, spec["metric"])
@@ -141,7 +142,7 @@ def tell(plan_dir: Path, spec: dict[str, Any], number: int, trial_id: str, rc: i
         study.tell(number, state=TrialState.PRUNED)
         return "pruned"
     else:
-        saved = _read(tdir / "state.json") or {}
+        saved = layout.read_state(tdir)
         reason = saved.get("reason") or f"exit code {rc}"
     study._storage.set_trial_user_attr(frozen._trial_id, "failed_reason", str(reason))
     study.tell(number, state=TrialState.FAIL)
@@ -187,7 +188,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 def run_trial_child(trial_dir: Path, beat: Path, usr2: _Usr2, beat_s: float) -> int:
     """``python -m finetune train TRIAL_DIR`` >> log.txt, beating the worker's heartbeat."""
     argv = [sys.executable, "-m", "finetune", "train", str(trial_dir)]
-    with open(trial_dir / "log.txt", "ab") as log:
+    with open(layout.log_file(trial_dir), "ab") as log:
         log.write(f"== {_now()} search worker {beat.stem} runs {trial_dir.name}\n".encode())
         log.flush()
         usr2.child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -233,7 +234,7 @@ def run_worker(plan_dir: str | os.PathLike[str], worker: str) -> int:
                     _log(worker, "budget spent")
                     return 0
                 _log(worker, f"asked: trial {assignment['trial_id']} (study trial {assignment['number']})")
-            tdir = plan_dir / "trials" / assignment["trial_id"]
+            tdir = layout.trial_dir(plan_dir, assignment["trial_id"])
             rc = run_trial_child(tdir, path, usr2, beat_s)
             if rc == PREEMPTED:
                 _log(worker, f"trial {assignment['trial_id']} checkpointed; exiting {PREEMPTED} to be requeued")

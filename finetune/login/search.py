@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune import layout
 from finetune.errors import Problem
 from finetune.login.layers import join_path
 
@@ -444,8 +445,6 @@ def fail_stale(plan_dir: str | os.PathLike[str], study, spec: dict[str, Any], ru
     ``stale_after_s``, or whose worker holds another trial now. Returns their numbers."""
     from optuna.trial import TrialState
 
-    from finetune.fileio import atomic_write_json
-
     now = time.time() if now is None else now
     failed = []
     for t in running:
@@ -465,10 +464,9 @@ def fail_stale(plan_dir: str | os.PathLike[str], study, spec: dict[str, Any], ru
         study.tell(t.number, state=TrialState.FAIL)
         trial_id = t.user_attrs.get("trial_id")
         if trial_id:
-            tdir = Path(plan_dir) / "trials" / trial_id
-            if tdir.is_dir() and not (tdir / "result.json").exists():
-                atomic_write_json(tdir / "state.json", {"state": "failed", "reason": why,
-                                                        "updated": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())})
+            tdir = layout.trial_dir(plan_dir, trial_id)
+            if tdir.is_dir() and not layout.result_file(tdir).exists():
+                layout.write_state(tdir, "failed", why)
         failed.append(t.number)
     return failed
 
