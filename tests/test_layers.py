@@ -44,13 +44,13 @@ MERGE_CASES = [
 @pytest.mark.parametrize("layers, overrides, expected", MERGE_CASES)
 def test_merge(tmp_path, layers, overrides, expected):
     paths = write_layers(tmp_path, layers)
-    layered = load_config(paths[1:], overrides, default=paths[0])
+    layered = load_config(paths[1:], overrides, default=paths[0], base=None)
     assert layered.value == expected
 
 
 def test_provenance_names_the_layer_that_set_each_value(tmp_path):
     d, a, b = write_layers(tmp_path, ['{"h": {"lr": 1, "bs": 2}, "t": "x"}', '{"h": {"lr": 3}}', '{"t": "y"}'])
-    layered = load_config([a, b], ["h.bs=4"], default=d)
+    layered = load_config([a, b], ["h.bs=4"], default=d, base=None)
     assert layered.sources == [d, a, b, "--set"]
     assert layered.provenance["$.h.lr"] == a
     assert layered.provenance["$.h.bs"] == "--set"
@@ -61,7 +61,7 @@ def test_provenance_names_the_layer_that_set_each_value(tmp_path):
 
 def test_replacing_an_object_forgets_the_provenance_below_it(tmp_path):
     d, a = write_layers(tmp_path, ['{"m": {"x": 1, "y": 2}}', '{"m": null}'])
-    layered = load_config([a], default=d)
+    layered = load_config([a], default=d, base=None)
     assert layered.provenance["$.m"] == a
     assert "$.m.x" not in layered.provenance and "$.m.y" not in layered.provenance
 
@@ -69,11 +69,11 @@ def test_replacing_an_object_forgets_the_provenance_below_it(tmp_path):
 def test_default_json_beside_the_first_file_is_loaded_first(tmp_path):
     (tmp_path / "default.json").write_text('{"a": 1, "b": 1}')
     (tmp_path / "x.json").write_text('{"b": 2}')
-    layered = load_config([str(tmp_path / "x.json")])
+    layered = load_config([str(tmp_path / "x.json")], base=None)
     assert layered.value == {"a": 1, "b": 2}
     assert Path(layered.sources[0]).name == "default.json"
     # naming default.json explicitly does not load it twice
-    layered = load_config([str(tmp_path / "default.json"), str(tmp_path / "x.json")])
+    layered = load_config([str(tmp_path / "default.json"), str(tmp_path / "x.json")], base=None)
     assert len(layered.sources) == 2
 
 
@@ -99,14 +99,14 @@ def test_paths_resolve_relative_to_the_layer_that_set_them(tmp_path, monkeypatch
 def test_syntax_error_names_file_line_and_column(tmp_path):
     d, bad = write_layers(tmp_path, ['{}', '{\n  "a": 1,\n  "b": ]\n}'])
     with pytest.raises(ConfigError) as e:
-        load_config([bad], default=d)
+        load_config([bad], default=d, base=None)
     assert str(e.value) == f'{bad}: invalid JSON: line 3, column 8: Unexpected "]"'
 
 
 def test_syntax_errors_of_several_files_are_reported_together(tmp_path):
     d, bad1, bad2 = write_layers(tmp_path, ['{}', '{"a": }', '[1, 2'])
     with pytest.raises(ConfigError) as e:
-        load_config([bad1, bad2], ["novalue"], default=d)
+        load_config([bad1, bad2], ["novalue"], default=d, base=None)
     files = [p.file for p in e.value.problems]
     assert bad1 in files and bad2 in files and "--set" in files
 
@@ -114,14 +114,14 @@ def test_syntax_errors_of_several_files_are_reported_together(tmp_path):
 def test_a_layer_must_be_an_object(tmp_path):
     d, lst = write_layers(tmp_path, ['{}', '[1, 2]'])
     with pytest.raises(ConfigError, match=r"l1.json: \$: must be a JSON object \(got list\)"):
-        load_config([lst], default=d)
+        load_config([lst], default=d, base=None)
 
 
 def test_missing_file(tmp_path):
     d, = write_layers(tmp_path, ['{}'])
     missing = str(tmp_path / "nope.json")
     with pytest.raises(ConfigError, match="nope.json: cannot read"):
-        load_config([missing], default=d)
+        load_config([missing], default=d, base=None)
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -3,6 +3,10 @@
 Pure lookups over the parsed JSON; ``load_database`` is the only function that reads a file.
 An entry's ``dataset`` is a hub id (``Davlan/sib200``) or a local folder, relative to the
 database file; ``data.mirrors`` in the config maps hub ids to local copies.
+
+A language without ``"espeak"`` gets its espeak-ng voice from its name (``ESPEAK_VOICES``), as
+the original tool's databases name none. Databases in the original format (splits as a
+``[train, eval]`` list) are translated on load by ``finetune.login.legacy``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,31 @@ from typing import Any
 from finetune.errors import ConfigError, Problem
 
 META_KEYS = ("$schema", "$comment")
+
+# Language name (as the database spells it, lower case) -> espeak-ng voice. Every voice is one
+# that espeak-ng ships (tests check it against the voices of the installed library).
+ESPEAK_VOICES = {
+    "afrikaans": "af", "albanian": "sq", "amharic": "am", "arabic": "ar", "armenian": "hy",
+    "azerbaijani": "az", "basque": "eu", "belarusian": "be", "bengali": "bn", "bosnian": "bs",
+    "bulgarian": "bg", "cantonese": "yue", "catalan": "ca", "chinese": "cmn", "croatian": "hr",
+    "czech": "cs", "danish": "da", "dutch": "nl", "english": "en-us", "esperanto": "eo",
+    "estonian": "et", "finnish": "fi", "french": "fr-fr", "georgian": "ka", "german": "de",
+    "greek": "el", "gujarati": "gu", "hebrew": "he", "hindi": "hi", "hungarian": "hu",
+    "icelandic": "is", "indonesian": "id", "irish": "ga", "italian": "it", "japanese": "ja",
+    "kannada": "kn", "kazakh": "kk", "korean": "ko", "kyrgyz": "ky", "latin": "la", "latvian": "lv",
+    "lithuanian": "lt", "macedonian": "mk", "malay": "ms", "malayalam": "ml", "maltese": "mt",
+    "mandarin": "cmn", "marathi": "mr", "nepali": "ne", "norwegian": "nb", "persian": "fa",
+    "polish": "pl", "portuguese": "pt", "punjabi": "pa", "romanian": "ro", "russian": "ru",
+    "serbian": "sr", "sindhi": "sd", "sinhala": "si", "slovak": "sk", "slovenian": "sl",
+    "spanish": "es", "swahili": "sw", "swedish": "sv", "tamil": "ta", "tatar": "tt", "telugu": "te",
+    "thai": "th", "turkish": "tr", "ukrainian": "uk", "urdu": "ur", "uzbek": "uz",
+    "vietnamese": "vi", "welsh": "cy",
+}
+
+
+def espeak_voice(language: str) -> str | None:
+    """The espeak-ng voice for a language name (``ESPEAK_VOICES``), or None when unknown."""
+    return ESPEAK_VOICES.get(language.strip().lower())
 
 
 @dataclass(frozen=True)
@@ -29,8 +58,9 @@ class Database:
     def has_language(self, language: str) -> bool:
         return language in self.data and language not in META_KEYS
 
-    def espeak(self, language: str) -> str:
-        return self.data[language]["espeak"]
+    def espeak(self, language: str) -> str | None:
+        """The entry's ``"espeak"``, else the voice derived from the language name, else None."""
+        return self.data[language].get("espeak") or espeak_voice(language)
 
     def tasks(self, language: str) -> list[str]:
         return [k for k in self.data.get(language, {}) if k != "espeak"]
@@ -80,6 +110,7 @@ def _looks_local(dataset: str, folder: Path) -> bool:
 def load_database(path: str | os.PathLike[str], *, name: str | None = None) -> Database:
     """Read and schema-check the database; raises ConfigError listing every problem."""
     from finetune.login.layers import read_config_file
+    from finetune.login.legacy import translate_database
     from finetune.login.schema import validate
 
     shown = name or str(path)
@@ -87,7 +118,9 @@ def load_database(path: str | os.PathLike[str], *, name: str | None = None) -> D
         data = read_config_file(path)
     except ConfigError as e:
         raise ConfigError(problems=[Problem(shown, p.path, p.message) for p in e.problems]) from None
-    problems = validate("database", data, shown)
+    translation = translate_database(data, shown)
+    data = translation.value
+    problems = translation.problems + validate("database", data, shown)
     problems += consistency_problems(data, shown)
     if problems:
         raise ConfigError(problems=problems)

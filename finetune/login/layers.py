@@ -1,8 +1,17 @@
-"""Config layering: default.json, then the given files, then ``--set`` overrides.
+"""Config layering: our shipped default.json, the user's default.json, the given files, then
+``--set`` overrides.
 
 Two phases, as in Hydra: first the ordered list of sources, then a deep merge (objects key by
 key; lists, scalars and null replace). The result remembers, for every JSON path, the source that
 set it, and for every source the folder its relative paths are resolved against.
+
+Sources, in order: the shipped ``config/default.json`` (always the base, so a user's default.json
+needs to list nothing); the user's default.json (``--default``, else the one beside the first
+file); the files; ``--set``. Each layer is translated from the original tool's format when it
+uses legacy keys (``finetune.login.legacy``); what was ignored comes back as warnings. When no
+layer but the shipped base sets ``database``, a ``language-database.json`` in the user's folder
+(beside their default.json, else beside the first file) is the database, as the original tool
+read ``config/language-database.json``; otherwise the shipped one.
 
 Path-valued keys (``PATH_KEYS``) are resolved relative to the directory of the layer that set
 them (``--set`` values: the current directory). Trial ids hash the values as written, so the
@@ -22,6 +31,8 @@ from typing import Any
 from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
 
 SET_SOURCE = "--set"
+SHIPPED_DEFAULT = Path(__file__).resolve().parents[2] / "config" / "default.json"
+DATABASE_FILE = "language-database.json"
 # JSON paths of path-valued keys; "*" matches any key of that object.
 PATH_KEYS = ("$.database", "$.checkpoints.prefix", "$.tokenizers.prefix", "$.data.mirrors.*", "$.data.cache_dir",
              "$.training.logit_directory")
@@ -70,6 +81,8 @@ class Layered:
     provenance: dict[str, str]  # JSON path -> source (a file as given, or "--set"); objects too
     sources: list[str]  # files in load order, then "--set" if any override was given
     source_dirs: dict[str, Path] = field(default_factory=dict)  # source -> folder for relative paths
+    warnings: list[Problem] = field(default_factory=list)  # legacy keys accepted but ignored
+    base: str | None = None  # the shipped default.json as named in sources, when loaded
 
     def source_of(self, path: str) -> str:
         """The source that set ``path``, or else the nearest enclosing object's last writer."""
@@ -104,14 +117,12 @@ def display_path(path: str | os.PathLike[str]) -> str:
 
 
 def find_default(files: Sequence[str]) -> Path | None:
-    """default.json beside the first file, else the repository's config/default.json."""
-    candidates = []
-    if files:
-        candidates.append(Path(files[0]).resolve().parent / "default.json")
-    candidates.append(Path(__file__).resolve().parents[2] / "config" / "default.json")
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
+    """The user's default.json: the one beside the first file, unless that is the shipped one."""
+    if not files:
+        return None
+    candidate = Path(files[0]).resolve().parent / "default.json"
+    if candidate.is_file() and candidate != SHIPPED_DEFAULT.resolve():
+        return candidate
     return None
 
 
@@ -189,28 +200,42 @@ def read_layer(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def load_config(files: Sequence[str], overrides: Sequence[str] = (), *, default: str | None = None) -> Layered:
-    """Load default.json (see ``find_default``), then ``files`` in order, then ``overrides``.
+def load_config(files: Sequence[str], overrides: Sequence[str] = (), *, default: str | None = None,
+                base: str | os.PathLike[str] | None = SHIPPED_DEFAULT) -> Layered:
+    """Load ``base`` (the shipped default.json; None: no base), the user's default.json
+    (``default``, else ``find_default``), then ``files`` in order, then ``overrides``.
 
     Every file is read before any error is raised, so syntax errors in several files are
     reported together.
     """
-    ordered: list[str] = []
-    default_path = Path(default) if default is not None else find_default(files)
-    given = {Path(f).resolve() for f in files}
-    if default is not None and not default_path.is_file():
+    from finetune.login.legacy import translate_layer
+
+    if default is not None and not Path(default).is_file():
         raise ConfigError(problems=[Problem(str(default), "", "default config not found")])
-    if default_path is not None and default_path.resolve() not in given:
-        ordered.append(display_path(default_path) if default is None else str(default))
+    user_default = Path(default) if default is not None else find_default(files)
+    given = {Path(f).resolve() for f in files}
+    ordered: list[str] = []
+    base_name = None
+    if base is not None and Path(base).is_file() and Path(base).resolve() not in given:
+        base_name = display_path(base)
+        ordered.append(base_name)
+    skip = given | ({Path(base).resolve()} if base is not None else set())
+    if user_default is not None and user_default.resolve() not in skip:
+        ordered.append(display_path(user_default) if default is None else str(default))
     ordered.extend(str(f) for f in files)
 
     layers: list[tuple[str, dict[str, Any]]] = []
     problems: list[Problem] = []
+    warnings: list[Problem] = []
     for name in ordered:
         try:
-            layers.append((name, read_layer(name)))
+            translation = translate_layer(read_layer(name), name)
         except FinetuneError as e:
             problems.extend(e.problems)
+            continue
+        problems += translation.problems
+        warnings += translation.warnings(name)
+        layers.append((name, translation.value))
     parsed_overrides = []
     for text in overrides:
         try:
@@ -236,7 +261,24 @@ def load_config(files: Sequence[str], overrides: Sequence[str] = (), *, default:
                 nested = {part: nested}
             merge_into(value, nested, SET_SOURCE, provenance)
     # the root and intermediate objects were marked by every layer; keep that (last writer wins)
-    return Layered(value=value, provenance=provenance, sources=sources, source_dirs=source_dirs)
+    layered = Layered(value=value, provenance=provenance, sources=sources, source_dirs=source_dirs,
+                      warnings=warnings, base=base_name)
+    anchor = user_default or (Path(files[0]) if files else None)
+    if base_name is not None and anchor is not None and provenance.get("$.database") == base_name:
+        _use_folder_database(layered, anchor.resolve().parent)
+    return layered
+
+
+def _use_folder_database(layered: Layered, folder: Path) -> None:
+    """The user's folder's language-database.json, when the shipped base is all that names one."""
+    candidate = folder / DATABASE_FILE
+    shipped = layered.resolve("$.database", layered.value.get("database"))
+    if not candidate.is_file() or shipped is None or candidate.resolve() == Path(shipped).resolve():
+        return
+    name = display_path(candidate)
+    layered.value["database"] = DATABASE_FILE
+    layered.provenance["$.database"] = name
+    layered.source_dirs[name] = folder
 
 
 def _path_slots(value: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
