@@ -199,7 +199,7 @@ def test_config_show_explain_names_each_values_source(capsys, monkeypatch):
     assert json5.loads(stdout)["slurm"]["gpus"] == 1  # still a JSON5 document
     lines = stdout.splitlines()
     assert '    "learning_rate": 0.0001,  // config/finetune-rus-pol-topic.json' in lines
-    assert '    "dropout": 0.1  // config/default.json' in lines
+    assert '    "dropout": 0.1,  // config/default.json' in lines
     assert '    "ipa": "rus-pol-ipa"  // config/finetune-rus-pol.json' in lines
     assert '    "gpus": 1,  // --set' in lines
 

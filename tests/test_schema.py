@@ -236,7 +236,8 @@ def test_shipped_schemas_are_valid_draft_2020_12(kind):
 def test_every_hyperparameter_in_the_architecture_is_in_the_schema():
     hp = load_schema("config")["properties"]["hyperparameters"]["properties"]
     assert sorted(hp) == sorted(["learning_rate", "batch_size", "micro_batch_size", "epochs", "max_steps",
-                                 "warmup_ratio", "scheduler", "weight_decay", "gradient_clipping", "seed", "dropout"])
+                                 "warmup_ratio", "scheduler", "weight_decay", "gradient_clipping", "seed", "dropout",
+                                 "max_answer_length", "top_k"])
     training = load_schema("config")["properties"]["training"]["properties"]
     for key in ("strategy", "precision", "compile", "eval_interval", "checkpoint_interval", "metric", "device",
                 "num_workers", "workload", "count_to", "count_sleep_s"):

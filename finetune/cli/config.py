@@ -1,5 +1,6 @@
-"""`finetune config show` (the merged config, optionally with each value's source) and
-`finetune config validate` (every problem of configs, database and grid at once)."""
+"""`finetune config show` (the merged config, optionally with each value's source),
+`finetune config validate` (every problem of configs, database and grid at once) and
+`finetune config migrate` (the original tool's files in the current formats)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ SHOW_EPILOG = """examples:
   finetune config show config/finetune-rus-pol-topic.json --set hyperparameters.learning_rate=3e-4
   finetune config show config/finetune-rus-pol.json config/data-local.json --resolved
 
-Layers: config/default.json (the default.json beside the first file) first, then the files in
-the order given, then --set overrides (VALUE parsed as JSON, else taken as a string). Objects
+Layers: the shipped config/default.json, then your default.json (beside the first file, or
+--default), then the files in the order given, then --set overrides (VALUE parsed as JSON, else taken as a string). Objects
 merge key by key; lists, scalars and null replace. --explain prints the same JSON with a
 // comment after each value naming the layer that set it. --resolved makes path-valued keys
 absolute (they are relative to the layer that set them; --set values to the current directory).
@@ -29,7 +30,22 @@ VALIDATE_EPILOG = """examples:
 
 Checks the merged config, the language database and the grid against their schemas and each
 other, and prints every problem at once (file: JSON path: message); exit code 2 when any.
-A file whose "$schema" names the database or grid schema is checked on its own. Writes nothing.
+A database or grid file (by its "$schema", else by its shape: the original tool's files name no
+schema) is checked on its own. Writes nothing.
+"""
+
+MIGRATE_EPILOG = """examples:
+  finetune config migrate old-repo/config --out config-migrated
+  finetune config migrate old/default.json old/finetune-rus-pol.json old/language-database.json --out config-new
+
+Rewrites config files of the original grid-search.py / finetuning-generator.py (a folder: every
+.json file directly inside it) into the current formats under the same file names in DIR. Values
+stay as they were, so the migrated folder plans the same trials with the same ids. Each file
+starts with a comment saying what was mapped (hf_cache -> data.cache_dir, random_seed ->
+hyperparameters.seed, cpu_only -> training.device, list splits -> objects, espeak voices from
+the language names) and lists the dropped legacy keys with their values; "$schema" names its
+schema. Any problem: every one is listed, exit code 2, nothing written. Files already in DIR are
+replaced only with --force (identical ones are left alone).
 """
 
 
@@ -38,7 +54,8 @@ def add_layer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", dest="set",
                    help="override one value after all files (repeatable); VALUE is JSON, else a string")
     p.add_argument("--default", metavar="PATH", default=None,
-                   help="the base layer loaded first (default: default.json beside the first CONFIG)")
+                   help="your default layer, loaded right after the shipped config/default.json "
+                        "(default: default.json beside the first CONFIG)")
 
 
 def add_selection_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,11 +94,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_selection_arguments(val)
     val.set_defaults(func=_validate)
 
+    mig = sub.add_parser("migrate", help="rewrite config files of the original tool in the current formats",
+                         description="Rewrite config folders or files of the original tool in the current formats.",
+                         epilog=MIGRATE_EPILOG, formatter_class=HelpFormatter)
+    mig.add_argument("sources", nargs="+", metavar="SRC", help="config folders or files (original formats)")
+    mig.add_argument("--out", required=True, metavar="DIR", help="folder for the migrated files (same names)")
+    mig.add_argument("--force", action="store_true", help="replace files that already exist in DIR")
+    mig.set_defaults(func=_migrate)
+
 
 def _show(args: argparse.Namespace) -> int:
     from finetune.login.layers import load_config, resolved_value
 
     layered = load_config(args.config, args.set, default=args.default)
+    for w in layered.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     value = resolved_value(layered) if args.resolved else layered.value
     if args.explain:
         sys.stdout.write(explain(value, layered.source_of) + "\n")
@@ -122,6 +149,8 @@ def _validate(args: argparse.Namespace) -> int:
             plan = build_plan(layers, args.set, grid_config=args.grid_config, model_types=args.model_type,
                               matrix=args.matrix, default=args.default)
             counts = ", ".join(f"{mt}: {n}" for mt, n in plan.counts().items())
+            for w in plan.warnings:
+                print(f"warning: {w}", file=sys.stderr)
             lines.append(f"ok: {len(plan.trials)} trials ({counts})")
         except FinetuneError as e:
             problems += e.problems
@@ -131,20 +160,28 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    from finetune.login.migrate import migrate, write
+
+    migrated = migrate(args.sources, args.out, force=args.force)
+    write(migrated)
+    for m in migrated:
+        print(f"{'unchanged' if m.unchanged else 'wrote'} {m.target} ({m.kind}, from {m.source})")
+        for line in m.summary:
+            print(f"  {line}")
+    return 0
+
+
 def _schema_kind(name: str, read) -> str:
-    """"database" or "grid" when the file names that schema in "$schema", else "config"."""
+    """"database" or "grid" when the file is one (by its "$schema", else its shape), else "config"."""
     from finetune.errors import FinetuneError
+    from finetune.login.schema import kind_of
 
     try:
         data = read(name)
     except FinetuneError:
         return "config"  # reported when loaded as a layer
-    schema = data.get("$schema") if isinstance(data, dict) else None
-    if isinstance(schema, str):
-        for kind in ("database", "grid"):
-            if schema.endswith(f"{kind}.schema.json"):
-                return kind
-    return "config"
+    return kind_of(data, name)
 
 
 def explain(value: Any, source_of, path: str = "$", indent: int = 0) -> str:

@@ -157,6 +157,8 @@ def run(args: argparse.Namespace, *, matrix: bool, search: bool = False) -> int:
     out = output_dir(args, matrix=matrix)
     plan = build_plan(args.config, args.set, grid_config=args.grid_config, model_types=args.model_type,
                       matrix=matrix, default=args.default)
+    for w in plan.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if plan.search is not None or search:
         return run_search(args, plan, out)
     n = len(plan.trials)

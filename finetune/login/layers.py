@@ -281,7 +281,7 @@ def _use_folder_database(layered: Layered, folder: Path) -> None:
     layered.source_dirs[name] = folder
 
 
-def _path_slots(value: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+def path_slots(value: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
     """(keys, JSON path) of every path-valued key (``PATH_KEYS``) that holds a string."""
     out = []
     for pattern in PATH_KEYS:
@@ -301,7 +301,7 @@ def _path_slots(value: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
 def resolved_paths(layered: Layered) -> dict[str, str | None]:
     """JSON path -> absolute path for every path-valued key present in the merged config."""
     out: dict[str, str | None] = {}
-    for keys, path in _path_slots(layered.value):
+    for keys, path in path_slots(layered.value):
         node: Any = layered.value
         for k in keys:
             node = node[k]
@@ -313,7 +313,7 @@ def resolved_value(layered: Layered) -> dict[str, Any]:
     """A copy of the merged config with every path-valued key made absolute."""
     out = _deepcopy(layered.value)
     paths = resolved_paths(layered)
-    for keys, path in _path_slots(out):
+    for keys, path in path_slots(out):
         node = out
         for k in keys[:-1]:
             node = node[k]

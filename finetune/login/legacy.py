@@ -26,7 +26,9 @@ original tested on its eval split). A language without ``"espeak"`` gets its voi
 name (``finetune.login.database.espeak_voice``); ``migrate`` writes that voice out.
 
 Translations are pure and never touch a value that has a current meaning, so a legacy folder
-and its migrated copy plan the same trials with the same ids.
+and its migrated copy plan the same trials with the same ids. Relative paths keep our rule
+(relative to the file that sets them; the original read them relative to the working directory):
+a legacy layer's relative paths get a warning each, as rewriting them would change the ids.
 """
 
 from __future__ import annotations
@@ -66,17 +68,19 @@ def _bool(value: Any) -> str | None:
 
 
 LAYER_RULES = (
-    Rule(("hf_cache",), ("data", "cache_dir"), "the data cache (downloads, transcriptions, token ids)",
+    Rule(("hf_cache",), ("data", "cache_dir"), "the data cache: downloads, transcriptions, token ids",
          _path_or_null),
     Rule(("random_seed",), ("hyperparameters", "seed"), "the default seed", _seed),
-    Rule(("cpu_only",), ("training", "device"), 'true: train on the CPU (training.device "cpu")', _bool,
+    Rule(("cpu_only",), ("training", "device"), "train on the CPU", _bool,
          lambda v: "cpu" if v else _NOTHING),
     Rule(("checkpoints", "is_medium"), None, "the model size is read from the checkpoint"),
     Rule(("checkpoints", "training"), None,
-         "fine-tuned checkpoints go under the plan directory (trials/<id>/checkpoints)"),
-    Rule(("nanogpt",), None, "the nanoGPT model is built in (finetune/compute/model.py)"),
+         "fine-tuned checkpoints go under the plan directory, trials/<id>/checkpoints"),
+    Rule(("nanogpt",), None, "the nanoGPT model is built in, finetune/compute/model.py"),
 )
 LEGACY_KEYS = tuple(".".join(r.legacy) for r in LAYER_RULES)
+RELATIVE_PATH_NOTE = ("relative to this file's folder (the original tool read it relative to the working "
+                      "directory); make it absolute or relative to this file if that is not the same place")
 
 
 @dataclass(frozen=True)
@@ -101,14 +105,17 @@ class Translation:
     notes: list[Note] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    relative_paths: list[str] = field(default_factory=list)  # in a legacy layer: resolved differently now
 
     @property
     def changed(self) -> bool:
         return bool(self.notes or self.dropped)
 
     def warnings(self, source: str) -> list[Problem]:
-        """One warning per dropped legacy key, naming it."""
-        return [Problem(source, d.path, f"legacy key ignored: {d.reason}") for d in self.dropped]
+        """One warning per dropped legacy key, naming it; one per relative path of a legacy layer."""
+        out = [Problem(source, d.path, f"legacy key ignored: {d.reason}") for d in self.dropped]
+        out += [Problem(source, p, RELATIVE_PATH_NOTE) for p in self.relative_paths]
+        return out
 
 
 def _copy(value: Any) -> Any:
@@ -165,8 +172,26 @@ def translate_layer(data: dict[str, Any], source: str) -> Translation:
             continue
         parent[key] = new
         t.notes.append(Note(target_path, legacy_path,
-                            f"was {'.'.join(rule.legacy)}: {_show(value)} (original format: {rule.meaning})"))
+                            f"was {'.'.join(rule.legacy)}: {_show(value)} in the original format ({rule.meaning})"))
+    if t.changed:
+        t.relative_paths = _relative_paths(out)
     return t
+
+
+def _relative_paths(layer: dict[str, Any]) -> list[str]:
+    """JSON paths of the layer's relative path values (``finetune.login.layers.PATH_KEYS``)."""
+    import os
+
+    from finetune.login.layers import path_slots
+
+    out = []
+    for keys, path in path_slots(layer):
+        node: Any = layer
+        for k in keys:
+            node = node[k]
+        if not os.path.isabs(os.path.expanduser(node)):
+            out.append(path)
+    return out
 
 
 def translate_database(data: Any, source: str, *, fill_espeak: bool = False) -> Translation:

@@ -78,6 +78,7 @@ class Plan:
     groups: dict[str, dict[str, Any]]  # group id -> shared resolved config, provenance, datasets, paths
     sources: list[dict[str, Any]]  # one per build: files, overrides, grid config, model types, matrix
     version: int = PLAN_VERSION
+    warnings: list[Problem] = field(default_factory=list)  # planned anyway: ignored legacy keys and the like
     out_dir: Path | None = None  # set by load_plan / write_plan
     search: dict[str, Any] | None = None  # a search (grid config with a search block): SPEC, no trials yet
     _index: dict[str, Trial] | None = field(default=None, repr=False)
@@ -272,6 +273,14 @@ def build_plan(
 
         problems += search_config_problems(grid.search, cfg, grid.source, config_source=src, matrix=matrix,
                                            model_types=types)
+    unused: list[str] = []
+    warnings = list(layered.warnings)
+    if database is not None and grid is not None and isinstance(task, str) and not problems:
+        unused, found, warned = _unused_hyperparameters(layered, database, task, datasets, grid)
+        problems += found
+        warnings += warned
+        if "ipa" in types:
+            warnings += _espeak_warnings(database, datasets, src)
 
     if grid is not None and not problems:
         if matrix:
@@ -284,14 +293,15 @@ def build_plan(
     assert grid is not None and database is not None
 
     group, group_id = _group(layered, paths, grid, database, types, overrides, grid_config)
-    hyper = {**cfg["hyperparameters"], **grid.fixed}
+    hyper = {k: v for k, v in {**cfg["hyperparameters"], **grid.fixed}.items() if k not in unused}
     source = {"group": group_id, "files": [os.path.abspath(s) for s in layered.sources if s != "--set"],
               "overrides": list(overrides),
               "grid_config": os.path.abspath(grid_config) if grid_config is not None else None,
               "model_types": types, "matrix": matrix}
     if grid.search is not None:
         return Plan(trials=[], groups={group_id: group}, sources=[source],
-                    search=_search_spec(cfg, database, types, lang_sets[0], hyper, grid, group_id))
+                    search=_search_spec(cfg, database, types, lang_sets[0], hyper, grid, group_id),
+                    warnings=warnings)
     points = _expand_points(grid, hyper)
     batch_problems = _batch_problems(points, hyper, grid, src)
     if batch_problems:
@@ -299,7 +309,39 @@ def build_plan(
     trials = _trials(cfg, database, types, lang_sets, points, hyper, grid, group_id)
     if not trials:
         raise ConfigError(problems=[Problem(grid.source, "$.exclude", "the exclude rules drop every trial")])
-    return Plan(trials=trials, groups={group_id: group}, sources=[source])
+    return Plan(trials=trials, groups={group_id: group}, sources=[source], warnings=warnings)
+
+
+def _unused_hyperparameters(layered: Layered, database, task: str, datasets: dict[str, Any], grid
+                            ) -> tuple[list[str], list[Problem], list[Problem]]:
+    """Hyperparameters of other task types (question answering's top_k for a classification task):
+    dropped from the trials (so they do not change ids); a warning when a layer other than the
+    shipped default sets one, a problem when the grid sets one."""
+    from finetune.login.schema import task_specific_hyperparameters
+
+    types = {database.entry(lang, task, name).get("task_type") for lang, name in datasets.items()}
+    unused, problems, warnings = [], [], []
+    for name, allowed in task_specific_hyperparameters().items():
+        if not types or types <= set(allowed):
+            continue
+        unused.append(name)
+        shown = ", ".join(sorted(str(t) for t in types))
+        why = f"a {' or '.join(allowed)} hyperparameter, and task {task!r} is {shown}"
+        if name in grid.parameters:
+            problems.append(Problem(grid.source, join_path("$.parameters", name), why))
+        path = join_path("$.hyperparameters", name)
+        source = layered.source_of(path)
+        if name in layered.value.get("hyperparameters", {}) and source != layered.base:
+            warnings.append(Problem(source, path, f"not used: {why}"))
+    return unused, problems, warnings
+
+
+def _espeak_warnings(database, datasets: dict[str, Any], src) -> list[Problem]:
+    """Languages without an espeak-ng voice: ipa trials then need precomputed -phoneme columns."""
+    return [Problem(src(join_path("$.datasets", lang)), join_path("$.datasets", lang),
+                    f"no espeak-ng voice known for {lang!r} (add \"espeak\" to it in {database.path}); "
+                    "ipa trials need its datasets to carry <feature>-phoneme columns")
+            for lang in datasets if database.has_language(lang) and database.espeak(lang) is None]
 
 
 def _group(layered: Layered, paths: dict[str, str | None], grid, database, types: list[str],

@@ -35,7 +35,7 @@ def load_schema(kind: str) -> dict[str, Any]:
 def _validator(kind: str):
     import jsonschema
 
-    return jsonschema.Draft202012Validator(load_schema(kind))
+    return jsonschema.Draft202012Validator(_layer_schema() if kind == "layer" else load_schema(kind))
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -112,6 +112,54 @@ def _leaf_errors(error):
     return [error]
 
 
+def kind_of(data: Any, name: str = "") -> str:
+    """Which schema a file follows: "database", "grid" or "config" (a layer).
+
+    Its ``"$schema"`` says, else its shape: the original tool's files name no schema. A grid has
+    only grid keys; a database maps languages to tasks to entries that name a ``dataset``.
+    """
+    if not isinstance(data, dict):
+        return "config"
+    schema = data.get("$schema")
+    if isinstance(schema, str):
+        for kind, file in SCHEMAS.items():
+            if schema.endswith(file):
+                return kind
+    keys = set(data) - {"$schema", "$comment"}
+    if keys and keys <= set(load_schema("grid")["properties"]) and keys & {"parameters", "languages"}:
+        return "grid"
+    if Path(name).name == "language-database.json" or (keys and all(_is_language(data[k]) for k in keys)):
+        return "database"
+    return "config"
+
+
+def _is_language(value: Any) -> bool:
+    """{"espeak"?, task -> {name -> {"dataset": ...}}} (at least one task)."""
+    if not isinstance(value, dict):
+        return False
+    tasks = [v for k, v in value.items() if k != "espeak"]
+    return bool(tasks) and all(isinstance(t, dict) and t and all(isinstance(e, dict) and "dataset" in e
+                                                                 for e in t.values()) for t in tasks)
+
+
+def validate_layer(data: Any, source: str) -> list[Problem]:
+    """Problems of one layer on its own: the config schema without its required keys (the
+    other layers, the shipped default.json first, can set them)."""
+    return validate("layer", data, source)
+
+
+@cache
+def _layer_schema() -> dict[str, Any]:
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "required"}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    return strip(load_schema("config"))
+
+
 def validate_config(layered) -> list[Problem]:
     """Schema problems of the merged config, each named by the layer that set the value."""
     return validate("config", layered.value, layered.source_of)
@@ -119,6 +167,12 @@ def validate_config(layered) -> list[Problem]:
 
 def hyperparameter_names() -> list[str]:
     return list(load_schema("config")["properties"]["hyperparameters"]["properties"])
+
+
+def task_specific_hyperparameters() -> dict[str, list[str]]:
+    """Hyperparameters that only some task types use (``"x-task-types"`` in the schema) -> those types."""
+    props = load_schema("config")["properties"]["hyperparameters"]["properties"]
+    return {name: list(spec["x-task-types"]) for name, spec in props.items() if "x-task-types" in spec}
 
 
 def validate_hyperparameter(name: str, value: Any) -> list[str]:
