@@ -14,6 +14,7 @@ from finetune.errors import ConfigError, Problem
 from finetune.fileio import read_json
 
 WORKLOADS = ("finetune", "count")
+TRAINABLE_TASK_TYPES = ("classification",)
 
 
 def run_trial(trial_dir: str | Path) -> int:
@@ -28,8 +29,21 @@ def run_trial(trial_dir: str | Path) -> int:
 
         return count(trial_dir, config)
     if workload == "finetune":
+        _refuse_untrainable(config, str(path))
         from finetune.compute.trainer import run
 
         return int(run(trial_dir))
     raise ConfigError(problems=[Problem(str(path), "$.training.workload",
                                         f"unknown workload {workload!r}; choose one of {', '.join(WORKLOADS)}")])
+
+
+def _refuse_untrainable(config: dict, path: str) -> None:
+    """The planner accepts question-answering configs; the trainer cannot train them yet."""
+    datasets = config.get("datasets") or {}
+    other = {lang: e for lang, e in datasets.items() if e.get("task_type", "classification") not in TRAINABLE_TASK_TYPES}
+    if other:
+        kinds = sorted({str(e.get("task_type")) for e in other.values()})
+        shown = ", ".join(f"{lang} ({e.get('name', e.get('dataset'))})" for lang, e in other.items())
+        raise ConfigError(problems=[Problem(path, "$.datasets", f"cannot train this trial: task {config.get('task')!r} "
+                                            f"is {' and '.join(kinds)} ({shown}), and `finetune train` trains "
+                                            f"{', '.join(TRAINABLE_TASK_TYPES)} tasks only so far")])

@@ -91,7 +91,7 @@ def migrate(sources: Sequence[str], out_dir: str | os.PathLike[str], *, force: b
         except FinetuneError as e:
             problems += e.problems
     for m in results:
-        if m.target.is_file():
+        if m.target.is_file() and m.target.resolve() != m.source.resolve():
             if m.target.read_text(encoding="utf-8") == m.text:
                 m.unchanged = True
             elif not force:
