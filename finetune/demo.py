@@ -308,7 +308,7 @@ def collect_and_plot(out: Path, *, log: Log) -> Any:
     from finetune.analysis.results import collect, markdown_text, write_tables
 
     table = collect(out)
-    csv_path, md_path = write_tables(table)
+    csv_path, md_path, *_ = write_tables(table)
     heatmap = transfer_heatmaps(table, out / "plots" / "transfer-heatmap.png")
     curves = learning_curves(out, out / "plots" / "curves")
     best = markdown_text(table).split("## Best hyperparameters per cell", 1)[-1]

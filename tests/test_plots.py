@@ -30,7 +30,7 @@ def _grey_pixels(png) -> int:
 
 
 def test_transfer_matrix_cells(tmp_path):
-    m = transfer_matrix(collect(standard_plan(tmp_path)))
+    m = transfer_matrix(collect(standard_plan(tmp_path), selection="each-language"))
     assert m.metric == "macro_f1"
     assert m.model_types == ["normal", "ipa"]
     assert m.train_sets == ["polish", "russian", "polish+russian"]
@@ -42,7 +42,7 @@ def test_transfer_matrix_cells(tmp_path):
 
 
 def test_transfer_matrix_other_metric(tmp_path):
-    m = transfer_matrix(collect(standard_plan(tmp_path), metric="accuracy"))
+    m = transfer_matrix(collect(standard_plan(tmp_path), metric="accuracy", selection="each-language"))
     assert m.metric == "accuracy"
     assert m.values["normal"][0] == pytest.approx([0.46, 0.34])
 

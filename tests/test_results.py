@@ -90,7 +90,7 @@ def test_states_one_row_per_trial(tmp_path):
 
 
 def test_best_by_eval_reports_test(tmp_path):
-    table = collect(standard_plan(tmp_path))
+    table = collect(standard_plan(tmp_path), selection="each-language")
     best = {(c.model_type, c.train_set, c.language): c for c in table.best}
     # a1 is better on eval (0.60 > 0.55) though worse on test: selection must use eval only
     c = best[("normal", "polish", "polish")]
@@ -111,8 +111,10 @@ def test_metric_selectable_loss_is_minimised(tmp_path):
     c = table.best_cell("normal", "polish", "polish")
     # loss = 1 - f1: lowest eval loss is a1 (0.40)
     assert c.trial_id == "a1" and c.eval_value == pytest.approx(0.40) and c.test_value == pytest.approx(0.55)
-    table = collect(standard_plan(tmp_path / "acc"), metric="accuracy")
+    table = collect(standard_plan(tmp_path / "acc"), metric="accuracy", selection="each-language")
     assert table.best_cell("normal", "polish", "russian").test_value == pytest.approx(0.34)
+    table = collect(standard_plan(tmp_path / "acc2"), metric="accuracy")  # zero-shot: chosen on polish
+    assert table.best_cell("normal", "polish", "russian").test_value == pytest.approx(0.26)
 
 
 def test_tie_goes_to_smallest_id(tmp_path):
@@ -137,9 +139,12 @@ def test_csv_and_markdown(tmp_path):
     md = markdown_text(table)
     assert "8 trials: 4 finished, 1 failed, 1 running, 1 missing, 1 invalid." in md
     assert "| b1 | normal | russian | 0.0001 | failed: CUDA out of memory |" in md
-    assert "| normal | polish | polish | a1 | learning_rate=0.0001 | 0.6000 | 0.4500 | 2/2 |" in md
-    csv_path, md_path = write_tables(table)
+    assert ("| normal | polish | polish | learning_rate=0.0001 | a1 | 0.6000 | 0.6000 (n=1) | 0.4500 (n=1) | 2/2 |"
+            in md)
+    assert "selection train-languages (zero-shot: chosen on the training languages' eval splits)" in md
+    csv_path, md_path, summary_path, best_path = write_tables(table)
     assert csv_path.read_text() == csv_text(table) and md_path.read_text() == md
+    assert summary_path.name == "summary.csv" and best_path.name == "best.csv"
     assert not list(tmp_path.glob(".*.tmp"))
 
 

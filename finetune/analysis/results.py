@@ -1,11 +1,22 @@
-"""Collect a plan's trial results into one table: results.csv and results.md in the plan dir.
+"""Collect a plan's trial results into tables: results.csv, results.md, summary.csv, best.csv.
 
 Reads only the documented files of a plan directory (plan.json, trials/<id>/{result,state,
 config}.json), so it works on a plan that is still running, was half-submitted or lost trials:
 every trial in plan.json gets one row, with its state (finished, failed with the reason,
-running, preempted, missing). For every (model type, train set, eval language) the best
-hyperparameters are chosen by an eval-split metric and their test metric is reported: choosing
-on eval and reporting test keeps the test split out of model selection.
+running, preempted, missing, superseded).
+
+Seeds are replicas, not a hyperparameter: trials that differ only in ``seed`` form one
+*configuration*, summarised by the mean and the sample standard deviation over its finished
+seeds (``summary.csv``). For every (model type, train set, eval language) the configuration
+with the best **mean** eval metric is chosen and its test mean +- std over n seeds is reported
+(``best.csv``), so no cell mixes seeds and the test split never takes part in the choice.
+
+Which eval split chooses is the *selection protocol*:
+
+* ``train-languages`` (default, zero-shot): the mean over the training languages' eval splits.
+  One choice per (model type, train set), whatever the target; a target that is not a
+  training language never influences the numbers reported for it.
+* ``each-language`` (the oracle protocol): the target language's own eval split.
 """
 
 from __future__ import annotations
@@ -27,7 +38,15 @@ from finetune.fileio import atomic_write_text
 METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "loss")
 SPLITS = ("eval", "test")
 LOWER_IS_BETTER = frozenset({"loss"})
-STATES = ("finished", "pruned", "failed", "preempted", "running", "missing", "invalid")
+STATES = ("finished", "pruned", "failed", "preempted", "running", "missing", "invalid", "superseded")
+SELECTIONS = ("train-languages", "each-language")
+DEFAULT_SELECTION = "train-languages"
+REPLICA_KEY = "seed"  # the hyperparameter whose values are replicas of one configuration
+
+SELECTION_TEXT = {
+    "train-languages": "zero-shot: chosen on the training languages' eval splits",
+    "each-language": "oracle: chosen on each target language's eval split",
+}
 
 
 @dataclass
@@ -45,10 +64,15 @@ class TrialRow:
     metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     best_step: int | None = None
     pruned_step: int | None = None  # a search's pruner stopped the trial at this training step
+    selection: str | None = None  # training.selection of the trial (how its checkpoint was chosen)
 
     @property
     def train_set(self) -> str:
         return train_set_name(self.train_languages)
+
+    @property
+    def seed(self) -> Any:
+        return self.hyperparameters.get(REPLICA_KEY)
 
     def metric(self, language: str, split: str, metric: str) -> float | None:
         value = self.metrics.get(language, {}).get(split, {}).get(metric)
@@ -56,19 +80,87 @@ class TrialRow:
 
 
 @dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (None below two values) over ``n`` seeds."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Stat:
+        vals = list(values)
+        n = len(vals)
+        if not n:
+            return cls(None, None, 0)
+        mean = math.fsum(vals) / n
+        std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else None
+        return cls(mean, std, n)
+
+
+@dataclass
+class Configuration:
+    """Trials that differ only in their seed, on one eval language."""
+
+    model_type: str
+    train_set: str
+    train_languages: list[str]
+    language: str
+    hyperparameters: dict[str, Any]  # the varying hyperparameters except the seed
+    trials: list[TrialRow]  # every trial of the configuration evaluated on ``language``
+
+    @property
+    def finished(self) -> list[TrialRow]:
+        """Finished trials that have metrics for this language, in seed order."""
+        done = [r for r in self.trials if r.state == "finished" and self.language in r.metrics]
+        return sorted(done, key=lambda r: (json.dumps(r.seed, sort_keys=True), r.trial_id))
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [r.seed for r in self.finished]
+
+    @property
+    def first_id(self) -> str:
+        return min(r.trial_id for r in self.trials)
+
+    def stat(self, split: str, metric: str, language: str | None = None) -> Stat:
+        lang = language or self.language
+        return Stat.of(v for r in self.finished if (v := r.metric(lang, split, metric)) is not None)
+
+
+@dataclass(frozen=True)
 class BestCell:
-    """The best finished trial of one (model type, train set, eval language) by the eval metric."""
+    """The configuration chosen for one (model type, train set, eval language) by the mean eval metric."""
 
     model_type: str
     train_set: str
     language: str
-    trial_id: str
-    hyperparameters: dict[str, Any]  # only the keys that vary in the plan
-    eval_value: float
-    test_value: float | None
-    finished: int  # finished trials with this eval metric that competed for the cell
+    hyperparameters: dict[str, Any]  # the varying hyperparameters except the seed
+    trial_ids: list[str]  # its finished trials (one per seed)
+    seeds: list[Any]
+    selection: str  # the protocol (SELECTIONS)
+    selection_value: float  # the mean eval metric the choice was made on
+    eval: Stat  # eval split of ``language``
+    test: Stat  # test split of ``language``
+    finished: int  # finished trials that competed for the cell
     total: int  # trials of the plan planned for the cell
     pruned_steps: tuple[int, ...] = ()  # the steps the cell's pruned trials were stopped at
+
+    @property
+    def trial_id(self) -> str:
+        return self.trial_ids[0]
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.trial_ids)
+
+    @property
+    def eval_value(self) -> float | None:
+        return self.eval.mean
+
+    @property
+    def test_value(self) -> float | None:
+        return self.test.mean
 
 
 @dataclass
@@ -78,6 +170,14 @@ class ResultsTable:
     rows: list[TrialRow]
     varying: list[str]  # hyperparameter names whose values differ between trials
     best: list[BestCell]
+    configurations: list[Configuration] = field(default_factory=list)
+    selection: str = DEFAULT_SELECTION
+    unselectable: list[str] = field(default_factory=list)  # why some cells have no choice
+
+    @property
+    def config_keys(self) -> list[str]:
+        """The varying hyperparameters that tell configurations apart (all but the seed)."""
+        return [k for k in self.varying if k != REPLICA_KEY]
 
     @property
     def languages(self) -> list[str]:
@@ -99,6 +199,16 @@ class ResultsTable:
     def train_sets(self) -> list[str]:
         seen = {row.train_set: row.train_languages for row in self.rows}
         return sorted(seen, key=lambda name: (len(seen[name]), name))
+
+    @property
+    def checkpoint_selection(self) -> str:
+        """How the trainer chose each trial's best checkpoint, in words."""
+        kinds = {r.selection for r in self.rows if r.state == "finished"}
+        if not kinds:
+            return "no finished trials"
+        if kinds == {None}:
+            return "mean over all eval languages (trained before training.selection existed)"
+        return ", ".join(sorted(k or "mean over all eval languages" for k in kinds))
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATES, 0)
@@ -122,11 +232,17 @@ def _model_type_order(model_type: str) -> tuple[int, str]:
     return ({"normal": 0, "ipa": 1}.get(model_type, 2), model_type)
 
 
-def collect(plan_dir: str | os.PathLike[str], *, metric: str = "macro_f1") -> ResultsTable:
-    """Read every trial of ``plan_dir``; pure apart from reading files (writes nothing)."""
+def collect(plan_dir: str | os.PathLike[str], *, metric: str = "macro_f1", selection: str | None = None) -> ResultsTable:
+    """Read every trial of ``plan_dir``; pure apart from reading files (writes nothing).
+
+    ``selection`` (SELECTIONS) defaults to the plan's ``training.selection``, else "train-languages".
+    """
     plan_dir = Path(plan_dir)
     if metric not in METRICS:
         raise UsageError(problems=[Problem("--metric", "", f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")])
+    if selection is not None and selection not in SELECTIONS:
+        raise UsageError(problems=[Problem("--selection", "", f"unknown protocol {selection!r}; "
+                                           f"choose one of {', '.join(SELECTIONS)}")])
     plan_file = layout.plan_file(plan_dir)
     if not plan_file.is_file():
         raise UsageError(problems=[Problem(str(plan_file), "", "no plan here; make one with `finetune plan ... --output-dir DIR`")])
@@ -138,8 +254,21 @@ def collect(plan_dir: str | os.PathLike[str], *, metric: str = "macro_f1") -> Re
         if not isinstance(trial, dict) or not isinstance(trial.get("id"), str):
             raise UsageError(problems=[Problem(str(plan_file), f"$.trials[{i}].id", "expected a trial with a string id")])
         rows.append(_row(plan_dir, trial))
+    selection = selection or _plan_selection(plan) or DEFAULT_SELECTION
     varying = _varying(rows)
-    return ResultsTable(plan_dir, metric, rows, varying, _best(rows, metric, varying))
+    configs = configurations(rows, [k for k in varying if k != REPLICA_KEY])
+    best, unselectable = choose(configs, metric, selection)
+    return ResultsTable(plan_dir, metric, rows, varying, best, configs, selection, unselectable)
+
+
+def _plan_selection(plan: dict[str, Any]) -> str | None:
+    """The one training.selection of the plan's groups, when they agree on one."""
+    found = set()
+    for group in (plan.get("groups") or {}).values():
+        training = ((group or {}).get("config") or {}).get("training") or {}
+        if training.get("selection") in SELECTIONS:
+            found.add(training["selection"])
+    return found.pop() if len(found) == 1 else None
 
 
 def _read(path: Path) -> Any:
@@ -165,8 +294,13 @@ def _row(plan_dir: Path, trial: dict[str, Any]) -> TrialRow:
     tdir = layout.trial_dir(plan_dir, trial["id"])
     hyper = dict(trial.get("hyperparameters") or {})
     config, _ = _try_read(layout.config_file(tdir))
-    if isinstance(config, dict) and isinstance(config.get("hyperparameters"), dict):
-        hyper = {**config["hyperparameters"], **hyper}
+    selection = None
+    if isinstance(config, dict):
+        if isinstance(config.get("hyperparameters"), dict):
+            hyper = {**config["hyperparameters"], **hyper}
+        training = config.get("training")
+        if isinstance(training, dict) and training.get("selection") in SELECTIONS:
+            selection = training["selection"]
     row = TrialRow(
         trial_id=trial["id"],
         model_type=str(trial.get("model_type", "?")),
@@ -174,30 +308,41 @@ def _row(plan_dir: Path, trial: dict[str, Any]) -> TrialRow:
         eval_languages=list(trial.get("eval_languages") or []),
         hyperparameters=hyper,
         state="missing",
+        selection=selection,
     )
+    _read_outcome(row, tdir)
+    superseded = trial.get("superseded_by")
+    if superseded:
+        # an input file changed since (see plan.py): the old numbers stay readable but never compete
+        row.state, row.reason = "superseded", f"by {superseded} (inputs changed; was {row.state})"
+    return row
+
+
+def _read_outcome(row: TrialRow, tdir: Path) -> None:
+    """The row's state, reason and metrics from result.json, else state.json."""
     result, why = _try_read(layout.result_file(tdir))
     if why:
         row.state, row.reason = "invalid", why
-        return row
+        return
     if layout.says_pruned(result):
         row.state, row.pruned_step = "pruned", result.get("pruned_step")
         row.reason = f"at step {row.pruned_step}"
         row.metrics = result.get("metrics") or {}
-        return row
+        return
     if result is not None and not layout.says_finished(result):  # the rule submit and status follow
         row.state, row.reason = "invalid", f"{layout.result_file(tdir)}: does not say \"state\": \"finished\""
-        return row
+        return
     if result is not None:
         problem = _check_result(layout.result_file(tdir), result)
         if problem:
             row.state, row.reason = "invalid", problem
-            return row
+            return
         row.state = "finished"
         row.metrics = result.get("metrics") or {}
         row.best_step = result.get("best_step")
         if isinstance(result.get("hyperparameters"), dict):
             row.hyperparameters = {**row.hyperparameters, **result["hyperparameters"]}
-        return row
+        return
     state, why = _try_read(layout.state_file(tdir))
     if why:
         row.state, row.reason = "invalid", why
@@ -205,8 +350,8 @@ def _row(plan_dir: Path, trial: dict[str, Any]) -> TrialRow:
         row.state = str(state["state"])
         row.reason = str(state.get("reason") or "")
         if row.state == "finished":  # state says finished but the result is gone
-            row.state, row.reason = "invalid", f"{layout.result_file(tdir)}: missing although {layout.STATE_FILE} says finished"
-    return row
+            row.state, row.reason = "invalid", (f"{layout.result_file(tdir)}: missing although "
+                                                f"{layout.STATE_FILE} says finished")
 
 
 def _check_result(path: Path, result: dict[str, Any]) -> str:
@@ -237,30 +382,80 @@ def _varying(rows: list[TrialRow]) -> list[str]:
     return sorted(k for k, vals in keys.items() if len(vals) > 1)
 
 
-def _best(rows: list[TrialRow], metric: str, varying: list[str]) -> list[BestCell]:
-    groups: dict[tuple[str, str, str], list[TrialRow]] = {}
+def configurations(rows: list[TrialRow], keys: list[str]) -> list[Configuration]:
+    """Group trials by (model type, train set, eval language, hyperparameters except the seed)."""
+    groups: dict[tuple[str, str, str, str], Configuration] = {}
     for row in rows:
+        hyper = {k: row.hyperparameters.get(k) for k in keys}
+        key_text = json.dumps(hyper, sort_keys=True)
         for lang in row.eval_languages:
-            groups.setdefault((row.model_type, row.train_set, lang), []).append(row)
+            key = (row.model_type, row.train_set, lang, key_text)
+            if key not in groups:
+                groups[key] = Configuration(row.model_type, row.train_set, list(row.train_languages), lang, hyper, [])
+            groups[key].trials.append(row)
+    # stable: within a cell, configurations keep the plan's (grid's) order
+    return sorted(groups.values(), key=lambda c: _cell_order(c.model_type, c.train_set, c.language))
+
+
+def _cell_order(model_type: str, train_set: str, language: str) -> tuple[Any, ...]:
+    return (_model_type_order(model_type), train_set.count("+"), train_set, language)
+
+
+def _selection_value(config: Configuration, by_lang: dict[str, Configuration], metric: str,
+                     selection: str) -> float | None:
+    """The mean eval metric a configuration is chosen on, or None when it cannot be chosen."""
+    if selection == "each-language":
+        return config.stat("eval", metric).mean
+    values = []
+    for lang in config.train_languages:
+        twin = by_lang.get(lang)  # the same configuration's trials, scored on the training language
+        mean = twin.stat("eval", metric).mean if twin else None
+        if mean is None:
+            return None
+        values.append(mean)
+    return math.fsum(values) / len(values) if values else None
+
+
+def choose(configs: list[Configuration], metric: str, selection: str = DEFAULT_SELECTION) -> tuple[list[BestCell], list[str]]:
+    """The best configuration per (model type, train set, eval language) by mean eval ``metric``.
+
+    Ties go to the configuration with the smallest trial id, so reruns choose the same one.
+    Returns the chosen cells and, for cells with finished trials but no choice, why not.
+    """
+    by_config: dict[tuple[str, str, str], dict[str, Configuration]] = {}
+    cells: dict[tuple[str, str, str], list[Configuration]] = {}
+    for c in configs:
+        key_text = json.dumps(c.hyperparameters, sort_keys=True)
+        by_config.setdefault((c.model_type, c.train_set, key_text), {})[c.language] = c
+        cells.setdefault((c.model_type, c.train_set, c.language), []).append(c)
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    out = []
-    for (model_type, train_set, lang), members in groups.items():
-        scored = [(r.metric(lang, "eval", metric), r) for r in members if r.state == "finished"]
-        scored = [(v, r) for v, r in scored if v is not None]
+    out, why = [], []
+    for (model_type, train_set, lang), members in cells.items():
+        scored = []
+        for c in members:
+            if not c.finished:
+                continue
+            twins = by_config[(c.model_type, c.train_set, json.dumps(c.hyperparameters, sort_keys=True))]
+            value = _selection_value(c, twins, metric, selection)
+            if value is not None:
+                scored.append((value, c))
+        total = sum(len(c.trials) for c in members)
+        competing = sum(len(c.finished) for c in members)
         if not scored:
+            if competing:
+                why.append(f"{model_type}, train {train_set}, eval {lang}: no finished configuration has eval "
+                           f"{metric} on every training language ({selection} selection)")
             continue
-        # best value first; ties go to the smallest trial id so reruns pick the same trial
-        value, best = min(scored, key=lambda vr: (-sign * vr[0], vr[1].trial_id))
-        out.append(
-            BestCell(
-                model_type, train_set, lang, best.trial_id,
-                {k: best.hyperparameters.get(k) for k in varying},
-                value, best.metric(lang, "test", metric), len(scored), len(members),
-                tuple(sorted(r.pruned_step for r in members if r.state == "pruned" and r.pruned_step is not None)),
-            )
-        )
-    out.sort(key=lambda c: (_model_type_order(c.model_type), c.train_set.count("+"), c.train_set, c.language))
-    return out
+        value, best = min(scored, key=lambda vc: (-sign * vc[0], vc[1].first_id))
+        pruned = tuple(sorted(r.pruned_step for c in members for r in c.trials
+                              if r.state == "pruned" and r.pruned_step is not None))
+        out.append(BestCell(
+            model_type, train_set, lang, dict(best.hyperparameters), [r.trial_id for r in best.finished],
+            best.seeds, selection, value, best.stat("eval", metric), best.stat("test", metric), competing, total,
+            pruned,
+        ))
+    out.sort(key=lambda c: _cell_order(c.model_type, c.train_set, c.language))
+    return out, why
 
 
 # ---------------------------------------------------------------- rendering (pure: text out)
@@ -278,6 +473,14 @@ def _fmt(value: Any) -> str:
 
 def _fmt_metric(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
+
+
+def fmt_stat(stat: Stat) -> str:
+    """'0.5123 ± 0.0100 (n=3)'; the std is left out below two seeds."""
+    if stat.mean is None:
+        return "n/a"
+    spread = f" ± {stat.std:.4f}" if stat.std is not None else ""
+    return f"{stat.mean:.4f}{spread} (n={stat.n})"
 
 
 def csv_text(table: ResultsTable) -> str:
@@ -299,19 +502,65 @@ def csv_text(table: ResultsTable) -> str:
     return buf.getvalue()
 
 
+def summary_csv_text(table: ResultsTable) -> str:
+    """One row per configuration and eval language: n_seeds and mean/std of every split and metric."""
+    keys = table.config_keys
+    cols = [(split, m) for split in SPLITS for m in METRICS]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["model_type", "train_set", "eval_language", *keys, "n_seeds"]
+               + [f"{split}/{m}/{what}" for split, m in cols for what in ("mean", "std")])
+    for c in table.configurations:
+        stats = [c.stat(split, m) for split, m in cols]
+        w.writerow([c.model_type, c.train_set, c.language, *(_fmt(c.hyperparameters.get(k)) for k in keys),
+                    len(c.finished)]
+                   + [x for s in stats for x in (_fmt_metric(s.mean), _fmt_metric(s.std))])
+    return buf.getvalue()
+
+
+def best_csv_text(table: ResultsTable) -> str:
+    """One row per (model type, train set, eval language): the chosen configuration and its scores."""
+    keys = table.config_keys
+    m = table.metric
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["model_type", "train_set", "eval_language", *keys, "n_seeds",
+                f"eval/{m}/mean", f"test/{m}/mean", f"test/{m}/std", "selection"])
+    for c in table.best:
+        w.writerow([c.model_type, c.train_set, c.language, *(_fmt(c.hyperparameters.get(k)) for k in keys),
+                    c.n_seeds, _fmt_metric(c.eval.mean), _fmt_metric(c.test.mean), _fmt_metric(c.test.std),
+                    c.selection])
+    return buf.getvalue()
+
+
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
+    if not rows:
+        lines.append("| " + " | ".join(["n/a"] * len(head)) + " |")
+    return lines
+
+
+def protocol_text(table: ResultsTable) -> str:
+    """The selection protocol in one line, for outputs and plot titles."""
+    return f"selection {table.selection} ({SELECTION_TEXT[table.selection]})"
+
+
 def markdown_text(table: ResultsTable) -> str:
-    """A human table: one row per trial, then the best hyperparameters per cell."""
+    """A human report: one row per trial, then one per configuration (over seeds), then the choice per cell."""
     m = table.metric
     langs = table.languages
     counts = ", ".join(f"{n} {s}" for s, n in table.counts().items())
-    lines = [f"# Results: {table.plan_dir.name}", "", f"{len(table.rows)} trials: {counts}.", ""]
+    lines = [f"# Results: {table.plan_dir.name}", "", f"{len(table.rows)} trials: {counts}.", "",
+             f"Hyperparameters: {protocol_text(table)}; seeds are replicas (mean ± sample std over n seeds).",
+             f"Best checkpoint of each trial: {table.checkpoint_selection}.", ""]
     head = ["trial", "model", "train set", *table.varying, "state"]
     head += [f"{lang} {split} {m}" for lang in langs for split in SPLITS]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for row in table.rows:
         state = row.state + (f": {row.reason}" if row.reason else "")
         cells = [row.trial_id, row.model_type, row.train_set]
@@ -321,24 +570,40 @@ def markdown_text(table: ResultsTable) -> str:
             _fmt_metric(row.metric(lang, split, m)) if lang in row.eval_languages else "-"
             for lang in langs for split in SPLITS
         ]
-        lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |")
-    lines += ["", f"## Best hyperparameters per cell (chosen by eval {m}, reporting test {m})", ""]
-    head = ["model", "train set", "eval language", "best trial", "hyperparameters", f"eval {m}", f"test {m}", "finished"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        rows.append(cells)
+    lines += _md_table(head, rows)
+
+    lines += ["", f"## Configurations over seeds ({m}, mean ± std (n))", ""]
+    keys = table.config_keys
+    head = ["model", "train set", "eval language", *keys, "seeds", f"eval {m}", f"test {m}"]
+    rows = [[c.model_type, c.train_set, c.language, *(_fmt(c.hyperparameters.get(k)) for k in keys),
+             ", ".join(_fmt(s) for s in c.seeds) or "-", fmt_stat(c.stat("eval", m)), fmt_stat(c.stat("test", m))]
+            for c in table.configurations]
+    lines += _md_table(head, rows)
+
+    lines += ["", f"## Best hyperparameters per cell (mean eval {m} over seeds, {protocol_text(table)}; "
+                  f"reporting test {m})", ""]
+    head = ["model", "train set", "eval language", "hyperparameters", "trials", f"chosen on (eval {m})",
+            f"eval {m}", f"test {m}", "finished"]
+    rows = []
     for c in table.best:
         hp = ", ".join(f"{k}={_fmt(v)}" for k, v in c.hyperparameters.items()) or "-"
-        cells = [c.model_type, c.train_set, c.language, c.trial_id, hp,
-                 _fmt_metric(c.eval_value), _fmt_metric(c.test_value) or "n/a", f"{c.finished}/{c.total}"]
-        lines.append("| " + " | ".join(_md_escape(x) for x in cells) + " |")
-    if not table.best:
-        lines.append("| " + " | ".join(["n/a"] * len(head)) + " |")
+        rows.append([c.model_type, c.train_set, c.language, hp, ", ".join(c.trial_ids), _fmt_metric(c.selection_value),
+                     fmt_stat(c.eval), fmt_stat(c.test), f"{c.finished}/{c.total}"])
+    lines += _md_table(head, rows)
+    if table.unselectable:
+        lines += ["", "Cells without a choice:", *(f"- {w}" for w in table.unselectable)]
     return "\n".join(lines) + "\n"
 
 
-def write_tables(table: ResultsTable) -> tuple[Path, Path]:
-    """Write results.csv and results.md into the plan dir, atomically."""
-    csv_path = table.plan_dir / "results.csv"
-    md_path = table.plan_dir / "results.md"
-    atomic_write_text(csv_path, csv_text(table))
-    atomic_write_text(md_path, markdown_text(table))
-    return csv_path, md_path
+def write_tables(table: ResultsTable) -> tuple[Path, ...]:
+    """Write results.csv, results.md, summary.csv and best.csv into the plan dir, atomically."""
+    out = {
+        "results.csv": csv_text(table), "results.md": markdown_text(table),
+        "summary.csv": summary_csv_text(table), "best.csv": best_csv_text(table),
+    }
+    paths = []
+    for name, text in out.items():
+        atomic_write_text(table.plan_dir / name, text)
+        paths.append(table.plan_dir / name)
+    return tuple(paths)

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from finetune import layout
+from finetune.analysis.predictions import load_logits
 from finetune.errors import Problem, UsageError
+
+__all__ = ["approximate_randomization", "compare", "load_logits", "scores", "stratified_test"]
 
 SCORES = ("accuracy", "macro_f1")
 
@@ -40,13 +43,14 @@ class SignificanceResult:
 def scores(preds: Any, labels: Any, metric: str) -> Any:
     """The metric of each row of ``preds`` (rounds, n) against ``labels`` (n,), vectorised.
 
+    ``labels`` may also be (rounds, n), one row per row of ``preds`` (bootstrap resamples).
     ``macro_f1`` matches scikit-learn's ``f1_score(average="macro", zero_division=0)``: the mean
-    over the classes that occur in the labels or in that row's predictions.
+    over the classes that occur in that row's labels or predictions.
     """
     import numpy as np
 
     preds = np.atleast_2d(preds)
-    labels = np.asarray(labels)
+    labels = np.atleast_2d(labels)  # (1, n), or (rounds, n) for bootstrap resamples
     if metric == "accuracy":
         return (preds == labels).mean(axis=1)
     if metric != "macro_f1":
@@ -58,7 +62,7 @@ def scores(preds: Any, labels: Any, metric: str) -> Any:
         is_pred = preds == c
         is_true = labels == c
         tp = (is_pred & is_true).sum(axis=1)
-        denom = is_pred.sum(axis=1) + is_true.sum()
+        denom = is_pred.sum(axis=1) + is_true.sum(axis=1)
         total += np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
         present += denom > 0
     return total / np.maximum(present, 1)
@@ -93,18 +97,6 @@ def approximate_randomization(
         metric=metric, score_a=score_a, score_b=score_b, difference=score_a - score_b,
         p_value=(at_least + 1) / (rounds + 1), rounds=rounds, examples=int(y.size),
     )
-
-
-def load_logits(path: str | Path) -> tuple[Any, Any]:
-    """``(logits, labels)`` from a dump; errors name the file."""
-    import numpy as np
-
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return data["logits"], data["labels"]
-    except (OSError, ValueError, KeyError) as e:
-        raise UsageError(problems=[Problem(str(path), "", f"not a logits dump (logits, labels): {e}")]) from None
 
 
 def find_logits(where: str | Path, *, language: str | None, split: str, flag: str) -> Path:
@@ -154,3 +146,123 @@ def compare(
         logits_a.argmax(axis=1), logits_b.argmax(axis=1), labels_a, metric=metric, rounds=rounds, seed=seed
     )
     return SignificanceResult(**{**result.to_dict(), "file_a": str(file_a), "file_b": str(file_b)})
+
+
+# --- pooled over strata (seeds, cells) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """One paired comparison on one example set: e.g. seed 2 of both conditions on the Czech test split."""
+
+    preds_a: Any  # (n,) predicted labels of condition A
+    preds_b: Any  # (n,) of condition B, same examples, same order
+    labels: Any  # (n,)
+    examples: str  # strata with the same example set share the bootstrap's resampled indices
+
+
+@dataclass(frozen=True)
+class PooledResult:
+    metric: str
+    score_a: float  # mean over strata
+    score_b: float
+    difference: float  # score_a - score_b, mean over strata
+    ci_low: float  # bootstrap percentile interval of the difference
+    ci_high: float
+    confidence: float
+    p_value: float  # two-sided, stratified paired approximate randomization
+    rounds: int
+    strata: int
+    examples: int  # examples summed over strata
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _chunk(n: int) -> int:
+    """Rounds per vectorised batch: about two million cells per array."""
+    return max(1, min(1000, 2_000_000 // max(1, n)))
+
+
+def stratified_test(
+    strata: list[Stratum], *, metric: str = "macro_f1", rounds: int = 10000, seed: int = 0,
+    confidence: float = 0.95,
+) -> PooledResult:
+    """Paired test of A against B pooled over strata, with a bootstrap confidence interval.
+
+    The statistic is the mean over strata of ``metric(A) - metric(B)`` (each stratum scored on
+    its own, e.g. macro-F1 per seed). Randomization: under the null hypothesis A and B are
+    interchangeable on every example, so each round swaps each example's pair with probability
+    1/2 *within its stratum*; p is the share of rounds at least as extreme as observed (+1
+    correction). Bootstrap: each round resamples the examples of every example set with
+    replacement (the same indices for every stratum on that set: seeds see the same examples)
+    and recomputes the statistic; the interval is its percentiles.
+    """
+    import numpy as np
+
+    if not strata:
+        raise ValueError("no strata to test")
+    if rounds < 1:
+        raise ValueError("rounds must be at least 1")
+    if not 0 < confidence < 1:
+        raise ValueError("confidence must be between 0 and 1")
+    arrays = []
+    for i, st in enumerate(strata):
+        a, b, y = (np.asarray(x, dtype=np.int64) for x in (st.preds_a, st.preds_b, st.labels))
+        if not (a.shape == b.shape == y.shape) or a.ndim != 1 or y.size == 0:
+            raise ValueError(f"stratum {i}: predictions {a.shape}, {b.shape} and labels {y.shape} "
+                             "must be equal non-empty 1-d shapes")
+        arrays.append((a, b, y, st.examples))
+    score_a = np.array([scores(a, y, metric)[0] for a, _, y, _ in arrays])
+    score_b = np.array([scores(b, y, metric)[0] for _, b, y, _ in arrays])
+    observed = float((score_a - score_b).mean())
+    rng = np.random.default_rng(seed)
+
+    null = np.zeros(rounds)
+    for a, b, y, _ in arrays:
+        done = 0
+        while done < rounds:
+            r = min(_chunk(y.size), rounds - done)
+            swap = rng.random((r, y.size)) < 0.5
+            null[done:done + r] += scores(np.where(swap, b, a), y, metric) - scores(np.where(swap, a, b), y, metric)
+            done += r
+    null /= len(arrays)
+    # a tiny slack so that float noise does not turn an equal difference into a smaller one
+    p_value = (int((np.abs(null) >= abs(observed) - 1e-12).sum()) + 1) / (rounds + 1)
+
+    boot = np.zeros(rounds)
+    by_set: dict[str, list[tuple[Any, Any, Any]]] = {}
+    for a, b, y, key in arrays:
+        by_set.setdefault(key, []).append((a, b, y))
+    for key, members in by_set.items():
+        n = members[0][2].size
+        if any(y.size != n for _, _, y in members):
+            raise ValueError(f"example set {key!r}: strata of different sizes cannot share resampled indices")
+        done = 0
+        while done < rounds:
+            r = min(_chunk(n), rounds - done)
+            idx = rng.integers(0, n, size=(r, n))
+            for a, b, y in members:
+                yy = y[idx]
+                boot[done:done + r] += scores(a[idx], yy, metric) - scores(b[idx], yy, metric)
+            done += r
+    boot /= len(arrays)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(boot, [tail, 1 - tail])
+    return PooledResult(
+        metric=metric, score_a=float(score_a.mean()), score_b=float(score_b.mean()), difference=observed,
+        ci_low=float(low), ci_high=float(high), confidence=confidence, p_value=p_value, rounds=rounds,
+        strata=len(arrays), examples=int(sum(y.size for _, _, y, _ in arrays)),
+    )
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order): family-wise error over many cells."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    m = len(p_values)
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted

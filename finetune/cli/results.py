@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+
+from finetune.errors import FinetuneError
 
 COLLECT_EPILOG = """examples:
   finetune collect runs/rus-pol
   finetune collect runs/rus-pol --plots --metric accuracy
+  finetune collect runs/rus-pol --selection each-language
 
 Writes DIR/results.csv and DIR/results.md (one row per trial with its state: finished, failed
-with the reason, running, preempted, missing) and prints the markdown table. For every (model
-type, train set, eval language) it names the hyperparameters that were best on the eval split
-and reports their test metric. --plots also draws DIR/plots/transfer-heatmap.png and one
+with the reason, running, preempted, missing, superseded), DIR/summary.csv (one row per
+configuration and eval language: trials that differ only in their seed are one configuration,
+with n_seeds and the mean and std of every split and metric) and DIR/best.csv (per model type,
+train set and eval language: the configuration with the best mean eval metric, and its test
+mean and std), and prints the markdown report.
+
+Selection protocol (--selection, default: the plan's training.selection, else train-languages):
+train-languages chooses on the training languages' eval splits only (zero-shot transfer);
+each-language chooses on each target's own eval split (the oracle). Every output states it.
+
+--plots also draws DIR/plots/transfer-heatmap.png (mean +- std and n per cell, the majority-class
+baseline in the legend, and * on IPA cells that differ significantly from normal text: the test
+of `finetune significance DIR`, Holm-adjusted, written to DIR/significance.md) and one
 learning-curve PNG per trial under DIR/plots/curves/.
 """
 
@@ -43,6 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", default="macro_f1",
                    help="metric that picks the best hyperparameters on eval and is reported on test "
                         "(macro_f1, accuracy, macro_precision, macro_recall, loss; default: macro_f1)")
+    p.add_argument("--selection", choices=("train-languages", "each-language"), default=None,
+                   help="how hyperparameters are chosen (default: the plan's training.selection, else train-languages)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="level at which --plots marks IPA cells that differ from normal text (default: 0.05)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds of the significance test behind the marks (default: enough for Holm over "
+                        "every cell to reach --alpha / 10, at least 2000)")
     p.add_argument("--quiet", action="store_true", help="write the files, print only their paths")
     p.set_defaults(func=_collect)
 
@@ -70,22 +91,60 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _collect(args: argparse.Namespace) -> int:
     from finetune.analysis.results import collect, markdown_text, write_tables
+    from finetune.errors import Problem, UsageError
 
-    table = collect(args.plan_dir, metric=args.metric)
+    if not 0 < args.alpha < 1:
+        raise UsageError(problems=[Problem("--alpha", "", f"must be between 0 and 1, got {args.alpha}")])
+    if args.rounds is not None and args.rounds < 1:
+        raise UsageError(problems=[Problem("--rounds", "", f"must be at least 1, got {args.rounds}")])
+    table = collect(args.plan_dir, metric=args.metric, selection=args.selection)
     paths = list(write_tables(table))
+    notes: list[str] = []
     if args.plots:
         from finetune.analysis.plots import learning_curves, transfer_heatmaps
 
+        comparison = _ipa_vs_normal(table, args, paths, notes)
         plots = Path(args.plan_dir) / "plots"
-        paths.append(transfer_heatmaps(table, plots / "transfer-heatmap.png"))
+        paths.append(transfer_heatmaps(table, plots / "transfer-heatmap.png", comparison=comparison, alpha=args.alpha))
         curves = learning_curves(args.plan_dir, plots / "curves", metric=args.metric)
         if curves:
             paths.append(plots / "curves")
     if not args.quiet:
         print(markdown_text(table))
+    for note in notes:
+        print(f"note: {note}")
     for path in paths:
         print(f"wrote {path}")
     return 0
+
+
+def _ipa_vs_normal(table, args: argparse.Namespace, paths: list, notes: list[str]):
+    """The IPA-vs-normal test behind the heatmap's marks; None (and a note) when it cannot run."""
+    from finetune.analysis.comparison import compare_conditions, comparison_text, parse_condition
+    from finetune.analysis.significance import SCORES
+    from finetune.fileio import atomic_write_text
+
+    if not {"ipa", "normal"} <= set(table.model_types):
+        return None
+    if table.metric not in SCORES:
+        notes.append(f"no significance marks: the test scores {', '.join(SCORES)}, not {table.metric}")
+        return None
+    a, b = parse_condition("model_type=ipa", "--a"), parse_condition("model_type=normal", "--b")
+    try:
+        cells = max(1, len(table.train_sets) * len(table.languages))
+        rounds = args.rounds or max(2000, math.ceil(10 * cells / args.alpha))
+        cmp = compare_conditions(table, a, b, rounds=rounds, allow_missing=True)
+    except FinetuneError as e:
+        notes.append(f"no significance marks: {e}")
+        return None
+    out = Path(args.plan_dir) / "significance.md"
+    atomic_write_text(out, comparison_text(cmp))
+    paths.append(out)
+    lacking = [u for u in cmp.untested if "no predictions kept" in u]
+    if lacking:
+        notes.append(f"{len(lacking)} cell(s) untested for lack of per-example predictions (see {out}); "
+                     f"`finetune significance {args.plan_dir}` lists the trials and how to get them")
+    return cmp
 
 
 def _demo(args: argparse.Namespace) -> int:

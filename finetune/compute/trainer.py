@@ -378,7 +378,7 @@ class _Trainer:
         self.config_file = str(layout.config_file(trial_dir))
         self.s = settings_from_config(config, env.world_size, file=self.config_file)
         training = config.get("training") or {}
-        self.dump_logits = bool(training.get("dump_logits", False)) if dump_logits is None else dump_logits
+        self.dump_logits = bool(training.get("dump_logits", True)) if dump_logits is None else dump_logits
         logdir = logit_directory if logit_directory is not None else training.get("logit_directory")
         self.logit_dir = Path(logdir) if logdir else layout.logits_dir(trial_dir)
         self.trial_id = str(config.get("id") or trial_dir.name)
