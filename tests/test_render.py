@@ -119,8 +119,33 @@ def test_directives_extra_flags_and_multi_task_launcher():
     assert d == ["--cpus-per-task=2", "--hold", "--mail-type=END", "--nodes=1", "--ntasks-per-node=1",
                  "--output=/l/%A.out", "--time=10"]
     ctx = script_context("j", Path("/p"), Path("/p/i"), {"nodes": 2, "ntasks_per_node": 4}, None, python="py")
-    assert ctx["launcher"].startswith("srun ")
-    assert script_context("j", Path("/p"), Path("/p/i"), {}, None, python="py")["launcher"] == ""
+    assert ctx["launcher"].startswith("srun ") and ctx["distributed"]
+    assert "--kill-on-bad-exit=0" in ctx["launcher"] and "launch" not in ctx["launcher"]
+    single = script_context("j", Path("/p"), Path("/p/i"), {}, None, python="py")
+    assert single["launcher"] == "" and not single["distributed"]
+
+
+def test_torchrun_launcher_one_task_per_node_with_the_nodes_cpus():
+    slurm = {"nodes": 2, "ntasks_per_node": 4, "cpus_per_task": 3, "launcher": "torchrun"}
+    d = directives(slurm, None, "/l/%A.out")
+    assert "--cpus-per-task=12" in d and "--ntasks-per-node=1" in d and "--nodes=2" in d
+    ctx = script_context("j", Path("/p"), Path("/p/i"), slurm, None, python="/v/py")
+    words = shlex.split(ctx["launcher"])
+    assert words[0] == "srun" and "--ntasks-per-node=1" in words
+    assert words[words.index("/v/py"):words.index("/v/py") + 3] == ["/v/py", "-m", "finetune.compute.launch"]
+    assert "--nproc-per-node=4" in words and "--rdzv-backend=c10d" in words and words[-1] == "--no-python"
+    text = render(DEFAULT_TEMPLATE, ctx)
+    assert 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in text
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
+    # one node, one task: no launcher, whatever the setting
+    assert script_context("j", Path("/p"), Path("/p/i"), {"launcher": "torchrun"}, None)["launcher"] == ""
+
+
+def test_unknown_launcher_is_a_problem_with_its_path():
+    from finetune.login.submit import slurm_problems
+
+    problems = slurm_problems({"launcher": "mpirun"}, "trials/x/config.json")
+    assert [(p.path, p.message) for p in problems] == [("$.slurm.launcher", "must be one of srun, torchrun")]
 
 
 def test_cli_bad_template_exits_2_and_writes_nothing(tmp_path):

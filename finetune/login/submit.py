@@ -35,6 +35,11 @@ MEM_RE = re.compile(r"^[0-9]+[KMGT]?$")
 FLAG_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
 INT_KEYS = {"cpus_per_task": 1, "gpus": 0, "nodes": 1, "ntasks_per_node": 1, "signal_grace_s": 0}
 STR_KEYS = ("account", "partition", "qos", "output")
+LAUNCHERS = ("srun", "torchrun")
+# After the first rank of a multi-task step ends, srun waits this long for the others before it
+# ends them (a crashed rank must not leave the rest waiting in a collective until its timeout;
+# ranks that checkpointed after USR2 leave within moments of each other, and none is cut short).
+SRUN_WAIT_S = 60
 
 
 @dataclass
@@ -197,6 +202,9 @@ def slurm_problems(slurm: Any, config_file: str, provenance: dict[str, str] | No
             if not isinstance(line, str) or line_breaks(line):
                 p = problem("must be one shell line (a string without line breaks)", "setup")
                 out.append(Problem(p.file, f"{p.path}[{i}]", p.message))
+    launcher = slurm.get("launcher")
+    if launcher is not None and launcher not in LAUNCHERS:
+        out.append(problem(f"must be one of {', '.join(LAUNCHERS)}", "launcher"))
     extra = slurm.get("extra", {})
     if not isinstance(extra, dict):
         out.append(problem("must be an object of sbatch flags", "extra"))
@@ -217,9 +225,12 @@ def directives(slurm: dict[str, Any], time: str | None, log_pattern: str) -> lis
     for key in ("account", "partition", "qos", "mem"):
         if slurm.get(key) is not None:
             flags[key] = slurm[key]
-    flags["cpus-per-task"] = slurm.get("cpus_per_task") or 1
+    cpus, per_node = slurm.get("cpus_per_task") or 1, slurm.get("ntasks_per_node") or 1
+    if slurm.get("launcher") == "torchrun":  # one task per node (torchrun) holds the node's share
+        cpus, per_node = cpus * per_node, 1
+    flags["cpus-per-task"] = cpus
     flags["nodes"] = slurm.get("nodes") or 1
-    flags["ntasks-per-node"] = slurm.get("ntasks_per_node") or 1
+    flags["ntasks-per-node"] = per_node
     if slurm.get("gpus"):
         flags["gres"] = f"gpu:{slurm['gpus']}"
     if time:
@@ -231,6 +242,34 @@ def directives(slurm: dict[str, Any], time: str | None, log_pattern: str) -> lis
         else:
             flags[k] = v
     return [ShellSafe(f"--{k}" if v is True else f"--{k}={quote(v)}") for k, v in sorted(flags.items())]
+
+
+def task_count(slurm: dict[str, Any]) -> int:
+    return (slurm.get("nodes") or 1) * (slurm.get("ntasks_per_node") or 1)
+
+
+def launcher(slurm: dict[str, Any], python: str) -> ShellSafe:
+    """What goes before ``PYTHON -m finetune train TRIAL_DIR`` in the batch script.
+
+    One task: nothing (the batch script runs the trial). Several, ``launcher: "srun"``: one srun
+    step with every task of the job; each rank takes rank, world size and local rank from SLURM and
+    meets the others at MASTER_ADDR:MASTER_PORT, which the script exports (the first host of the
+    job's node list). ``"torchrun"``: one task per node runs ``finetune.compute.launch`` (torchrun
+    that forwards USR2 to its workers) with ``ntasks_per_node`` workers and c10d rendezvous at the
+    same address. srun itself forwards the signals it gets (USR2) to every task on every node.
+    """
+    if task_count(slurm) == 1:
+        return ShellSafe("")
+    srun = f'srun --wait={SRUN_WAIT_S} --kill-on-bad-exit=0 --cpus-per-task="${{SLURM_CPUS_PER_TASK:-1}}" '
+    if slurm.get("launcher") != "torchrun":
+        return ShellSafe(srun)
+    per_node = slurm.get("ntasks_per_node") or 1
+    return ShellSafe(
+        srun + '--ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 '
+        + f"{quote(python)} -m finetune.compute.launch "
+        + f'--nnodes="$SLURM_JOB_NUM_NODES" --nproc-per-node={per_node} --rdzv-backend=c10d '
+        + '--rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT" --rdzv-id="$SLURM_JOB_ID" --no-python '
+    )
 
 
 def resource_key(slurm: dict[str, Any], time: str | None) -> str:
@@ -248,7 +287,6 @@ def script_context(job_name: str, plan_dir: Path, index_file: Path, slurm: dict[
     """Everything a template may use (jinja2 and old style alike)."""
     python = python or sys.executable
     log_pattern = str(layout.job_logs_dir(plan_dir) / "%x-%A_%a.out")
-    tasks = (slurm.get("nodes") or 1) * (slurm.get("ntasks_per_node") or 1)
     return {
         "job_name": job_name,
         "directives": directives(slurm, time, log_pattern),
@@ -256,7 +294,8 @@ def script_context(job_name: str, plan_dir: Path, index_file: Path, slurm: dict[
         "plan_dir": str(plan_dir),
         "index_file": str(index_file),
         "python": python,
-        "launcher": ShellSafe("srun --kill-on-bad-exit=1 " if tasks > 1 else ""),
+        "launcher": launcher(slurm, python),
+        "distributed": task_count(slurm) > 1,  # export MASTER_ADDR/MASTER_PORT for the ranks
         "grace": int(slurm.get("signal_grace_s") if slurm.get("signal_grace_s") is not None else 120),
         # the trial folder and the requeue protocol (finetune.layout)
         "trials_dir": layout.TRIALS_DIR,
