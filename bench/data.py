@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-SIB200 = Path(os.environ.get("FINETUNE_SIB200") or REPO.parent / "shared" / "data" / "sib200")
+SIB200 = REPO / "data" / "sib200"
 LANGS = {"bel_Cyrl": "be", "bul_Cyrl": "bg", "rus_Cyrl": "ru", "ukr_Cyrl": "uk",
          "ces_Latn": "cs", "pol_Latn": "pl", "slk_Latn": "sk", "eng_Latn": "en-us"}
 

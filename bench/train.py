@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-SIB200 = Path(os.environ.get("FINETUNE_SIB200") or REPO.parent / "shared" / "data" / "sib200")
+SIB200 = REPO / "data" / "sib200"
 LABELS = ["science/technology", "travel", "politics", "sports", "health", "entertainment", "geography"]
 LANGS = {"russian": ("rus_Cyrl", "ru"), "polish": ("pol_Latn", "pl")}
 

@@ -72,12 +72,26 @@ SIZES = {
 }
 
 
+DATA = "data/sib200"  # the SIB-200 subset in the repository, where config/data-local.json points
+
+
 def repo_root() -> Path:
-    """The clone this package runs from (an editable install): it holds config/ and scripts/."""
+    """The clone this package runs from (an editable install): it holds config/ and the demo data.
+
+    An installed wheel carries the default layer, the database and the templates, but not the
+    demo's data (1.8 MB of SIB-200): the demo needs a clone, and says so."""
     root = Path(__file__).resolve().parent.parent
-    if not (root / "config").is_dir():
-        raise UsageError(problems=[Problem(str(root / "config"), "",
-                                           "the demo runs from a clone of the repository (pip install -e .)")])
+    data = root / DATA
+    if not all((root / f).is_file() for f in CONFIG_FILES):
+        raise UsageError(problems=[Problem(
+            "finetune demo", "",
+            f"the demo runs from a clone of the repository, which holds its config layers and its data"
+            f" ({DATA}); this finetune is installed in {root}, without them. Clone the repository and"
+            " run `bash scripts/demo.sh` there (or `pip install -e .` and `finetune demo`)")])
+    if not (data / "rus_Cyrl" / "train.tsv").is_file():
+        raise UsageError(problems=[Problem(
+            str(data), "", f"the demo data are missing: the clone should hold the SIB-200 subset in {DATA}"
+            " (restore it with `git checkout -- data`)")])
     return root
 
 

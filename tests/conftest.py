@@ -13,11 +13,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _sib200() -> Path:
-    env = os.environ.get("FINETUNE_SIB200")
-    return Path(env) if env else (REPO.parent / "shared" / "data" / "sib200")
+SIB200 = REPO / "data" / "sib200"
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +28,10 @@ def config_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def sib200_dir() -> Path:
-    """The real SIB-200 subset that ships beside the repo (../shared/data/sib200)."""
-    path = _sib200()
-    if not (path / "rus_Cyrl" / "train.tsv").is_file():
-        pytest.fail(f"SIB-200 data not found at {path} (set FINETUNE_SIB200)")
-    return path
+    """The real SIB-200 subset that ships in the repository (data/sib200)."""
+    if not (SIB200 / "rus_Cyrl" / "train.tsv").is_file():
+        pytest.fail(f"SIB-200 data not found at {SIB200} (it ships in the repository: data/sib200)")
+    return SIB200
 
 
 SLURM_CLUSTER = REPO / "scripts" / "slurm-cluster.sh"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ TINY = dict(vocab_size=512, n_layer=2, n_head=2, n_embd=32, block_size=64, steps
 
 def sib200_texts(languages: tuple[str, ...] = ("rus_Cyrl", "pol_Latn"), per_language: int = 150) -> list[str]:
     """The first ``per_language`` SIB-200 training sentences of each language (real data)."""
-    root = Path(os.environ.get("FINETUNE_SIB200") or REPO.parent / "shared" / "data" / "sib200")
+    root = REPO / "data" / "sib200"
     texts: list[str] = []
     for lang in languages:
         with open(root / lang / "train.tsv", encoding="utf-8", newline="") as f:

@@ -1,7 +1,7 @@
 """Loading, labels, IPA columns and tokenization of a trial's datasets, on (copies of) SIB-200.
 
 SIB-200 (Adelani et al. 2023; Apache-2.0, sentences from FLORES-200, CC BY-SA 4.0): see
-../shared/data/sib200/README.md.
+data/sib200/README.md (in the repository).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The demo pipeline end to end at the tiny size: pretrain, plan, run, collect, plot; then a rerun.
 
-Real parts throughout: SIB-200 from ../shared/data/sib200, espeak-ng for the IPA corpus, the
+Real parts throughout: SIB-200 from data/sib200 (in the repository), espeak-ng for the IPA corpus, the
 local executor running `finetune train TRIAL_DIR`, and (marked slurm) the real SLURM test cluster.
 """
 
@@ -85,6 +85,17 @@ def test_demo_bad_set_exit_2_nothing_written(tmp_path, capsys):
     assert main(["demo", "--size", "tiny", "--out", str(out), "--set", "hyperparameters.learnin_rate=1e-3"]) == 2
     err = capsys.readouterr().err
     assert "learnin_rate" in err and "learning_rate" in err  # names the key and suggests the fix
+    assert not out.exists()
+
+
+def test_demo_without_its_data_says_where_they_belong(tmp_path, monkeypatch, capsys):
+    import finetune.demo
+
+    monkeypatch.setattr(finetune.demo, "DATA", "data/absent")
+    out = tmp_path / "demo"
+    assert main(["demo", "--size", "tiny", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "data/absent: the demo data are missing" in err and "Traceback" not in err
     assert not out.exists()
 
 

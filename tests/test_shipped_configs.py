@@ -99,3 +99,33 @@ def test_pair_layer_names_the_demo_models():
                                     "ipa": str(REPO / "models" / "rus-pol-ipa" / "ckpt.pt")}
     assert group["tokenizers"] == {"normal": str(REPO / "models" / "rus-pol-normal"),
                                    "ipa": str(REPO / "models" / "rus-pol-ipa")}
+
+
+def test_the_demo_data_ship_in_the_repository_with_their_attribution(sib200_dir):
+    assert sib200_dir == REPO / "data" / "sib200"
+    readme = (sib200_dir / "README.md").read_text(encoding="utf-8")
+    for needed in ("Adelani et al.", "arXiv:2309.07445", "Apache-2.0", "FLORES-200", "CC BY-SA 4.0"):
+        assert needed in readme, needed
+    assert "Apache License" in (sib200_dir / "LICENSE-sib-200-repo.txt").read_text(encoding="utf-8")
+    for subset in LANGUAGES.values():
+        rows = {split: len((sib200_dir / subset / f"{split}.tsv").read_text(encoding="utf-8").splitlines()) - 1
+                for split in ("train", "dev", "test")}
+        assert rows == {"train": 701, "dev": 99, "test": 204}, subset
+
+
+SKIP_DIRS = {".git", ".venv", "runs", "models", "build", "dist", ".cache", "__pycache__", ".pytest_cache",
+             ".ruff_cache", "demo-out", "data"}
+
+
+def test_nothing_reads_data_from_beside_the_checkout():
+    """The demo data are in the repository: no file points at the old sibling folder."""
+    old = "shared" + "/data"  # spelled apart so that this file does not match itself
+    found = []
+    for path in REPO.rglob("*"):
+        if SKIP_DIRS & set(path.relative_to(REPO).parts) or not path.is_file():
+            continue
+        if path.suffix in (".png", ".pt", ".pyc") or path.stat().st_size > 1_000_000:
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        found += [f"{path.relative_to(REPO)}:{n}" for n, line in enumerate(text.splitlines(), 1) if old in line]
+    assert found == []

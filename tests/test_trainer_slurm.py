@@ -1,7 +1,7 @@
 """The real trainer as a SLURM array task, interrupted with SIGUSR2 mid-training, requeued and resumed.
 
 Real parts throughout: the planner (config layers + ``--set`` overrides, as the demo builds them),
-a tiny pretrained nanoGPT (``finetune.compute.pretrain``), the SIB-200 data in ../shared/data/sib200,
+a tiny pretrained nanoGPT (``finetune.compute.pretrain``), the SIB-200 data in data/sib200 (in the repository),
 ``finetune submit`` to the single-node test cluster (scripts/slurm-cluster.sh) with the default
 template, and ``scancel --signal=USR2 --batch`` at a random training step. The batch script
 forwards the signal, the trainer checkpoints and exits 75, the script requeues the job, and the

@@ -22,8 +22,8 @@ A bad checkpoint exits 2 with every problem listed.
 """
 
 PRETRAIN_EPILOG = """examples:
-  finetune pretrain --sib200 ../shared/data/sib200 --languages rus_Cyrl pol_Latn --name rus-pol-normal --out-dir models --steps 300
-  finetune pretrain --sib200 ../shared/data/sib200 --languages rus_Cyrl pol_Latn --name rus-pol-ipa --out-dir models --steps 300 --ipa
+  finetune pretrain --sib200 data/sib200 --languages rus_Cyrl pol_Latn --name rus-pol-normal --out-dir models --steps 300
+  finetune pretrain --sib200 data/sib200 --languages rus_Cyrl pol_Latn --name rus-pol-ipa --out-dir models --steps 300 --ipa
   finetune pretrain --corpus corpus.txt --name my-model --out-dir models --steps 1000 --n-layer 6 --n-embd 384
 
 Trains a byte-level BPE tokenizer and a small nanoGPT on the corpus and writes them in
