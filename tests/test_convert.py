@@ -83,7 +83,26 @@ def _missing(tmp_path):
     return tmp_path / "absent" / "ckpt.pt", ["checkpoint file not found"]
 
 
-@pytest.mark.parametrize("make", [_bad_shapes, _needs_unpickling, _missing], ids=["shapes", "unpickling", "missing"])
+def _text_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello world\nthis is not a checkpoint\n")
+    return path, ["not a checkpoint", "neither torch.save's zip format nor a pickle"]
+
+
+def _empty_file(tmp_path):
+    path = tmp_path / "empty.pt"
+    path.write_bytes(b"")
+    return path, ["not a checkpoint: the file is empty"]
+
+
+def _corrupt_pickle(tmp_path):
+    path = tmp_path / "corrupt.pt"
+    path.write_bytes(b"\x80\x02garbage")
+    return path, ["not a readable torch checkpoint", "corrupt"]
+
+
+@pytest.mark.parametrize("make", [_bad_shapes, _needs_unpickling, _missing, _text_file, _empty_file, _corrupt_pickle],
+                         ids=["shapes", "unpickling", "missing", "text", "empty", "corrupt"])
 def test_bad_checkpoints_exit_2_with_the_reason_and_write_nothing(tmp_path, capsys, make):
     ckpt, expected = make(tmp_path)
     out = tmp_path / "out"
@@ -91,6 +110,8 @@ def test_bad_checkpoints_exit_2_with_the_reason_and_write_nothing(tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err and str(ckpt) in err
     assert all(e in err for e in expected), err
+    if make in (_text_file, _empty_file, _corrupt_pickle):  # called what it is, not an unsafe checkpoint
+        assert "unpickling" not in err and "refused" not in err
     assert not out.exists()
 
 

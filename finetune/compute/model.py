@@ -208,12 +208,50 @@ class GPT(nn.Module):
 # --- checkpoints -------------------------------------------------------------------------------
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since torch 1.6: a zip archive
+PICKLE_MAGIC = b"\x80"  # the legacy format: pickles (protocol 2 or later) from the first byte
+
+
+def _format_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a torch checkpoint at all (empty, text, ...); None when it might be.
+
+    Looked at before unpickling, so that a text file is called what it is rather than a
+    checkpoint that needs arbitrary unpickling."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+    except OSError as e:
+        return f"cannot read the checkpoint: {e.strerror or e}"
+    if not head:
+        return "not a checkpoint: the file is empty"
+    if head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_MAGIC):
+        return None
+    return "not a checkpoint: neither torch.save's zip format nor a pickle (a text file?)"
+
+
+def _unpickler_detail(error: Exception) -> str:
+    """The one informative line of torch's weights-only refusal (its message is mostly advice)."""
+    text = str(error).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        rest = text.split(marker, 1)[1].strip()
+        return rest.splitlines()[0].split(". Please")[0].strip() if rest else type(error).__name__
+    return text.splitlines()[-1] if text else type(error).__name__
+
+
 def _torch_load(path: Path) -> Any:
+    problem = _format_problem(path)
+    if problem:
+        raise CheckpointError(problems=[Problem(str(path), "", problem)])
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses anything but tensors and plain containers; we never retry unsafely
-        first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        first = _unpickler_detail(e)
+        if first.startswith("Unsupported operand"):  # not an object it refused: bytes it cannot parse
+            raise CheckpointError(problems=[Problem(
+                str(path), "", f"not a readable torch checkpoint ({first}): a corrupt file, or a pickle"
+                " that torch.save did not write")]) from None
         raise CheckpointError(
             problems=[
                 Problem(
@@ -225,9 +263,11 @@ def _torch_load(path: Path) -> Any:
                 )
             ]
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError, AttributeError) as e:
+        # a truncated or corrupt file (the weights-only unpickler fails in many ways on garbage)
+        reason = str(e).strip() or f"{type(e).__name__}, the file is truncated or corrupt"
         raise CheckpointError(
-            problems=[Problem(str(path), "", f"not a readable torch checkpoint: {e}")]
+            problems=[Problem(str(path), "", f"not a readable torch checkpoint: {reason}")]
         ) from None
 
 
