@@ -230,7 +230,7 @@ def test_config_validate_checks_database_and_grid_files_on_their_own(tmp_path, c
 
 def test_config_show_resolved_makes_paths_absolute(capsys, tmp_path, monkeypatch, sib200_dir):
     monkeypatch.chdir(tmp_path)
-    code, stdout, _ = run_cli(capsys, "config", "show", PAIR, LOCAL, "--set", "data.cache_dir=cache", "--resolved")
+    code, stdout, _ = run_cli(capsys, "config", "show", PAIR, TASK, LOCAL, "--set", "data.cache_dir=cache", "--resolved")
     assert code == 0
     shown = json.loads(stdout)
     assert shown["database"] == str(CONFIG / "language-database.json")
@@ -247,3 +247,15 @@ def test_an_output_dir_that_is_a_file_is_a_usage_error(tmp_path, capsys):
     assert code == 2 and "Traceback" not in err
     assert err == f"error: --output-dir: {blocker} is not a directory (a file is in the way)\n"
     assert blocker.read_text() == "mine"
+
+
+def test_config_show_prints_an_invalid_config_and_exits_2(capsys):
+    code, stdout, err = run_cli(capsys, "config", "show", PAIR, TASK, "--set", "training.precision=fp8",
+                                "--set", "hyperparameters.learnin_rate=1")
+    assert code == 2
+    assert json.loads(stdout)["training"]["precision"] == "fp8"  # still printed, to see what the layers made
+    assert err.startswith("error: the merged config is invalid")
+    assert '--set: $.training.precision: must be one of auto, fp32, bf16, fp16 (got "fp8")' in err
+    assert "learnin_rate" in err and "learning_rate" in err
+    code, stdout, err = run_cli(capsys, "config", "show", PAIR, TASK, "--explain", "--set", "slurm.gpus=-1")
+    assert code == 2 and '"gpus": -1,  // --set' in stdout and "$.slurm.gpus" in err

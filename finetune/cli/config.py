@@ -13,13 +13,14 @@ SHOW_EPILOG = """examples:
   finetune config show config/finetune-rus-pol.json config/finetune-rus-pol-topic.json
   finetune config show config/finetune-rus-pol.json config/finetune-rus-pol-topic.json --explain
   finetune config show config/finetune-rus-pol-topic.json --set hyperparameters.learning_rate=3e-4
-  finetune config show config/finetune-rus-pol.json config/data-local.json --resolved
+  finetune config show config/finetune-rus-pol.json config/finetune-rus-pol-topic.json config/data-local.json --resolved
 
 Layers: the shipped config/default.json, then your default.json (beside the first file, or
 --default), then the files in the order given, then --set overrides (VALUE parsed as JSON, else taken as a string). Objects
 merge key by key; lists, scalars and null replace. --explain prints the same JSON with a
 // comment after each value naming the layer that set it. --resolved makes path-valued keys
 absolute (they are relative to the layer that set them; --set values to the current directory).
+An invalid merged config is still printed, and its schema problems exit with code 2.
 """
 
 VALIDATE_EPILOG = """examples:
@@ -104,7 +105,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _show(args: argparse.Namespace) -> int:
+    """Print the merged config, even an invalid one (to see what the layers made), then exit 2
+    listing its schema problems when there are any."""
+    from finetune.errors import ConfigError
     from finetune.login.layers import load_config, resolved_value
+    from finetune.login.schema import validate_config
 
     layered = load_config(args.config, args.set, default=args.default)
     for w in layered.warnings:
@@ -114,6 +119,11 @@ def _show(args: argparse.Namespace) -> int:
         sys.stdout.write(explain(value, layered.source_of) + "\n")
     else:
         sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+    problems = validate_config(layered)
+    if problems:
+        raise ConfigError("the merged config is invalid (`finetune config validate` checks it all):",
+                          problems=problems)
     return 0
 
 
