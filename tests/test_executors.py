@@ -191,6 +191,36 @@ def test_train_rejects_unknown_workload(tmp_path):
     assert proc.returncode == 2 and "$.training.workload" in proc.stderr and "dance" in proc.stderr
 
 
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(f.relative_to(folder)): (f.read_bytes(), f.stat().st_mtime_ns) for f in sorted(folder.rglob("*"))
+            if f.is_file()}
+
+
+@pytest.mark.parametrize("workload", ["count", "finetune"])
+def test_train_and_array_task_leave_a_finished_trial_untouched(tmp_path, workload):
+    plan = tmp_path / "plan"
+    tid = make_plan(plan, 1, per_trial={0: {"training": {"workload": workload}}})[0]
+    trial = plan / "trials" / tid
+    if workload == "count":
+        assert subprocess.run([sys.executable, "-m", "finetune", "train", str(trial)]).returncode == 0
+    else:  # what the trainer leaves; the check comes before anything imports torch
+        (trial / "result.json").write_text(json.dumps({"state": "finished", "trial": tid}) + "\n")
+        (trial / "state.json").write_text('{"state": "finished"}\n')
+        (trial / "log.txt").write_text("trained\n")
+    before = _snapshot(trial)
+    assert "result.json" in before
+    time.sleep(0.01)  # a rewrite would show in the mtimes
+    proc = subprocess.run([sys.executable, "-m", "finetune", "train", str(trial)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "already finished" in proc.stderr
+    index = plan / "jobs" / "0001" / "x-0.index"
+    index.parent.mkdir(parents=True)
+    index.write_text(f"{tid}\n")
+    proc = subprocess.run([sys.executable, "-m", "finetune", "array-task", str(index), "--task-id", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "already finished" in proc.stderr
+    assert _snapshot(trial) == before  # same files, same bytes, same mtimes
+
+
 def test_template_forwards_usr2_and_requeues(tmp_path):
     """The default script under bash: USR2 reaches the child, exit 75 leads to scontrol requeue."""
     bin_dir = tmp_path / "bin"

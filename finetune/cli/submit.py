@@ -179,6 +179,8 @@ def _array_task(args: argparse.Namespace) -> int:
     if not trial or not all(c.isalnum() or c in "_-" for c in trial):
         raise UsageError(f"{index}: line {int(task) + 1} is not a trial id")
     trial_dir = layout.trial_dir(layout.plan_dir_of_index(index), trial)
+    if layout.is_finished(trial_dir):  # says so in the job's output; the trial's files stay untouched
+        return run_trial(trial_dir)
     log = open(layout.log_file(trial_dir), "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)

@@ -18,7 +18,13 @@ TRAINABLE_TASK_TYPES = ("classification",)
 
 
 def run_trial(trial_dir: str | Path) -> int:
+    """Run the trial in ``trial_dir``; a finished one is left exactly as it is (exit 0)."""
+    import sys
+
     trial_dir = Path(trial_dir)
+    if layout.is_finished(trial_dir):  # before anything is read or written: no state.json, no log line
+        print(f"{trial_dir}: already finished ({layout.RESULT_FILE} says so); nothing to do", file=sys.stderr)
+        return layout.EXIT_FINISHED
     path = layout.config_file(trial_dir)
     if not path.is_file():
         raise ConfigError(problems=[Problem(str(path), "", "no trial config here (submit writes it)")])
