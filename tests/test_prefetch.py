@@ -197,6 +197,39 @@ def test_cli_prefetch_config_layers_name_the_layer(repo_root, monkeypatch, tmp_p
     assert f"config/finetune-rus-pol.json: $.tokenizers.normal_prefix: {tmp_path}/rus-pol-normal-vocab.json" in err
 
 
+def test_cli_prefetch_check_honours_set_and_grid_config(repo_root, monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(repo_root)
+    where = ["--set", f"checkpoints.prefix={tmp_path}", "--set", f"tokenizers.prefix={tmp_path}"]
+    assert main(["prefetch", *LAYERS, *where, "--model-type", "normal", "--check"]) == 2
+    one = capsys.readouterr().err
+    assert f"checkpoint not found: {tmp_path}/rus-pol-normal/ckpt.pt (needed by trial " in one
+    assert main(["prefetch", *LAYERS, *where, "--model-type", "normal", "--check",
+                 "--grid-config", "config/grid-search.json"]) == 2
+    grid = capsys.readouterr().err
+    assert f"checkpoint not found: {tmp_path}/rus-pol-normal/ckpt.pt (needed by 6 trials, " in grid
+    # a model that exists, set with --set: nothing missing any more for it
+    ckpt = tmp_path / "mine" / "ckpt.pt"
+    write_nanogpt_checkpoint(ckpt)
+    assert main(["prefetch", *LAYERS, *where, "--set", "checkpoints.normal=mine", "--model-type", "normal",
+                 "--check"]) == 2
+    assert "$.checkpoints.normal" not in capsys.readouterr().err
+
+
+def test_cli_prefetch_plan_dir_refuses_the_flags_of_config_layers(repo_root, tmp_path, capsys):
+    plan = tmp_path / "plan"
+    assert main(["plan", *(str(repo_root / f) for f in LAYERS), "-o", str(plan), "--no-submit"]) == 0
+    capsys.readouterr()
+    before = sorted(p.name for p in plan.rglob("*"))
+    for flags, named in [(["--set", "checkpoints.prefix=/x"], ["--set"]),
+                         (["--grid-config", str(repo_root / "config" / "grid-search.json")], ["--grid-config"]),
+                         (["--matrix", "--model-type", "ipa"], ["--matrix", "--model-type"])]:
+        assert main(["prefetch", str(plan), "--check", *flags]) == 2
+        err = capsys.readouterr().err
+        assert all(f"{flag}: applies to config layers, not to the plan directory {plan}" in err for flag in named), err
+        assert "checkpoint not found" not in err  # refused before checking anything
+    assert sorted(p.name for p in plan.rglob("*")) == before
+
+
 def test_cli_transcribe(capsys):
     assert main(["transcribe", "--espeak", "ru", "Я люблю тебя.", "Теперь"]) == 0
     assert capsys.readouterr().out.splitlines() == ["ja ɭʲʉbɭʲʉ tʲibʲɑ.", "tʲipʲerʲ"]

@@ -59,10 +59,13 @@ def add_layer_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: default.json beside the first CONFIG)")
 
 
+DEFAULT_MODEL_TYPES = ("normal", "ipa")
+
+
 def add_selection_arguments(p: argparse.ArgumentParser) -> None:
     """Which trials of the layered config: --grid-config, --model-type, --matrix."""
     p.add_argument("--grid-config", metavar="GRID", default=None, help="a grid config (as for `finetune plan`)")
-    p.add_argument("--model-type", nargs="+", default=["normal", "ipa"], metavar="TYPE",
+    p.add_argument("--model-type", nargs="+", default=list(DEFAULT_MODEL_TYPES), metavar="TYPE",
                    help="model types: normal, ipa (default: normal ipa)")
     p.add_argument("--matrix", action="store_true", help="the cross-language matrix (as `finetune matrix`)")
 

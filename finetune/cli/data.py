@@ -17,6 +17,8 @@ Run it on the submit host, which has a network: it loads every dataset (hub down
 data.cache_dir), makes the IPA columns of ipa trials and the token ids of every trial whose
 checkpoint and tokenizer exist, so offline compute nodes only read the cache. Exit code 2 and a
 list of every missing checkpoint, tokenizer and dataset when something is missing.
+--set, --default, --grid-config, --model-type and --matrix choose the trials of config layers;
+a plan directory is planned already and refuses them (give its layers instead).
 """
 
 TRANSCRIBE_EPILOG = """examples:
@@ -60,9 +62,27 @@ def _source(args: argparse.Namespace):
     from finetune.login.plan import build_plan
 
     if len(args.config) == 1 and Path(args.config[0]).is_dir():
+        _refuse_layer_flags(args, Path(args.config[0]))
         return args.config[0]
     return build_plan(args.config, args.set, grid_config=args.grid_config, model_types=args.model_type,
                       matrix=args.matrix, default=args.default)
+
+
+def _refuse_layer_flags(args: argparse.Namespace, plan_dir: Path) -> None:
+    """--set, --default, --grid-config, --model-type and --matrix make a plan from config layers; a
+    plan directory is planned already. Ignoring them would check something else than asked."""
+    from finetune.cli.config import DEFAULT_MODEL_TYPES
+    from finetune.errors import Problem, UsageError
+
+    given = [flag for flag, used in (("--set", args.set), ("--default", args.default),
+                                     ("--grid-config", args.grid_config), ("--matrix", args.matrix),
+                                     ("--model-type", list(args.model_type) != list(DEFAULT_MODEL_TYPES)))
+             if used]
+    if given:
+        raise UsageError(problems=[Problem(flag, "", f"applies to config layers, not to the plan directory {plan_dir} "
+                                           "(its trials are planned already): give the config layers instead, "
+                                           "or replan with `finetune plan`/`finetune matrix` first")
+                                   for flag in given])
 
 
 def run_prefetch(args: argparse.Namespace) -> int:
