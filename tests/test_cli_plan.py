@@ -259,3 +259,29 @@ def test_config_show_prints_an_invalid_config_and_exits_2(capsys):
     assert "learnin_rate" in err and "learning_rate" in err
     code, stdout, err = run_cli(capsys, "config", "show", PAIR, TASK, "--explain", "--set", "slurm.gpus=-1")
     assert code == 2 and '"gpus": -1,  // --set' in stdout and "$.slurm.gpus" in err
+
+
+@pytest.mark.parametrize("text, named", [
+    ("#!/bin/bash\n{{ undefined_var }}\n", "undefined_var"),
+    ("#!/bin/bash\n{% if %}\n", "template syntax error"),
+])
+def test_a_dry_run_with_a_bad_template_writes_nothing(tmp_path, capsys, text, named):
+    template = tmp_path / "bad.sbatch.j2"
+    template.write_text(text)
+    out = tmp_path / "run"
+    for command in ("plan", "matrix"):
+        code, stdout, err = run_cli(capsys, command, PAIR, TASK, LOCAL, "-o", str(out), "--dry-run",
+                                    "--executor", "local", "-t", str(template))
+        assert code == 2 and stdout == "" and str(template) in err and named in err, err
+        assert not out.exists()  # no plan.json, no trial folders, no scripts
+    # a plan that exists: submit's dry run with the bad template freezes no trial and renders nothing
+    assert run_cli(capsys, "plan", PAIR, TASK, LOCAL, "-o", str(out), "--no-submit")[0] == 0
+    plan_json = (out / "plan.json").read_bytes()
+    code, stdout, err = run_cli(capsys, "submit", str(out), "--dry-run", "--executor", "local", "-t", str(template))
+    assert code == 2 and named in err
+    assert not (out / "trials").exists() and not (out / "jobs").exists()
+    # nor does replanning into it with the bad template
+    code, _, err = run_cli(capsys, "plan", PAIR, TASK, LOCAL, "--set", "hyperparameters.seed=1", "-o", str(out),
+                           "--dry-run", "--executor", "local", "-t", str(template))
+    assert code == 2 and (out / "plan.json").read_bytes() == plan_json
+    assert not (out / "trials").exists() and not (out / "jobs").exists()

@@ -166,6 +166,8 @@ def run(args: argparse.Namespace, *, matrix: bool, search: bool = False) -> int:
     if submitting and n > GUARD and not args.yes:
         raise UsageError(problems=[Problem("--yes", "", f"this plan has {n} trials (more than {GUARD}); "
                                            "add --yes to submit them, or --dry-run to look first")])
+    if not args.no_submit:  # a bad template or slurm section refuses before the plan is written
+        _check_rendering()(plan, out, template=args.template, timeout=args.timeout)
     report = write_plan(plan, out)
     counts = ", ".join(f"{mt}: {c}" for mt, c in plan.counts().items())
     print(f"planned {n} trials ({counts}) in {out}: {len(report.added)} new, "
@@ -206,6 +208,14 @@ def run_search(args: argparse.Namespace, plan, out: Path) -> int:
     report = start_search(plan, out, executor=args.executor, timeout=args.timeout, dry_run=args.dry_run)
     print(report.summary())
     return 0
+
+
+def _check_rendering():
+    try:
+        from finetune.login.submit import check_rendering
+    except ImportError:  # submission not available: _submit_function says so after planning
+        return lambda *args, **kwargs: None
+    return check_rendering
 
 
 def _submit_function():

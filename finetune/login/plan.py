@@ -649,22 +649,37 @@ def materialize_trial(out_dir: str | os.PathLike[str], trial_id: str, *, plan: P
     operational settings (slurm, wandb, data mirrors, ...) can differ.
     Pass ``plan`` when materialising many trials, to read plan.json once.
     """
-    from finetune.fileio import atomic_write_json, read_json
+    from finetune.fileio import atomic_write_json
+
+    if not refresh and (trial_dir(out_dir, trial_id) / CONFIG_FILE).is_file():
+        return trial_dir(out_dir, trial_id) / CONFIG_FILE  # frozen: not even read
+    path, config, stale = frozen_config(out_dir, trial_id, plan=plan, refresh=refresh)
+    if stale:
+        atomic_write_json(path, config)
+    return path
+
+
+def frozen_config(out_dir: str | os.PathLike[str], trial_id: str, *, plan: Plan | None = None,
+                  refresh: bool = False) -> tuple[Path, dict[str, Any], bool]:
+    """What ``materialize_trial`` leaves in ``trials/<id>/config.json``, without writing it:
+    ``(path, config, stale)``, where ``stale`` says the file must be (re)written to hold ``config``.
+    Lets a caller check everything before the first file is written."""
+    from finetune.fileio import read_json
 
     path = config_file(trial_dir(out_dir, trial_id))
     if path.is_file() and not refresh:
-        return path
+        return path, read_json(path), False
     if plan is None:
         plan = load_plan(out_dir)
     if plan.out_dir is None:
         plan.out_dir = Path(out_dir)
     if path.is_file() and plan.trial(trial_id).group not in plan.groups:
-        return path  # frozen by hand or by an older tool: nothing in plan.json to refresh it from
+        # frozen by hand or by an older tool: nothing in plan.json to refresh it from
+        return path, read_json(path), False
     config = plan.trial_config(trial_id)
     if path.is_file() and read_json(path) == config:
-        return path
-    atomic_write_json(path, config)
-    return path
+        return path, config, False
+    return path, config, True
 
 
 def materialize_trials(out_dir: str | os.PathLike[str], trial_ids: Sequence[str] | None = None,

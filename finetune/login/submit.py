@@ -85,13 +85,20 @@ def plan_trial_ids(plan_dir: Path) -> list[str]:
     return [t.id for t in load_plan(plan_dir).trials]
 
 
-def trial_config(plan_dir: Path, trial_id: str, plan: Any = None) -> tuple[Path, dict[str, Any]]:
-    """Freeze a trial that is about to be (re)submitted. ``refresh``: a failed or never-queued
-    trial takes the operational settings (slurm, data mirrors) that plan.json has now."""
-    from finetune.login.plan import materialize_trial
+def trial_config(plan_dir: Path, trial_id: str, plan: Any = None) -> tuple[Path, dict[str, Any], bool]:
+    """The frozen config of a trial about to be (re)submitted, not yet written: (path, config,
+    whether the file must be written). ``refresh``: a failed or never-queued trial takes the
+    operational settings (slurm, data mirrors) that plan.json has now."""
+    from finetune.login.plan import frozen_config
 
-    path = Path(materialize_trial(plan_dir, trial_id, plan=plan, refresh=True))
-    return path, read_json(path)
+    return frozen_config(plan_dir, trial_id, plan=plan, refresh=True)
+
+
+def freeze(configs: list[tuple[str, Path, dict[str, Any], bool]]) -> None:
+    """Write the trial configs that ``trial_config`` found stale (after every check passed)."""
+    for _tid, path, cfg, stale in configs:
+        if stale:
+            atomic_write_json(path, cfg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,18 +356,40 @@ def plan_arrays(plan_dir: Path, trials: list[tuple[str, dict[str, Any]]], *, bat
 
 
 def check_inputs(configs: list[tuple[Path, dict[str, Any]]]) -> list[Problem]:
-    """``finetune.compute.prefetch.check_plan`` on the frozen configs of the trials that train.
+    """``finetune.compute.prefetch.check_trials`` on the frozen configs of the trials that train
+    (in memory: the files may not be written yet).
 
     The ``count`` stand-in needs no checkpoint, tokenizer or data. Tolerates a missing module.
     """
-    real = [str(path) for path, c in configs if (c.get("training") or {}).get("workload", "finetune") != "count"]
+    real = [(str(path), c) for path, c in configs
+            if (c.get("training") or {}).get("workload", "finetune") != "count"]
     if not real:
         return []
     try:
-        from finetune.compute.prefetch import check_plan
+        from finetune.compute.prefetch import check_trials
     except ImportError:
         return []
-    return list(check_plan(real))
+    return list(check_trials(real))
+
+
+def check_rendering(plan: Any, plan_dir: str | Path, *, template: str | Path | None = None,
+                    timeout: str | None = None, python: str | None = None) -> None:
+    """Render the scripts a submission of ``plan`` into ``plan_dir`` would need, in memory, and
+    check the flags and slurm sections: raises what ``submit`` would raise about them, so that a
+    caller can refuse before writing the plan (one render per resource shape, not per trial)."""
+    plan_dir = Path(plan_dir).resolve()
+    template_path = Path(template).resolve() if template else DEFAULT_TEMPLATE
+    timeout = str(timeout) if timeout is not None else None
+    _check_flags(template_path, timeout, None, None)
+    shapes: dict[str, tuple[str, dict[str, Any]]] = {}
+    for t in plan.trials:  # a group shares its slurm section: one trial of each will do
+        shapes.setdefault(t.group, (t.id, plan.trial_config(t)))
+    problems = [p for _tid, cfg in shapes.values()
+                for p in slurm_problems(cfg.get("slurm", {}), str(plan_dir / "plan.json"), cfg.get("provenance"))]
+    if problems:
+        raise ConfigError("cannot submit:", problems=problems)
+    plan_arrays(plan_dir, list(shapes.values()), batch="check", template=template_path, timeout=timeout,
+                throttle=None, max_array_size=DEFAULT_MAX_ARRAY_SIZE, python=python)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,10 +455,11 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
             raise UsageError(problems=[Problem("--yes", "", f"{len(todo)} trials would be submitted (more than "
                                                f"{max_trials}); add --yes to submit them, or --dry-run to look first")])
 
+        # Everything is checked and rendered in memory first: bad input writes nothing.
         configs = [(tid, *trial_config(plan_dir, tid, plan)) for tid in todo]
-        problems = [p for tid, path, cfg in configs
+        problems = [p for tid, path, cfg, _ in configs
                     for p in slurm_problems(cfg.get("slurm", {}), str(path), cfg.get("provenance"))]
-        missing = check_inputs([(path, cfg) for _, path, cfg in configs])
+        missing = check_inputs([(path, cfg) for _, path, cfg, _ in configs])
         if dry_run:
             report.warnings = missing  # a dry run lists what a real submission would refuse
         else:
@@ -439,9 +469,10 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
 
         size = max_array_size or _cluster_max_array_size(name)
         batch = f"{sum(1 for _ in _batches(manifest)) + 1:04d}"
-        report.arrays = plan_arrays(plan_dir, [(tid, cfg) for tid, _, cfg in configs], batch=batch,
+        report.arrays = plan_arrays(plan_dir, [(tid, cfg) for tid, _, cfg, _ in configs], batch=batch,
                                     template=template_path, timeout=timeout, throttle=throttle,
                                     max_array_size=size, python=python)
+        freeze(configs)
         if dry_run:  # the scripts and index files, to read; no manifest entry, nothing queued
             for job in report.arrays:
                 write_job_files(job)
