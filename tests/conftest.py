@@ -5,7 +5,6 @@ Area-specific fixtures live in the test modules that use them."""
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path

@@ -651,8 +651,9 @@ def materialize_trial(out_dir: str | os.PathLike[str], trial_id: str, *, plan: P
     """
     from finetune.fileio import atomic_write_json
 
-    if not refresh and (trial_dir(out_dir, trial_id) / CONFIG_FILE).is_file():
-        return trial_dir(out_dir, trial_id) / CONFIG_FILE  # frozen: not even read
+    frozen = config_file(trial_dir(out_dir, trial_id))
+    if not refresh and frozen.is_file():
+        return frozen  # frozen: not even read
     path, config, stale = frozen_config(out_dir, trial_id, plan=plan, refresh=refresh)
     if stale:
         atomic_write_json(path, config)
