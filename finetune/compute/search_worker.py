@@ -73,7 +73,8 @@ def ask(plan_dir: Path, spec: dict[str, Any], worker: str) -> dict[str, Any] | N
                 if twin is None:
                     write_plan(Plan(trials=[made], groups={spec["group"]: spec["group_config"]}, sources=[]), plan_dir)
                     _freeze(plan_dir, made, spec, trial.number, worker)
-                    assignment = {"number": trial.number, "trial_id": made.id, "asked": _now()}
+                    assignment = {"number": trial.number, "trial_id": made.id, "asked": _now(),
+                                  "job": os.environ.get("SLURM_JOB_ID")}
                     atomic_write_json(S.worker_path(plan_dir, worker), assignment)
                     return assignment
                 _tell_twin(study, trial, twin)
@@ -219,8 +220,8 @@ def run_worker(plan_dir: str | os.PathLike[str], worker: str) -> int:
                 trials = study.get_trials(deepcopy=False)
                 if held["number"] < len(trials) and trials[held["number"]].state.name == "RUNNING":
                     _log(worker, f"resuming trial {held['trial_id']} (study trial {held['number']})")
-                    assignment = held
-                    os.utime(path)
+                    assignment = {**held, "job": os.environ.get("SLURM_JOB_ID")}
+                    atomic_write_json(path, assignment)
                 else:
                     assignment = None
                     atomic_write_json(path, {"released": held, "updated": _now()})

@@ -446,7 +446,7 @@ def fail_stale(plan_dir: str | os.PathLike[str], study, spec: dict[str, Any], ru
     from optuna.trial import TrialState
 
     now = time.time() if now is None else now
-    failed = []
+    candidates = []
     for t in running:
         worker = t.user_attrs.get("worker")
         path = worker_path(plan_dir, worker) if worker else None
@@ -457,6 +457,14 @@ def fail_stale(plan_dir: str | os.PathLike[str], study, spec: dict[str, Any], ru
             held, age = None, math.inf
         holds_it = isinstance(held, dict) and held.get("number") == t.number
         if holds_it and age <= spec["stale_after_s"]:
+            continue
+        candidates.append((t, worker, held, age, holds_it))
+    # A preempted worker beats no heartbeat while its job waits in the queue to be requeued:
+    # one squeue for all, and a worker whose job SLURM still holds keeps its trial.
+    queued = slurm_jobs_alive([str(h["job"]) for _, _, h, _, yes in candidates if yes and h.get("job")])
+    failed = []
+    for t, worker, held, age, holds_it in candidates:
+        if holds_it and str(held.get("job")) in queued:
             continue
         why = (f"worker {worker} stopped beating ({age:.0f}s > stale_after_s {spec['stale_after_s']:g})" if holds_it
                else f"worker {worker} no longer holds it")
@@ -469,6 +477,23 @@ def fail_stale(plan_dir: str | os.PathLike[str], study, spec: dict[str, Any], ru
                 layout.write_state(tdir, "failed", why)
         failed.append(t.number)
     return failed
+
+
+def slurm_jobs_alive(job_ids: list[str]) -> set[str]:
+    """Those of ``job_ids`` that squeue still lists (pending, requeued, running); empty when
+    there are none or squeue cannot answer (then the heartbeat alone decides)."""
+    import shutil
+    import subprocess
+
+    ids = sorted({j for j in job_ids if j.isdigit()})
+    if not ids or shutil.which("squeue") is None:
+        return set()
+    try:
+        proc = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%A"], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    return {line.strip() for line in proc.stdout.splitlines() if line.strip()} if proc.returncode == 0 else set()
 
 
 def _read(path: Path | None) -> Any:
