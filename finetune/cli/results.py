@@ -12,6 +12,7 @@ COLLECT_EPILOG = """examples:
   finetune collect runs/rus-pol
   finetune collect runs/rus-pol --plots --metric accuracy
   finetune collect runs/rus-pol --selection each-language
+  finetune collect runs/search --html
 
 Writes DIR/results.csv and DIR/results.md (one row per trial with its state: finished, failed
 with the reason, running, preempted, missing, superseded), DIR/summary.csv (one row per
@@ -28,6 +29,9 @@ each-language chooses on each target's own eval split (the oracle). Every output
 baseline in the legend, and * on IPA cells that differ significantly from normal text: the test
 of `finetune significance DIR`, Holm-adjusted, written to DIR/significance.md) and one
 learning-curve PNG per trial under DIR/plots/curves/.
+--html writes DIR/report.html, one self-contained page (plotly inlined): the sortable table, the
+heatmaps, learning curves and, for a search, the optimisation history, parameter importances and
+parallel coordinates.
 """
 
 DEMO_EPILOG = """examples:
@@ -64,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=None,
                    help="rounds of the significance test behind the marks (default: enough for Holm over "
                         "every cell to reach --alpha / 10, at least 2000)")
+    p.add_argument("--html", action="store_true",
+                   help="also write DIR/report.html: sortable table, heatmaps, learning curves and, for a "
+                        "search, Optuna's views; one self-contained file (no network needed to open it)")
     p.add_argument("--quiet", action="store_true", help="write the files, print only their paths")
     p.set_defaults(func=_collect)
 
@@ -109,6 +116,10 @@ def _collect(args: argparse.Namespace) -> int:
         curves = learning_curves(args.plan_dir, plots / "curves", metric=args.metric)
         if curves:
             paths.append(plots / "curves")
+    if args.html:
+        from finetune.analysis.report import write_report
+
+        paths.append(write_report(args.plan_dir, metric=args.metric, table=table))
     if not args.quiet:
         print(markdown_text(table))
     for note in notes:
