@@ -125,18 +125,34 @@ def heatmap_figure(table: ResultsTable):
     rng = matrix.value_range() or (0.0, 1.0)
     for i, mt in enumerate(matrix.model_types, start=1):
         grid = matrix.values[mt]
-        notes = matrix.pruned.get(mt, [])
-        text = [[("n/a" if v is None else f"{v:.3f}")
-                 + (f"<br>{pruned_note(notes[r][c])}" if r < len(notes) and notes[r][c] else "")
-                 for c, v in enumerate(row)] for r, row in enumerate(grid)]
+
+        def cell(r: int, c: int, v: float | None, mt: str = mt) -> str:
+            """mean (+- std over seeds, n), then the pruned trials of the cell."""
+            text = "n/a" if v is None else f"{v:.3f}"
+            std = _at(matrix.stds, mt, r, c)
+            n = _at(matrix.ns, mt, r, c)
+            if v is not None and std is not None:
+                text += f" ± {std:.3f}"
+            if v is not None and n and n > 1:
+                text += f" (n={n})"
+            note = _at(matrix.pruned, mt, r, c)
+            return text + (f"<br>{pruned_note(note)}" if note else "")
+
+        text = [[cell(r, c, v) for c, v in enumerate(row)] for r, row in enumerate(grid)]
         fig.add_trace(go.Heatmap(z=grid, x=matrix.languages, y=matrix.train_sets, text=text,
                                  texttemplate="%{text}", zmin=rng[0], zmax=rng[1], colorscale="Viridis",
                                  showscale=i == n, colorbar={"title": f"test {matrix.metric}"}), row=1, col=i)
-    fig.update_layout(height=220 + 60 * len(matrix.train_sets), margin={"t": 60},
-                      title=f"cross-language transfer: test {matrix.metric} (best hyperparameters by eval)")
+    title = f"cross-language transfer: test {matrix.metric}, mean over seeds of the configuration chosen on eval"
+    fig.update_layout(height=220 + 60 * len(matrix.train_sets), margin={"t": 80},
+                      title=title + (f"<br><sup>{html.escape(matrix.protocol)}</sup>" if matrix.protocol else ""))
     fig.update_xaxes(title_text="eval language")
     fig.update_yaxes(title_text="train set", col=1)
     return fig
+
+
+def _at(grids: dict[str, list[list[Any]]], mt: str, r: int, c: int) -> Any:
+    grid = grids.get(mt) or []
+    return grid[r][c] if r < len(grid) and c < len(grid[r]) else None
 
 
 def curves_figure(table: ResultsTable):
