@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -120,15 +121,17 @@ class NanoGPTPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_nanogpt(
-        cls, ckpt_path: str | os.PathLike[str], num_labels: int | None = None, **config_overrides
+        cls, ckpt_path: str | os.PathLike[str], num_labels: int | None = None, *,
+        loaded: tuple[Any, dict[str, Any], dict] | None = None, **config_overrides
     ) -> NanoGPTPreTrainedModel:
         """This class with a nanoGPT ckpt.pt's weights (safely loaded, every key checked).
 
         Sizes come from the checkpoint's ``model_args``; ``config_overrides`` may set the other
         config fields (``dropout``, ``pad_token_id``, ``id2label``, ``problem_type``, ...). New
-        heads (the classifier) are freshly initialised.
+        heads (the classifier) are freshly initialised. ``loaded`` is what
+        ``model.load_checkpoint(ckpt_path)`` returned, when the caller already read the file.
         """
-        gpt_cfg, state, _ = load_checkpoint(ckpt_path)
+        gpt_cfg, state, _ = loaded if loaded is not None else load_checkpoint(ckpt_path)
         sizes = asdict(gpt_cfg)
         clash = sorted(k for k in config_overrides if k in sizes and k != "dropout")
         if clash:

@@ -1,0 +1,154 @@
+"""The task-specific part of training: data, model head, how a batch becomes a loss, how
+predictions become metrics.
+
+The loop (``loop.py``) is task-agnostic: it asks a task for its data and model, calls
+:meth:`ClassificationTask.forward` under autocast and :meth:`ClassificationTask.loss` for each
+micro batch, and :meth:`predict`/:meth:`metrics` to evaluate. Another task (QA, causal LM, a
+LoRA variant) is another class with the same methods, picked by :func:`task_for`.
+
+The loss contract: :meth:`loss` returns the SUM over the micro batch's rows (or tokens); the loop
+divides by the rows of the global batch, so one process with accumulation and several processes
+compute the same mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from finetune.compute.training.settings import Settings
+from finetune.errors import ConfigError, Problem
+
+
+class Rows:
+    """Token ids and labels held as Python lists: no per-batch Arrow decoding in the loop."""
+
+    def __init__(self, input_ids: list[list[int]], labels: list[int]):
+        self.input_ids = input_ids
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"input_ids": self.input_ids[i], "labels": self.labels[i]}
+
+    def lengths(self) -> list[int]:
+        """Tokens per row (the length-grouped sampler and the token count use them)."""
+        return [len(x) for x in self.input_ids]
+
+
+def rows_of(dataset: Any, limit: int | None = None) -> Rows:
+    if limit is not None and limit < len(dataset):
+        dataset = dataset.select(range(limit))
+    return Rows([list(x) for x in dataset["input_ids"]], [int(y) for y in dataset["labels"]])
+
+
+@dataclass
+class TaskData:
+    train: Rows
+    eval: dict[str, Rows]  # language -> rows
+    test: dict[str, Rows]
+    label_names: list[str]
+
+
+class ClassificationTask:
+    """Sequence classification (SIB-200 topics): the last token's hidden state -> a linear head."""
+
+    def __init__(self, config: dict[str, Any], settings: Settings, *, file: str):
+        from finetune.compute.tokenizer import load_tokenizer
+
+        self.config, self.s, self.file = config, settings, file
+        self.tokenizer = load_tokenizer(config["tokenizer"])
+        tok = self.tokenizer
+        self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        self.label_names: list[str] = []
+
+    # --- setup ------------------------------------------------------------------------------------
+    def load_data(self, block_size: int) -> TaskData:
+        from finetune.compute.data import prepare_trial_data
+
+        cache_dir = (self.config.get("data") or {}).get("cache_dir")
+        data = prepare_trial_data(self.config, self.tokenizer, block_size, cache_dir=cache_dir)
+        self.label_names = list(data.label_names)
+        train = rows_of(data.train) if data.train is not None else Rows([], [])
+        if not len(train):
+            raise ConfigError(problems=[Problem(self.file, "$.train_languages", "no training rows")])
+        cap = self.config["training"].get("max_eval_samples")
+        return TaskData(train=train, eval={lang: rows_of(ds, cap) for lang, ds in data.eval.items()},
+                        test={lang: rows_of(ds) for lang, ds in data.test.items()}, label_names=self.label_names)
+
+    def build_model(self, loaded: Any) -> Any:
+        """The model with a fresh head (its initialisation draws from the global torch RNG)."""
+        from finetune.compute.hf import NanoGPTForSequenceClassification
+
+        model = NanoGPTForSequenceClassification.from_nanogpt(
+            self.config["checkpoint"], len(self.label_names), loaded=loaded, dropout=self.s.dropout
+        )
+        model.config.pad_token_id = self.pad_id
+        model.config.id2label = dict(enumerate(self.label_names))
+        model.config.label2id = {name: i for i, name in enumerate(self.label_names)}
+        return model
+
+    def collate_fn(self) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        """Rows -> a padded batch of tensors (picklable, for DataLoader workers)."""
+        from finetune.compute.batching import collate
+
+        return partial(collate, pad_id=self.pad_id)
+
+    # --- train ------------------------------------------------------------------------------------
+    def forward(self, model: Any, batch: dict[str, Any]) -> Any:
+        """The model's output for a batch on the device (the loop runs this under autocast)."""
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def loss(self, output: Any, batch: dict[str, Any]) -> Any:
+        """Summed loss of the batch's rows, in float32 (outside autocast)."""
+        import torch.nn.functional as F
+
+        return F.cross_entropy(output.float(), batch["labels"], reduction="sum")
+
+    # --- evaluate ---------------------------------------------------------------------------------
+    def predict(self, model: Any, rows: Rows, *, device: Any, autocast: Any) -> tuple[Any, Any]:
+        """Logits ``(n, classes)`` in row order and labels; every rank runs every batch (FSDP needs it)."""
+        import numpy as np
+        import torch
+
+        from finetune.compute.batching import LengthGroupedBatchSampler
+
+        collate = self.collate_fn()
+        out = np.zeros((len(rows), len(self.label_names)), dtype=np.float32)
+        order = LengthGroupedBatchSampler(rows.lengths(), self.s.eval_batch_size, shuffle=False)
+        with torch.inference_mode():
+            for idx in order.batches():
+                batch = collate([rows[i] for i in idx])
+                with autocast():
+                    logits = self.forward(model, {k: v.to(device) for k, v in batch.items()})
+                out[idx] = logits.float().cpu().numpy()
+        return out, np.asarray(rows.labels, dtype=np.int64)
+
+    def metrics(self, predictions: Any, labels: Any) -> dict[str, float]:
+        from finetune.compute.metrics import classification_metrics
+
+        return classification_metrics(predictions, labels)
+
+    def dump(self, folder: Path, trial_id: str, language: str, split: str, predictions: Any, labels: Any) -> None:
+        """--dump-logits: one .npz per language and split (read by analysis.significance)."""
+        import io
+
+        import numpy as np
+
+        from finetune.fileio import atomic_write_bytes
+        from finetune.layout import logits_name
+
+        buf = io.BytesIO()
+        np.savez(buf, logits=predictions, labels=labels, trial=np.array(trial_id), language=np.array(language),
+                 split=np.array(split), label_names=np.array(self.label_names))
+        atomic_write_bytes(folder / logits_name(trial_id, language, split), buf.getvalue())
+
+
+def task_for(config: dict[str, Any], settings: Settings, *, file: str) -> ClassificationTask:
+    """The task of a trial config (only classification today; QA and causal LM plug in here)."""
+    return ClassificationTask(config, settings, file=file)
