@@ -4,6 +4,6 @@ __version__ = "0.1.0"
 
 # Register the nanoGPT classes with transformers' Auto* factories the first time transformers'
 # Auto model module is imported (a cheap import hook: planning never pays for torch).
-from finetune.compute.convert import install_auto_registration as _install_auto_registration  # noqa: E402
+from finetune import autoregister as _autoregister  # noqa: E402
 
-_install_auto_registration()
+_autoregister.install()

@@ -40,6 +40,8 @@ MANIFEST_FILE = "manifest.json"
 JOBS_DIR = "jobs"
 JOB_LOGS_DIR = "logs"  # under jobs/
 TRIALS_DIR = "trials"
+PLAN_LOCK = ".plan.lock"  # one plan write at a time
+SUBMIT_LOCK = ".submit.lock"  # one submit or cancel at a time
 
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
@@ -73,6 +75,14 @@ def plan_file(plan_dir: PathLike) -> Path:
 
 def manifest_file(plan_dir: PathLike) -> Path:
     return Path(plan_dir) / MANIFEST_FILE
+
+
+def plan_lock_file(plan_dir: PathLike) -> Path:
+    return Path(plan_dir) / PLAN_LOCK
+
+
+def submit_lock_file(plan_dir: PathLike) -> Path:
+    return Path(plan_dir) / SUBMIT_LOCK
 
 
 def jobs_dir(plan_dir: PathLike) -> Path:

@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 
 from finetune.errors import ConfigError, FinetuneError, UsageError
-from finetune.login.executors.base import resolve_name
-from finetune.login.submit import load_manifest, submit
+from finetune.login import executors
+from finetune.login.executors import resolve_name
+from finetune.login.executors.base import TaskState, write_job_files
+from finetune.login.manifest import load as load_manifest
+from finetune.login.submit import submit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from submit_helpers import SlurmStubs, make_plan  # noqa: E402
@@ -345,3 +348,115 @@ def test_collect_shows_finished_count_trials_as_finished(tmp_path):
     ids = make_plan(plan, 2)
     submit(plan, executor="local", parallel=2)
     assert [(r.trial_id, r.state) for r in collect(plan).rows] == [(i, "finished") for i in ids]
+
+
+class DummyExecutor:
+    """A backend written for this test only: a scheduler whose queue is a dict."""
+
+    name = "dummy"
+    scheduler = True
+    queue: dict = {}
+    records: dict = {}
+    submitted: list = []
+    cancelled: list = []
+
+    def __init__(self, **options):
+        pass
+
+    @classmethod
+    def available(cls):
+        return False  # never picked by auto
+
+    def write(self, job):
+        write_job_files(job)
+
+    def submit(self, job):
+        self.submitted.append(job.trial_ids)
+        return f"d{len(self.submitted)}"
+
+    def state(self, job_ids):
+        return {k: v for k, v in self.queue.items() if k.split("_")[0] in job_ids}
+
+    def accounting(self, job_ids):
+        return {k: v for k, v in self.records.items() if k.split("_")[0] in job_ids}
+
+    def cancel(self, job_ids):
+        self.cancelled.append(list(job_ids))
+
+    def max_array_size(self):
+        return 2
+
+
+@pytest.fixture
+def dummy(monkeypatch, tmp_path):
+    monkeypatch.setattr(executors, "BACKENDS", dict(executors.BACKENDS))
+    executors.register("dummy", DummyExecutor)  # the one registry line a new backend needs
+    for attr in ("queue", "records"):
+        monkeypatch.setattr(DummyExecutor, attr, {})
+    for attr in ("submitted", "cancelled"):
+        monkeypatch.setattr(DummyExecutor, attr, [])
+    (tmp_path / "no-slurm").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm"))  # any slurm tool called would fail
+    return DummyExecutor
+
+
+def test_a_registered_backend_goes_through_submit_status_and_cancel(tmp_path, dummy, capsys):
+    from finetune.cli import main
+    from finetune.login.status import plan_status
+    from finetune.login.submit import cancel
+
+    plan = tmp_path / "plan"
+    ids = make_plan(plan, 3)
+    report = submit(plan, executor="dummy")
+    assert report.executor == "dummy" and report.scheduler and report.submitted == ids
+    assert dummy.submitted == [tuple(ids[:2]), (ids[2],)]  # split at its max_array_size
+    assert [(e["executor"], e["job_id"]) for e in load_manifest(plan)["submissions"]] == [
+        ("dummy", "d1"), ("dummy", "d1"), ("dummy", "d2")]
+
+    dummy.queue.update({"d1_0": TaskState("RUNNING"), "d1_1": TaskState("PENDING", "Priority")})
+    dummy.records.update({"d2_0": TaskState("OUT_OF_MEMORY", "0:125", "0:125")})
+    status = plan_status(plan)
+    assert [(t.state, t.reason) for t in status.trials] == [
+        ("running", ""), ("pending", "Priority"), ("failed", "OUT_OF_MEMORY")]
+    assert status.scheduler and status.accounting
+
+    again = submit(plan, executor="dummy")
+    assert again.active == ids[:2] and again.submitted == [ids[2]]
+
+    assert cancel(plan).trials == sorted(ids[:2]) and dummy.cancelled == [["d1_0", "d1_1"]]
+
+    assert main(["submit", str(plan), "--executor", "dummy", "--dry-run"]) == 0  # the CLI lists it too
+    assert "dry run (dummy)" in capsys.readouterr().out
+
+
+def test_auto_never_picks_an_unavailable_backend_and_unknown_names_are_refused(dummy):
+    assert executors.resolve_name("auto") == "local"  # no sbatch on PATH; dummy says unavailable
+    with pytest.raises(UsageError, match="unknown executor 'nope'; choose one of auto, slurm, submitit, local, dummy"):
+        executors.resolve_name("nope")
+
+
+@pytest.mark.parametrize("grace,expected", [(0, 0), (None, 120), (45, 45)])
+def test_signal_grace_means_the_same_in_the_sbatch_script_and_in_submitit(tmp_path, grace, expected):
+    from finetune.login.executors.submitit_executor import submitit_parameters
+
+    plan = tmp_path / "plan"
+    make_plan(plan, 1, slurm={"signal_grace_s": grace})
+    (job,) = submit(plan, executor="slurm", dry_run=True, max_array_size=10).arrays
+    assert f"#SBATCH --signal=B:USR2@{expected}\n" in job.script
+    assert submitit_parameters(job)["slurm_signal_delay_s"] == expected
+
+
+def test_missing_resources_take_one_set_of_defaults_everywhere(tmp_path):
+    from finetune.login.executors.resources import SLURM_DEFAULTS
+    from finetune.login.executors.submitit_executor import submitit_parameters
+
+    plan = tmp_path / "plan"
+    (tid,) = make_plan(plan, 1)
+    frozen = plan / "trials" / tid / "config.json"
+    frozen.write_text(json.dumps({**json.loads(frozen.read_text()), "slurm": {}}))  # written by hand
+    (job,) = submit(plan, executor="slurm", dry_run=True, max_array_size=10).arrays
+    params = submitit_parameters(job)
+    assert params["cpus_per_task"] == SLURM_DEFAULTS["cpus_per_task"] == 1
+    assert f"#SBATCH --cpus-per-task={params['cpus_per_task']}\n" in job.script
+    assert f"#SBATCH --nodes={params['nodes']}\n" in job.script and "--gres" not in job.script
+    assert f"#SBATCH --signal=B:USR2@{params['slurm_signal_delay_s']}\n" in job.script

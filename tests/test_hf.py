@@ -163,6 +163,7 @@ def test_plain_import_finetune_registers_auto_classes_without_importing_torch(ti
         "import sys\n"
         "import finetune\n"
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+        "assert not [m for m in sys.modules if m.startswith('finetune.compute')]\n"  # the hook is finetune.autoregister
         "from transformers import AutoModelForSequenceClassification\n"
         f"m = AutoModelForSequenceClassification.from_pretrained({str(out)!r})\n"
         "print(type(m).__name__)\n"

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from finetune.login.manifest import load as load_manifest
 from finetune.login.status import plan_status
-from finetune.login.submit import load_manifest, submit
+from finetune.login.submit import submit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from submit_helpers import make_plan  # noqa: E402

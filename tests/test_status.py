@@ -123,7 +123,7 @@ def test_an_unreachable_scheduler_makes_slurm_trials_unknown_not_cancelled(tmp_p
     (plan / "trials" / ids[0] / "result.json").write_text(FINISHED)
     (plan / "trials" / ids[1] / "state.json").write_text(json.dumps({"state": "running"}))
     report = plan_status(plan)
-    assert not report.scheduler and any("squeue unavailable" in n for n in report.notes)
+    assert not report.scheduler and any(n.startswith("slurm: queue unavailable (squeue failed") for n in report.notes)
     assert [t.state for t in report.trials] == ["finished", "unknown", "unknown"]
     assert report.trials[1].reason.startswith("scheduler unreachable")
 

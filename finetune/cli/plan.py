@@ -8,6 +8,8 @@ import re
 import sys
 from pathlib import Path
 
+from finetune.login import executors
+
 GUARD = 500  # above this many trials, submitting needs --yes
 _TIME = re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$")
 
@@ -52,7 +54,7 @@ def add_plan_arguments(p: argparse.ArgumentParser, *, matrix: bool) -> None:
                         "(DIR/trials/<id>/config.json); an alias of --output-dir")
     p.add_argument("--timeout", metavar="TIME", default=None,
                    help="SLURM time limit per trial (e.g. 04:00:00, 90, 1-00:00:00); overrides slurm.time")
-    p.add_argument("--executor", choices=("auto", "slurm", "submitit", "local"), default="auto",
+    p.add_argument("--executor", choices=("auto", *executors.names()), default="auto",
                    help="where trials run (auto: slurm when sbatch is on PATH, else local)")
     p.add_argument("--throttle", type=positive_int, metavar="N", default=None,
                    help="at most N array tasks of a job array run at once")

@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from finetune.cli.plan import GUARD, positive_int  # the same guard and counts as finetune plan
+from finetune.cli.plan import GUARD, positive_int
+from finetune.login import executors  # the same guard and counts as finetune plan
 
 SUBMIT_EPILOG = """examples:
   finetune submit runs/rus-pol
@@ -64,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Submit the trials of a plan directory that are neither finished nor queued.",
                               epilog=SUBMIT_EPILOG, formatter_class=HelpFormatter)
     p.add_argument("plan_dir", metavar="DIR", help="the plan directory (with plan.json)")
-    p.add_argument("--executor", choices=("auto", "slurm", "submitit", "local"), default="auto",
+    p.add_argument("--executor", choices=("auto", *executors.names()), default="auto",
                    help="where trials run (auto: slurm when sbatch is on PATH, else local)")
     p.add_argument("-t", "--template", metavar="TEMPLATE", default=None,
                    help="sbatch template (.j2 = jinja2, else old str.format style); default: jobs/templates/array.sbatch.j2")
@@ -117,7 +118,7 @@ def _submit(args: argparse.Namespace) -> int:
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(report.summary())
-    if report.executor == "local" and not args.dry_run:
+    if not report.scheduler and not args.dry_run:  # the trials ran here: say how they ended
         from finetune.login.status import plan_status
 
         counts = plan_status(args.plan_dir).counts

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import ConfigError, FinetuneError, Problem
-from finetune.layout import PLAN_FILE, config_file, plan_file, trial_dir
+from finetune.layout import PLAN_FILE, config_file, plan_file, plan_lock_file, trial_dir
 from finetune.login.layers import Layered, join_path, load_config, resolved_paths
 
 PLAN_VERSION = 1
@@ -568,7 +568,7 @@ def _locked(out_dir: Path) -> Iterator[None]:
     from finetune.fileio import ensure_directory
 
     ensure_directory(out_dir, "--output-dir")
-    with open(out_dir / ".plan.lock", "a") as f:
+    with open(plan_lock_file(out_dir), "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

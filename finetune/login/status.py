@@ -17,7 +17,8 @@ from typing import Any
 from finetune import layout
 from finetune.errors import UsageError
 from finetune.layout import is_finished
-from finetune.login.executors.base import TaskState
+from finetune.login import executors, manifest
+from finetune.login.executors.base import SchedulerError, TaskState
 
 STATES = ("finished", "pruned", "running", "pending", "preempted", "failed", "cancelled", "unsubmitted")
 FAILURE_STATES = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
@@ -98,7 +99,7 @@ def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue
         return TrialStatus(trial_id, state, reason=q.reason if state == "pending" else "", job=job,
                            restart_count=restart)
     a = acct.get(job) if (acct is not None and job) else None
-    remote = entry is not None and entry.get("executor") in ("slurm", "submitit")
+    remote = entry is not None and executors.is_scheduler(entry.get("executor"))
     if remote and not queue_known and (a is None or a.state in ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED")):
         return TrialStatus(trial_id, "unknown", "scheduler unreachable: it may still be queued or running", job,
                            restart)
@@ -117,35 +118,39 @@ def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue
     if saved.get("state") == "running":  # the scheduler no longer has it and no one says why
         return TrialStatus(trial_id, "failed", "stopped while running (no accounting record)", job, restart,
                            log_tail(trial_dir))
-    if entry.get("executor") == "local":
+    if not remote:  # its executor ran it to the end (local)
         return TrialStatus(trial_id, "failed", f"ended without {layout.RESULT_FILE}", job, restart, log_tail(trial_dir))
     return TrialStatus(trial_id, "cancelled", "left the queue before starting", job, restart, log_tail(trial_dir))
 
 
 def plan_status(plan_dir: str | Path) -> StatusReport:
-    from finetune.login.executors.slurm import SchedulerError, accounting_state, queue_state
     from finetune.login.plan import load_plan
-    from finetune.login.submit import latest_entries, load_manifest
 
     plan_dir = Path(plan_dir).resolve()
     if not layout.plan_file(plan_dir).is_file():
         raise UsageError(f"{plan_dir}: no plan here ({layout.PLAN_FILE} missing; run `finetune plan` first)")
     plan = load_plan(plan_dir)
-    entries = latest_entries(load_manifest(plan_dir))
-    remote = sorted({str(e["job_id"]) for e in entries.values() if e.get("executor") in ("slurm", "submitit")})
+    entries = manifest.latest(manifest.load(plan_dir))
+    groups = {name: group for name, group in manifest.by_executor(entries).items() if executors.is_scheduler(name)}
+    remote = bool(groups)
     notes: list[str] = []
     queue: dict[str, TaskState] = {}
-    acct: dict[str, TaskState] | None = None
-    scheduler = False
-    if remote:
+    acct: dict[str, TaskState] | None = {} if remote else None
+    scheduler = remote
+    for name, group in groups.items():  # one state and one accounting call per executor
+        ex = executors.make_executor(name)
+        job_ids = sorted({str(e["job_id"]) for e in group.values()})
         try:
-            queue = queue_state(remote)
-            scheduler = True
+            queue.update(ex.state(job_ids))
         except SchedulerError as e:
-            notes.append(f"squeue unavailable ({e}); states come from the trial files")
-        acct = accounting_state(remote)
-        if acct is None:
-            notes.append("accounting (sacct) unavailable: failure reasons come from the trial files only")
+            scheduler = False
+            notes.append(f"{name}: queue unavailable ({e}); states come from the trial files")
+        answer = ex.accounting(job_ids)
+        if answer is None:
+            acct = None
+            notes.append(f"{name}: accounting unavailable: failure reasons come from the trial files only")
+        elif acct is not None:
+            acct.update(answer)
     trials = [classify(t.id, layout.trial_dir(plan_dir, t.id), entries.get(t.id), queue, acct,
                        queue_known=scheduler or not remote) for t in plan.trials]
     return StatusReport(plan_dir, trials, accounting=acct is not None, scheduler=scheduler, notes=notes)

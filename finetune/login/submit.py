@@ -17,14 +17,15 @@ import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from finetune import layout
 from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
-from finetune.fileio import atomic_write_json, read_json
-from finetune.login.executors.base import ArrayJob, make_executor, resolve_name, write_job_files
+from finetune.fileio import atomic_write_json
+from finetune.login import executors, manifest
+from finetune.login.executors.base import ArrayJob, SchedulerError, write_job_files
+from finetune.login.executors.resources import resolve_slurm
 from finetune.login.render import ShellSafe, join, line_breaks, quote, render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,6 +47,7 @@ SRUN_WAIT_S = 60
 class SubmitReport:
     executor: str
     arrays: list[ArrayJob]
+    scheduler: bool = True  # False: the executor ran the trials to the end (local)
     job_ids: list[str] = field(default_factory=list)
     submitted: list[str] = field(default_factory=list)  # trial ids sent to the executor
     finished: list[str] = field(default_factory=list)  # skipped: finished (finetune.layout.is_finished)
@@ -70,7 +72,7 @@ class SubmitReport:
                     f"skipped {skipped}; scripts: {', '.join(str(p) for p in self.scripts) or '(none)'}")
         if not self.submitted:
             return f"nothing to submit ({skipped})"
-        verb = "ran" if self.executor == "local" else "submitted"
+        verb = "submitted" if self.scheduler else "ran"
         return (f"{verb} {len(self.submitted)} trials in {len(self.arrays)} arrays ({self.executor}: "
                 f"{', '.join(self.job_ids)}); skipped {skipped}; manifest: {self.manifest}")
 
@@ -102,49 +104,26 @@ def freeze(configs: list[tuple[str, Path, dict[str, Any], bool]]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# the manifest
-
-
-def manifest_path(plan_dir: Path) -> Path:
-    return layout.manifest_file(plan_dir)
-
-
-def load_manifest(plan_dir: Path) -> dict[str, Any]:
-    path = manifest_path(plan_dir)
-    if not path.is_file():
-        return {"version": 1, "submissions": []}
-    data = read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("submissions"), list):
-        raise ConfigError(problems=[Problem(str(path), "$.submissions", "not a submission list")])
-    return data
-
-
-def latest_entries(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """trial id -> its most recent submission."""
-    return {e["trial_id"]: e for e in manifest["submissions"]}
-
-
-def task_key(entry: dict[str, Any]) -> str:
-    return f"{entry['job_id']}_{entry['array_index']}"
+# what the schedulers still hold
 
 
 def queued_trials(entries: dict[str, dict[str, Any]]) -> set[str]:
-    """Trials whose latest submission SLURM still holds (one squeue for all of them).
+    """Trials whose latest submission a scheduler still holds (one ``state`` call per executor).
 
     Asked whatever executor submits now: a trial queued by ``slurm`` or ``submitit`` must not go
-    again through ``local``. When SLURM cannot answer, submitting would risk duplicates: error.
+    again through ``local``. When a scheduler cannot answer, submitting would risk duplicates: error.
     """
-    from finetune.login.executors.slurm import SchedulerError, queue_state
-
-    remote = {t: e for t, e in entries.items() if e.get("executor") in ("slurm", "submitit")}
-    if not remote:
-        return set()
-    try:
-        states = queue_state(sorted({str(e["job_id"]) for e in remote.values()}))
-    except SchedulerError as e:
-        raise FinetuneError(f"{len(remote)} trials were submitted to SLURM before, and SLURM cannot say "
-                            f"whether they are still queued: {e}") from None
-    return {t for t, e in remote.items() if (s := states.get(task_key(e))) is not None and s.active}
+    out: set[str] = set()
+    for name, group in manifest.by_executor(entries).items():
+        if not executors.is_scheduler(name):
+            continue
+        try:
+            states = executors.make_executor(name).state(sorted({str(e["job_id"]) for e in group.values()}))
+        except SchedulerError as e:
+            raise FinetuneError(f"{len(group)} trials were submitted to {name} before, and it cannot say "
+                                f"whether they are still queued: {e}") from None
+        out |= {t for t, e in group.items() if (s := states.get(manifest.task_key(e))) is not None and s.active}
+    return out
 
 
 @contextlib.contextmanager
@@ -152,7 +131,7 @@ def _locked(plan_dir: Path) -> Iterator[None]:
     """One submit (or cancel) at a time per plan: two at once could queue a trial twice."""
     import fcntl
 
-    with open(plan_dir / ".submit.lock", "a") as f:
+    with open(layout.submit_lock_file(plan_dir), "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -228,22 +207,23 @@ def slurm_problems(slurm: Any, config_file: str, provenance: dict[str, str] | No
 
 def directives(slurm: dict[str, Any], time: str | None, log_pattern: str) -> list[ShellSafe]:
     """The ``#SBATCH`` flags of a resource group, sorted, values quoted (without the ``#SBATCH``)."""
+    slurm = resolve_slurm(slurm)
     flags: dict[str, Any] = {}
     for key in ("account", "partition", "qos", "mem"):
-        if slurm.get(key) is not None:
+        if slurm[key] is not None:
             flags[key] = slurm[key]
-    cpus, per_node = slurm.get("cpus_per_task") or 1, slurm.get("ntasks_per_node") or 1
-    if slurm.get("launcher") == "torchrun":  # one task per node (torchrun) holds the node's share
+    cpus, per_node = slurm["cpus_per_task"], slurm["ntasks_per_node"]
+    if slurm["launcher"] == "torchrun":  # one task per node (torchrun) holds the node's share
         cpus, per_node = cpus * per_node, 1
     flags["cpus-per-task"] = cpus
-    flags["nodes"] = slurm.get("nodes") or 1
+    flags["nodes"] = slurm["nodes"]
     flags["ntasks-per-node"] = per_node
-    if slurm.get("gpus"):
+    if slurm["gpus"]:
         flags["gres"] = f"gpu:{slurm['gpus']}"
     if time:
         flags["time"] = time
-    flags["output"] = slurm.get("output") or log_pattern
-    for k, v in (slurm.get("extra") or {}).items():
+    flags["output"] = slurm["output"] or log_pattern
+    for k, v in slurm["extra"].items():
         if v is None or v is False:
             flags.pop(k, None)
         else:
@@ -252,7 +232,8 @@ def directives(slurm: dict[str, Any], time: str | None, log_pattern: str) -> lis
 
 
 def task_count(slurm: dict[str, Any]) -> int:
-    return (slurm.get("nodes") or 1) * (slurm.get("ntasks_per_node") or 1)
+    s = resolve_slurm(slurm)
+    return s["nodes"] * s["ntasks_per_node"]
 
 
 def launcher(slurm: dict[str, Any], python: str) -> ShellSafe:
@@ -265,12 +246,13 @@ def launcher(slurm: dict[str, Any], python: str) -> ShellSafe:
     that forwards USR2 to its workers) with ``ntasks_per_node`` workers and c10d rendezvous at the
     same address. srun itself forwards the signals it gets (USR2) to every task on every node.
     """
+    slurm = resolve_slurm(slurm)
     if task_count(slurm) == 1:
         return ShellSafe("")
     srun = f'srun --wait={SRUN_WAIT_S} --kill-on-bad-exit=0 --cpus-per-task="${{SLURM_CPUS_PER_TASK:-1}}" '
-    if slurm.get("launcher") != "torchrun":
+    if slurm["launcher"] != "torchrun":
         return ShellSafe(srun)
-    per_node = slurm.get("ntasks_per_node") or 1
+    per_node = slurm["ntasks_per_node"]
     return ShellSafe(
         srun + '--ntasks="$SLURM_JOB_NUM_NODES" --ntasks-per-node=1 '
         + f"{quote(python)} -m finetune.compute.launch "
@@ -294,31 +276,32 @@ def script_context(job_name: str, plan_dir: Path, index_file: Path, slurm: dict[
     """Everything a template may use (jinja2 and old style alike)."""
     python = python or sys.executable
     log_pattern = str(layout.job_logs_dir(plan_dir) / "%x-%A_%a.out")
+    slurm = resolve_slurm(slurm)
     return {
         "job_name": job_name,
         "directives": directives(slurm, time, log_pattern),
-        "setup": [ShellSafe(line) for line in slurm.get("setup") or []],  # shell code on purpose
+        "setup": [ShellSafe(line) for line in slurm["setup"]],  # shell code on purpose
         "plan_dir": str(plan_dir),
         "index_file": str(index_file),
         "python": python,
         "launcher": launcher(slurm, python),
         "distributed": task_count(slurm) > 1,  # export MASTER_ADDR/MASTER_PORT for the ranks
-        "grace": int(slurm.get("signal_grace_s") if slurm.get("signal_grace_s") is not None else 120),
+        "grace": int(slurm["signal_grace_s"]),
         # the trial folder and the requeue protocol (finetune.layout)
         "trials_dir": layout.TRIALS_DIR,
         "log_file": layout.LOG_FILE,
         "exit_requeue": layout.EXIT_REQUEUE,
         # old-style names
-        "cpus": slurm.get("cpus_per_task") or 1,
-        "gpus": slurm.get("gpus") or 0,
+        "cpus": slurm["cpus_per_task"],
+        "gpus": slurm["gpus"],
         "timeout": time or "",
-        "mem": slurm.get("mem") or "",
-        "partition": slurm.get("partition") or "",
-        "account": slurm.get("account") or "",
-        "qos": slurm.get("qos") or "",
-        "nodes": slurm.get("nodes") or 1,
-        "ntasks_per_node": slurm.get("ntasks_per_node") or 1,
-        "output": slurm.get("output") or log_pattern,
+        "mem": slurm["mem"] or "",
+        "partition": slurm["partition"] or "",
+        "account": slurm["account"] or "",
+        "qos": slurm["qos"] or "",
+        "nodes": slurm["nodes"],
+        "ntasks_per_node": slurm["ntasks_per_node"],
+        "output": slurm["output"] or log_pattern,
         "args": join(["-m", "finetune", "array-task", str(index_file)]),
         "temp_config_name": str(index_file),
     }
@@ -334,8 +317,8 @@ def plan_arrays(plan_dir: Path, trials: list[tuple[str, dict[str, Any]]], *, bat
     """Group (trial id, trial config) pairs by resources, split at ``max_array_size``, render."""
     groups: dict[str, tuple[dict[str, Any], str | None, list[str]]] = {}
     for trial_id, cfg in trials:
-        slurm = dict(cfg.get("slurm") or {})
-        time = timeout or slurm.get("time")
+        slurm = resolve_slurm(cfg.get("slurm"))
+        time = timeout or slurm["time"]
         key = resource_key(slurm, time)
         groups.setdefault(key, (slurm, time, []))[2].append(trial_id)
     jobs: list[ArrayJob] = []
@@ -426,8 +409,8 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
     template_path = Path(template).resolve() if template else DEFAULT_TEMPLATE
     timeout = str(timeout) if timeout is not None else None
     _check_flags(template_path, timeout, throttle, max_array_size)
-    name = resolve_name(executor)
-    ex = make_executor(name, parallel=parallel)
+    name = executors.resolve_name(executor)
+    ex = executors.make_executor(name, parallel=parallel)
     from finetune.login.plan import load_plan
     from finetune.login.search import is_search, spec_path
 
@@ -436,8 +419,8 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
         raise UsageError(problems=[Problem(str(spec_path(plan_dir)), "", "this folder is a search: its trials are "
                                            "asked by search workers; run `finetune search` again to continue it")])
     with _locked(plan_dir):
-        manifest = load_manifest(plan_dir)
-        entries = latest_entries(manifest)
+        submissions = manifest.load(plan_dir)
+        entries = manifest.latest(submissions)
         finished, active, todo = [], [], []
         queued = queued_trials(entries)
         for t in plan.trials:
@@ -447,8 +430,8 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
                 active.append(t.id)
             else:
                 todo.append(t.id)
-        report = SubmitReport(executor=name, arrays=[], finished=finished, active=active, dry_run=dry_run,
-                              manifest=manifest_path(plan_dir))
+        report = SubmitReport(executor=name, arrays=[], scheduler=bool(ex.scheduler), finished=finished,
+                              active=active, dry_run=dry_run, manifest=layout.manifest_file(plan_dir))
         if not todo:
             return report
         if max_trials is not None and len(todo) > max_trials and not dry_run:
@@ -467,8 +450,8 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
         if problems:
             raise ConfigError("cannot submit:", problems=problems)
 
-        size = max_array_size or _cluster_max_array_size(name)
-        batch = f"{sum(1 for _ in _batches(manifest)) + 1:04d}"
+        size = max_array_size or ex.max_array_size() or DEFAULT_MAX_ARRAY_SIZE
+        batch = manifest.next_batch(submissions)
         report.arrays = plan_arrays(plan_dir, [(tid, cfg) for tid, _, cfg, _ in configs], batch=batch,
                                     template=template_path, timeout=timeout, throttle=throttle,
                                     max_array_size=size, python=python)
@@ -483,8 +466,8 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
             ex.write(job)
             # Ctrl-C between a successful sbatch and the manifest write would leave a queued array
             # that no one knows about (and a rerun would queue it twice): hold signals until both
-            # are done. Not for the local executor, whose "submit" is the whole run.
-            with _signals_held(name != "local"):
+            # are done. Not for an executor without a scheduler, whose "submit" is the whole run.
+            with _signals_held(bool(ex.scheduler)):
                 try:
                     job_id = ex.submit(job)
                 except FinetuneError as e:
@@ -495,14 +478,8 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
                         f"submission stopped at array {n + 1} of {len(report.arrays)} ({job.script_path}): {e}\n"
                         + queued
                     ) from e
-                stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                script = str(job.script_path.relative_to(plan_dir))
-                manifest["submissions"].extend(
-                    {"job_id": job_id, "array_index": i, "trial_id": tid, "executor": name, "submitted": stamp,
-                     "batch": batch, "script": script}
-                    for i, tid in enumerate(job.trial_ids)
-                )
-                atomic_write_json(manifest_path(plan_dir), manifest, indent=1)
+                manifest.record(plan_dir, submissions, executor=name, job_id=job_id, trial_ids=job.trial_ids,
+                                batch=batch, script=job.script_path)
             report.job_ids.append(job_id)
             report.submitted.extend(job.trial_ids)
         return report
@@ -525,18 +502,6 @@ def _signals_held(hold: bool) -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _batches(manifest: dict[str, Any]) -> set[str]:
-    return {e.get("batch") for e in manifest["submissions"]}
-
-
-def _cluster_max_array_size(executor: str) -> int:
-    if executor in ("slurm", "submitit"):
-        from finetune.login.executors.slurm import max_array_size
-
-        return max_array_size() or DEFAULT_MAX_ARRAY_SIZE
-    return DEFAULT_MAX_ARRAY_SIZE
-
-
 # ---------------------------------------------------------------------------------------------
 # cancel
 
@@ -552,16 +517,15 @@ def cancel(plan_dir: str | Path) -> CancelReport:
     plan_dir = Path(plan_dir).resolve()
     if not layout.plan_file(plan_dir).is_file():
         raise UsageError(problems=[Problem(str(plan_dir), "", f"no plan here ({layout.PLAN_FILE} missing)")])
-    manifest = load_manifest(plan_dir)
-    entries = latest_entries(manifest)
-    remote = {t: e for t, e in entries.items() if e.get("executor") in ("slurm", "submitit")}
+    entries = manifest.latest(manifest.load(plan_dir))
+    remote = {t: e for t, e in entries.items() if executors.is_scheduler(e.get("executor"))}
     if not remote:
         return CancelReport([], [])
-    from finetune.login.executors.slurm import SlurmExecutor
-
-    ex = SlurmExecutor()
+    tasks: list[str] = []
     with _locked(plan_dir):
         queued = queued_trials(remote)
-        tasks = sorted({task_key(remote[t]) for t in queued})
-        ex.cancel(tasks)
-    return CancelReport(job_ids=tasks, trials=sorted(queued))
+        for name, group in manifest.by_executor({t: remote[t] for t in queued}).items():
+            keys = sorted({manifest.task_key(e) for e in group.values()})
+            executors.make_executor(name).cancel(keys)
+            tasks += keys
+    return CancelReport(job_ids=sorted(tasks), trials=sorted(queued))

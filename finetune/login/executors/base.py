@@ -4,21 +4,24 @@ An ``ArrayJob`` is one resource group's slice of a submission: the rendered scri
 file (line N = the trial that array task N runs) and the resources. ``submit.py`` builds them
 (pure); an executor only moves them to a scheduler. Queue states come back keyed by
 ``"<array job id>_<task>"`` so one scheduler call answers for a whole plan.
+
+This module knows no backend: they live one per module, listed in ``executors/__init__.py``.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from finetune import layout
-from finetune.errors import UsageError
+from finetune.errors import FinetuneError
 from finetune.fileio import atomic_write_text
 
-EXECUTORS = ("slurm", "submitit", "local")
+
+class SchedulerError(FinetuneError):
+    """A scheduler command failed (not bad input, but the run cannot go on)."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class ArrayJob:
     index_path: Path
     script: str  # the rendered text
     trial_ids: tuple[str, ...]  # array task i runs trial_ids[i]
-    slurm: dict[str, Any] = field(default_factory=dict)  # the group's resolved slurm section
+    slurm: dict[str, Any] = field(default_factory=dict)  # the group's slurm section (resources.resolve_slurm)
     time: str | None = None  # the group's time limit (slurm.time or --timeout)
     throttle: int | None = None
 
@@ -63,7 +66,21 @@ ACTIVE_STATES = frozenset(
 
 
 class Executor(Protocol):
+    """What every backend provides; ``executors/__init__.py`` maps names to classes.
+
+    ``scheduler``: True when ``submit`` only queues the array (its tasks outlive the call and
+    ``state``/``accounting``/``cancel`` ask the scheduler); False when ``submit`` runs it to the
+    end (nothing is ever queued). ``available()`` says whether ``--executor auto`` may pick it.
+    A constructor takes keyword options only (``parallel``: trials at once, for a backend
+    without a scheduler) and ignores those it has no use for.
+    """
+
     name: str
+    scheduler: bool
+
+    @classmethod
+    def available(cls) -> bool:
+        """Can this backend run here (its tools are installed)?"""
 
     def write(self, job: ArrayJob) -> None:
         """Put the job's script and index file on disk (atomically)."""
@@ -72,10 +89,17 @@ class Executor(Protocol):
         """Queue (or run) the array; return its job id."""
 
     def state(self, job_ids: list[str]) -> dict[str, TaskState]:
-        """Tasks the queue knows about, keyed "<job id>_<task>": one call for all ids."""
+        """Tasks the queue knows about, keyed "<job id>_<task>": one call for all ids.
+        Raises SchedulerError when the queue cannot be asked."""
+
+    def accounting(self, job_ids: list[str]) -> dict[str, TaskState] | None:
+        """How finished tasks ended (one call for all ids); None when there is no accounting."""
 
     def cancel(self, job_ids: list[str]) -> None:
-        """Cancel these jobs (one call)."""
+        """Cancel these jobs or tasks (one call)."""
+
+    def max_array_size(self) -> int | None:
+        """The most tasks one array may have here; None when the backend sets no limit."""
 
 
 def write_job_files(job: ArrayJob) -> None:
@@ -83,27 +107,3 @@ def write_job_files(job: ArrayJob) -> None:
     atomic_write_text(job.index_path, "".join(f"{t}\n" for t in job.trial_ids))
     atomic_write_text(job.script_path, job.script)
     os.chmod(job.script_path, 0o755)
-
-
-def resolve_name(name: str) -> str:
-    """``auto`` -> ``slurm`` when sbatch is on PATH, else ``local``."""
-    if name == "auto":
-        return "slurm" if shutil.which("sbatch") else "local"
-    if name not in EXECUTORS:
-        raise UsageError(f"--executor: unknown executor {name!r}; choose one of auto, {', '.join(EXECUTORS)}")
-    return name
-
-
-def make_executor(name: str, **options: Any) -> Executor:
-    name = resolve_name(name)
-    if name == "slurm":
-        from finetune.login.executors.slurm import SlurmExecutor
-
-        return SlurmExecutor()
-    if name == "submitit":
-        from finetune.login.executors.submitit_executor import SubmititExecutor
-
-        return SubmititExecutor()
-    from finetune.login.executors.local import LocalExecutor
-
-    return LocalExecutor(parallel=options.get("parallel"))

@@ -14,6 +14,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from finetune import layout
 from finetune.login.executors.base import ArrayJob, TaskState, write_job_files
@@ -23,10 +24,15 @@ MAX_REQUEUES = 20
 
 class LocalExecutor:
     name = "local"
+    scheduler = False  # submit() runs the array to the end
 
-    def __init__(self, parallel: int | None = None):
+    def __init__(self, *, parallel: int | None = None, **options: Any):
         self.parallel = parallel
         self.exit_codes: dict[str, int] = {}  # trial id -> last exit code, for the report
+
+    @classmethod
+    def available(cls) -> bool:
+        return True
 
     def write(self, job: ArrayJob) -> None:
         write_job_files(job)
@@ -42,7 +48,13 @@ class LocalExecutor:
     def state(self, job_ids: list[str]) -> dict[str, TaskState]:
         return {}  # submit() blocks until done: nothing local is ever still queued
 
+    def accounting(self, job_ids: list[str]) -> dict[str, TaskState] | None:
+        return None  # no records: the trial files say how a run ended
+
     def cancel(self, job_ids: list[str]) -> None:
+        return None
+
+    def max_array_size(self) -> int | None:
         return None
 
 

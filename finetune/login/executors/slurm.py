@@ -6,18 +6,15 @@ Every query covers all job ids at once (one squeue, one sacct), never one call p
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 from collections.abc import Sequence
+from typing import Any
 
-from finetune.errors import FinetuneError
-from finetune.login.executors.base import ArrayJob, TaskState, write_job_files
+from finetune.login.executors.base import ArrayJob, SchedulerError, TaskState, write_job_files
 
 SQUEUE_FORMAT = "%i|%T|%r"  # "<array job>_<task>" (or "<job>") | state | reason
 SACCT_FIELDS = "JobID,State,ExitCode"
-
-
-class SchedulerError(FinetuneError):
-    """A SLURM command failed (not bad input, but the run cannot go on)."""
 
 
 def _run(argv: Sequence[str], *, cwd: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -31,6 +28,14 @@ def _run(argv: Sequence[str], *, cwd: str | None = None, timeout: float = 120) -
 
 class SlurmExecutor:
     name = "slurm"
+    scheduler = True
+
+    def __init__(self, **options: Any):
+        pass  # nothing to choose: sbatch takes everything from the script
+
+    @classmethod
+    def available(cls) -> bool:
+        return shutil.which("sbatch") is not None
 
     def write(self, job: ArrayJob) -> None:
         write_job_files(job)
@@ -48,12 +53,23 @@ class SlurmExecutor:
     def state(self, job_ids: list[str]) -> dict[str, TaskState]:
         return queue_state(job_ids)
 
+    def accounting(self, job_ids: list[str]) -> dict[str, TaskState] | None:
+        return accounting_state(job_ids)
+
     def cancel(self, job_ids: list[str]) -> None:
-        if not job_ids:
-            return
-        proc = _run(["scancel", *sorted(set(job_ids), key=_id_key)])
-        if proc.returncode != 0:
-            raise SchedulerError(f"scancel failed (exit {proc.returncode}): {proc.stderr.strip()}")
+        cancel(job_ids)
+
+    def max_array_size(self) -> int | None:
+        return max_array_size()
+
+
+def cancel(job_ids: Sequence[str]) -> None:
+    """One ``scancel`` for all ``job_ids`` (jobs or "<job>_<task>")."""
+    if not job_ids:
+        return
+    proc = _run(["scancel", *sorted(set(job_ids), key=_id_key)])
+    if proc.returncode != 0:
+        raise SchedulerError(f"scancel failed (exit {proc.returncode}): {proc.stderr.strip()}")
 
 
 def _id_key(job_id: str) -> tuple[int, str]:

@@ -9,12 +9,15 @@ job that died, so ``submit`` here never waits on results.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 from finetune import layout
+from finetune.login.executors import slurm as slurm_tools
 from finetune.login.executors.base import ArrayJob, TaskState, write_job_files
 from finetune.login.executors.local import run_local_trial
+from finetune.login.executors.resources import resolve_slurm
 
 
 def _task(trial_dir: str) -> int:
@@ -44,24 +47,24 @@ def time_minutes(time: str | None) -> int:
 
 
 def submitit_parameters(job: ArrayJob) -> dict[str, Any]:
-    s = job.slurm
+    s = resolve_slurm(job.slurm)
     params: dict[str, Any] = {
         "name": job.name,
         "timeout_min": time_minutes(job.time),
-        "cpus_per_task": s.get("cpus_per_task") or 1,
-        "nodes": s.get("nodes") or 1,
-        "tasks_per_node": s.get("ntasks_per_node") or 1,
+        "cpus_per_task": s["cpus_per_task"],
+        "nodes": s["nodes"],
+        "tasks_per_node": s["ntasks_per_node"],
         "slurm_array_parallelism": job.throttle or len(job.trial_ids),
-        "slurm_signal_delay_s": s.get("signal_grace_s") or 120,
+        "slurm_signal_delay_s": s["signal_grace_s"],
     }
-    if s.get("gpus"):
+    if s["gpus"]:
         params["gpus_per_node"] = s["gpus"]
     for key in ("partition", "account", "qos", "mem"):
-        if s.get(key) is not None:
+        if s[key] is not None:
             params[f"slurm_{key}"] = str(s[key])
-    if s.get("setup"):
+    if s["setup"]:
         params["slurm_setup"] = list(s["setup"])
-    extra = {k.replace("-", "_"): v for k, v in (s.get("extra") or {}).items() if v not in (None, False)}
+    extra = {k.replace("-", "_"): v for k, v in s["extra"].items() if v not in (None, False)}
     if extra:
         params["slurm_additional_parameters"] = extra
     return params
@@ -69,9 +72,14 @@ def submitit_parameters(job: ArrayJob) -> dict[str, Any]:
 
 class SubmititExecutor:
     name = "submitit"
+    scheduler = True
 
-    def __init__(self, cluster: str | None = None):
+    def __init__(self, *, cluster: str | None = None, **options: Any):
         self.cluster = cluster  # None: submitit picks (slurm when sbatch works)
+
+    @classmethod
+    def available(cls) -> bool:
+        return importlib.util.find_spec("submitit") is not None
 
     def write(self, job: ArrayJob) -> None:
         write_job_files(job)
@@ -89,11 +97,13 @@ class SubmititExecutor:
         return str(jobs[0].job_id).split("_")[0]
 
     def state(self, job_ids: list[str]) -> dict[str, TaskState]:
-        from finetune.login.executors.slurm import queue_state
+        return slurm_tools.queue_state([j for j in job_ids if j.isdigit()])
 
-        return queue_state([j for j in job_ids if j.isdigit()])
+    def accounting(self, job_ids: list[str]) -> dict[str, TaskState] | None:
+        return slurm_tools.accounting_state([j for j in job_ids if j.isdigit()])
 
     def cancel(self, job_ids: list[str]) -> None:
-        from finetune.login.executors.slurm import SlurmExecutor
+        slurm_tools.cancel([j for j in job_ids if j.split("_")[0].isdigit()])
 
-        SlurmExecutor().cancel([j for j in job_ids if j.isdigit()])
+    def max_array_size(self) -> int | None:
+        return slurm_tools.max_array_size()
