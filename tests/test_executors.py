@@ -460,3 +460,25 @@ def test_missing_resources_take_one_set_of_defaults_everywhere(tmp_path):
     assert f"#SBATCH --cpus-per-task={params['cpus_per_task']}\n" in job.script
     assert f"#SBATCH --nodes={params['nodes']}\n" in job.script and "--gres" not in job.script
     assert f"#SBATCH --signal=B:USR2@{params['slurm_signal_delay_s']}\n" in job.script
+
+
+def test_submit_checks_inputs_on_the_login_node_without_compute_imports(tmp_path):
+    """A dry run of a real (training) plan lists its missing inputs, importing nothing of the compute node."""
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(REPO)!r})
+from finetune.login.plan import build_plan, write_plan
+from finetune.login.submit import submit
+plan = build_plan({CONFIGS!r}, ["checkpoints.prefix={tmp_path / 'no-models'}"], model_types=("normal",))
+write_plan(plan, {str(tmp_path / 'plan')!r})
+report = submit({str(tmp_path / 'plan')!r}, executor="local", dry_run=True)
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "datasets", "matplotlib",
+                                                              "submitit") or m.startswith(("finetune.compute",
+                                                              "finetune.analysis")))
+print(json.dumps({{"heavy": heavy, "warnings": [str(w) for w in report.warnings]}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["heavy"] == []
+    assert any("no-models" in w and "checkpoint" in w for w in out["warnings"])

@@ -14,7 +14,8 @@ from nanogpt_fixtures import sib200_texts, write_nanogpt_checkpoint  # noqa: E40
 
 from finetune.cli import main  # noqa: E402
 from finetune.compute import ipa  # noqa: E402
-from finetune.compute.prefetch import check_plan, prefetch  # noqa: E402
+from finetune.compute.prefetch import prefetch  # noqa: E402
+from finetune.login.check import check_plan  # noqa: E402
 
 
 @pytest.fixture(scope="module")

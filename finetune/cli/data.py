@@ -86,8 +86,9 @@ def _refuse_layer_flags(args: argparse.Namespace, plan_dir: Path) -> None:
 
 
 def run_prefetch(args: argparse.Namespace) -> int:
-    from finetune.compute.prefetch import check_plan, prefetch
+    from finetune.compute.prefetch import prefetch
     from finetune.errors import FinetuneError
+    from finetune.login.check import check_plan
 
     source = _source(args)
     if args.check:

@@ -16,29 +16,34 @@ reuses the transcriptions and token ids instead of making them again.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from finetune import layout
 from finetune.errors import FinetuneError, Problem
+from finetune.login.inputs import (  # where the inputs are: shared with the login node's checks
+    EXTENSIONS,
+    ROLES,
+    config_file,
+    dataset_label,
+    default_cache_dir,
+    digest,
+    entry_splits,
+    find_split_file,
+    hub_snapshot,
+    is_saved_dataset_dict,
+    local_folder,
+    resolve_cache_dir,
+    split_candidates,
+    split_problems,
+    trial_languages,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
-ROLES = ("train", "eval", "test")
-SPLIT_ALIASES = (("validation", "dev", "valid", "val"), ("train",), ("test",))
-EXTENSIONS = {
-    ".tsv": ("csv", {"delimiter": "\t"}),
-    ".csv": ("csv", {}),
-    ".jsonl": ("json", {}),
-    ".json": ("json", {}),
-    ".parquet": ("parquet", {}),
-}
 PHONEME_SUFFIX = "-phoneme"
 # Bump when the encoding of the same input changes (keys the cached token ids).
 ENCODING_REVISION = 1
@@ -59,140 +64,6 @@ class TrialData:
     separator: str = ""
     # language -> role -> rows dropped because they are longer than the block size
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-# -- where things are ------------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    """``$FINETUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/finetune`` (``~/.cache/finetune``)."""
-    env = os.environ.get("FINETUNE_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "finetune"
-
-
-def resolve_cache_dir(trial_config: dict[str, Any] | None = None, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The argument, else the trial's ``data.cache_dir``, else ``default_cache_dir()``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    configured = ((trial_config or {}).get("data") or {}).get("cache_dir")
-    return Path(configured) if configured else default_cache_dir()
-
-
-def dataset_label(entry: dict[str, Any]) -> str:
-    """How errors name a dataset: its local folder, or ``hub-id (subset)``."""
-    folder = local_folder(entry)
-    if folder is not None:
-        return str(folder)
-    name = str(entry.get("dataset"))
-    return f"{name} ({entry['subset']})" if entry.get("subset") else name
-
-
-def local_folder(entry: dict[str, Any]) -> Path | None:
-    """The folder an entry's data lives in, or None for a hub dataset.
-
-    ``"path"`` (the resolved mirror or local path) wins; a mirror root holding ``<subset>/``
-    is descended into. A ``"dataset"`` that names an existing folder is local too.
-    """
-    raw = entry.get("path")
-    if not raw:
-        dataset = entry.get("dataset")
-        if dataset and Path(dataset).is_dir():
-            raw = dataset
-    if not raw:
-        return None
-    folder = Path(raw)
-    subset = entry.get("subset")
-    if subset and (folder / subset).is_dir():
-        folder = folder / subset
-    return folder
-
-
-def hub_snapshot(entry: dict[str, Any], cache_dir: str | os.PathLike[str]) -> Path:
-    """Where ``finetune prefetch`` saves a hub dataset (``save_to_disk``) for offline nodes."""
-    key = _digest("hub", entry.get("dataset"), entry.get("subset"))
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(entry.get("dataset")))
-    return Path(cache_dir) / "hub" / f"{name}-{entry.get('subset') or 'default'}-{key[:12]}"
-
-
-def split_candidates(split: str) -> tuple[str, ...]:
-    """``split`` and its aliases, ``split`` first."""
-    for group in SPLIT_ALIASES:
-        if split in group:
-            return (split,) + tuple(s for s in group if s != split)
-    return (split,)
-
-
-def find_split_file(folder: Path, split: str) -> Path | None:
-    """``folder/<split or alias>.<ext>`` for the first alias and extension that exists."""
-    for name in split_candidates(split):
-        for ext in EXTENSIONS:
-            candidate = folder / f"{name}{ext}"
-            if candidate.is_file():
-                return candidate
-    return None
-
-
-def _available_splits(folder: Path) -> list[str]:
-    return sorted({p.name[: -len(ext)] for ext in EXTENSIONS for p in folder.glob(f"*{ext}")})
-
-
-def _is_saved_dataset_dict(folder: Path) -> bool:
-    return (folder / "dataset_dict.json").is_file()
-
-
-def entry_splits(entry: dict[str, Any], roles: Iterable[str] = ROLES) -> dict[str, str]:
-    """role -> split name, for the roles the entry has (``test`` is optional)."""
-    splits = entry.get("splits") or {}
-    out = {}
-    for role in roles:
-        name = splits.get(role)
-        if name:
-            out[role] = str(name)
-        elif role == "train":
-            out[role] = "train"
-        elif role == "eval":
-            out[role] = "validation"
-    return out
-
-
-def split_problems(entry: dict[str, Any], roles: Iterable[str], *, where: str) -> list[Problem]:
-    """Cheap check (no loading) that a local entry's folder and split files exist.
-
-    Hub datasets cannot be checked without the network: they give no problems here.
-    """
-    folder = local_folder(entry)
-    if folder is None:
-        return []
-    label = dataset_label(entry)
-    if not folder.is_dir():
-        return [Problem(label, f"{where}.path", "dataset folder not found")]
-    if _is_saved_dataset_dict(folder):
-        try:
-            names = json.loads((folder / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
-        except (OSError, ValueError, AttributeError):
-            return [Problem(label, where, "unreadable dataset_dict.json")]
-        problems = []
-        for role, split in entry_splits(entry, roles).items():
-            if not any(c in names for c in split_candidates(split)):
-                problems.append(
-                    Problem(label, f"{where}.splits.{role}", f"split {split!r} not found (has: {', '.join(names)})")
-                )
-        return problems
-    problems = []
-    for role, split in entry_splits(entry, roles).items():
-        if find_split_file(folder, split) is None:
-            problems.append(Problem(label, f"{where}.splits.{role}", _missing_split_message(folder, split)))
-    return problems
-
-
-def _missing_split_message(folder: Path, split: str) -> str:
-    names = "/".join(split_candidates(split))
-    exts = ",".join(e.lstrip(".") for e in EXTENSIONS)
-    found = ", ".join(_available_splits(folder)) or "no split files"
-    return f"split {split!r} not found: no {names}.{{{exts}}} in {folder} (has: {found})"
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -232,7 +103,7 @@ def load_splits(
         raise DataError(problems=problems)
     folder = local_folder(entry)
     out: dict[str, Dataset] = {}
-    if folder is not None and not _is_saved_dataset_dict(folder):
+    if folder is not None and not is_saved_dataset_dict(folder):
         for role, split in wanted.items():
             file = find_split_file(folder, split)
             assert file is not None  # checked by split_problems
@@ -249,7 +120,7 @@ def load_splits(
     try:
         if folder is not None:
             loaded = datasets.load_from_disk(str(folder))
-        elif snapshot is not None and _is_saved_dataset_dict(snapshot):
+        elif snapshot is not None and is_saved_dataset_dict(snapshot):
             loaded = datasets.load_from_disk(str(snapshot))  # made by `finetune prefetch`: no network
         else:
             name = entry.get("dataset")
@@ -295,11 +166,6 @@ def _save_atomically(dataset_dict: Any, target: Path) -> None:
 # -- fingerprints and cached maps ------------------------------------------------------------
 
 
-def _digest(*parts: Any) -> str:
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
-
-
 def _cached_map(ds: Dataset, fn, *, key: str, cache_dir: Path, **kwargs: Any) -> Dataset:
     """``ds.map(fn, batched=True)`` stored at ``cache_dir/maps/<key>.arrow`` and reused from there."""
     maps = cache_dir / "maps"
@@ -338,7 +204,7 @@ def add_phoneme_columns(
     missing = [f for f in features if f + PHONEME_SUFFIX not in ds.column_names]
     if not missing:
         return ds
-    key = _digest("ipa", ds._fingerprint, missing, ipa.transcription_id(espeak))
+    key = digest("ipa", ds._fingerprint, missing, ipa.transcription_id(espeak))
 
     def transcribe_batch(batch: dict[str, list[Any]]) -> dict[str, list[str]]:
         return {
@@ -356,7 +222,7 @@ def tokenizer_id(tokenizer: Any) -> str:
     """A content hash of a fast tokenizer (vocab, merges, special tokens)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
-    return _digest(text, tokenizer.eos_token)
+    return digest(text, tokenizer.eos_token)
 
 
 # -- labels ----------------------------------------------------------------------------------
@@ -488,7 +354,7 @@ def encode(
     raw_values = _column_values(ds, label_column)
     to_id = label_mapper(label_names, raw_values)
     class_names = feature.names if isinstance(feature, ClassLabel) else None
-    key = _digest(
+    key = digest(
         "encode", ENCODING_REVISION, ds._fingerprint, list(columns), label_column, list(label_names),
         tokenizer_id(tokenizer), block_size, filter_length, separator, language,
     )  # fmt: skip
@@ -531,20 +397,6 @@ def _roles_for(language: str, trial_config: dict[str, Any]) -> list[str]:
     if language in trial_config.get("eval_languages", []):
         roles += ["eval", "test"]
     return roles
-
-
-def trial_languages(trial_config: dict[str, Any]) -> list[str]:
-    seen: dict[str, None] = {}
-    for lang in list(trial_config.get("train_languages", [])) + list(trial_config.get("eval_languages", [])):
-        seen.setdefault(lang, None)
-    return list(seen)
-
-
-def config_file(trial_config: dict[str, Any]) -> str:
-    """How errors name a trial config: ``<plan_dir>/trials/<id>/config.json`` when known."""
-    if trial_config.get("plan_dir") and trial_config.get("id"):
-        return str(layout.config_file(layout.trial_dir(trial_config["plan_dir"], str(trial_config["id"]))))
-    return "trial config"
 
 
 def load_trial_raw(

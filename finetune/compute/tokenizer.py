@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from finetune.errors import FinetuneError, Problem
+from finetune.login.inputs import tokenizer_files, tokenizer_kind, tokenizer_problems  # noqa: F401 (API)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -27,42 +28,6 @@ EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|eos|>", "[SEP]")
 
 class TokenizerError(FinetuneError):
     """The tokenizer files are missing or unreadable."""
-
-
-def tokenizer_files(prefix: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """``<prefix>-vocab.json`` and ``<prefix>-merges.txt``."""
-    prefix = str(prefix)
-    return Path(prefix + "-vocab.json"), Path(prefix + "-merges.txt")
-
-
-def tokenizer_kind(path: str | os.PathLike[str]) -> str:
-    """``"prefix"`` (vocab/merges), ``"dir"`` or ``"json"`` (a tokenizer.json), from what exists.
-
-    vocab/merges files win: in nanoGPT's layout ``<prefix>`` is often also the checkpoint's
-    directory (``models/rus-pol-normal/ckpt.pt`` beside ``models/rus-pol-normal-vocab.json``).
-    """
-    p = Path(path)
-    if any(f.is_file() for f in tokenizer_files(path)):
-        return "prefix"
-    if p.is_dir():
-        return "dir"
-    if p.is_file() and p.suffix == ".json":
-        return "json"
-    return "prefix"
-
-
-def tokenizer_problems(path: str | os.PathLike[str], *, source: str = "tokenizer") -> list[Problem]:
-    """What is missing for ``load_tokenizer(path)``; empty when it can load (no heavy imports)."""
-    kind = tokenizer_kind(path)
-    if kind == "dir":
-        p = Path(path)
-        if not any((p / n).is_file() for n in ("tokenizer.json", "vocab.json")):
-            return [Problem(source, "", f"{p}: directory has no tokenizer.json (nor vocab.json/merges.txt)")]
-        return []
-    if kind == "json":
-        return []
-    missing = [f for f in tokenizer_files(path) if not f.is_file()]
-    return [Problem(source, "", f"{f}: tokenizer file not found") for f in missing]
 
 
 def _pick_eos(vocab: dict[str, int], eos_token: str | None, file: str) -> str:

@@ -2,7 +2,7 @@
 
 ``submit`` picks the trials that need to run (neither finished, ``finetune.layout.is_finished``, nor
 queued or running per one scheduler call), checks that their inputs exist
-(``finetune.compute.prefetch.check_plan``), freezes their configs, groups them by resources into job
+(``finetune.login.check``), freezes their configs, groups them by resources into job
 arrays (split at the cluster's MaxArraySize), renders one script per array and submits them,
 writing ``DIR/manifest.json`` after every sbatch. Everything up to the first sbatch is checked
 first: bad input raises before anything is written or submitted.
@@ -24,6 +24,7 @@ from finetune import layout
 from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
 from finetune.fileio import atomic_write_json
 from finetune.login import executors, manifest
+from finetune.login.check import check_trials
 from finetune.login.executors.base import ArrayJob, SchedulerError, write_job_files
 from finetune.login.executors.resources import resolve_slurm
 from finetune.login.render import ShellSafe, join, line_breaks, quote, render
@@ -339,20 +340,13 @@ def plan_arrays(plan_dir: Path, trials: list[tuple[str, dict[str, Any]]], *, bat
 
 
 def check_inputs(configs: list[tuple[Path, dict[str, Any]]]) -> list[Problem]:
-    """``finetune.compute.prefetch.check_trials`` on the frozen configs of the trials that train
-    (in memory: the files may not be written yet).
+    """``finetune.login.check`` on the frozen configs of the trials that train (in memory: the
+    files may not be written yet).
 
-    The ``count`` stand-in needs no checkpoint, tokenizer or data. Tolerates a missing module.
+    The ``count`` stand-in needs no checkpoint, tokenizer or data.
     """
-    real = [(str(path), c) for path, c in configs
-            if (c.get("training") or {}).get("workload", "finetune") != "count"]
-    if not real:
-        return []
-    try:
-        from finetune.compute.prefetch import check_trials
-    except ImportError:
-        return []
-    return list(check_trials(real))
+    real = [(str(path), c) for path, c in configs if (c.get("training") or {}).get("workload", "finetune") != "count"]
+    return check_trials(real) if real else []
 
 
 def check_rendering(plan: Any, plan_dir: str | Path, *, template: str | Path | None = None,
@@ -368,7 +362,7 @@ def check_rendering(plan: Any, plan_dir: str | Path, *, template: str | Path | N
     for t in plan.trials:  # a group shares its slurm section: one trial of each will do
         shapes.setdefault(t.group, (t.id, plan.trial_config(t)))
     problems = [p for _tid, cfg in shapes.values()
-                for p in slurm_problems(cfg.get("slurm", {}), str(plan_dir / "plan.json"), cfg.get("provenance"))]
+                for p in slurm_problems(cfg.get("slurm", {}), str(layout.plan_file(plan_dir)), cfg.get("provenance"))]
     if problems:
         raise ConfigError("cannot submit:", problems=problems)
     plan_arrays(plan_dir, list(shapes.values()), batch="check", template=template_path, timeout=timeout,
