@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from finetune import layout
 from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
 from finetune.fileio import atomic_write_json, read_json
 from finetune.login import search as S
@@ -25,7 +26,6 @@ from finetune.login import search as S
 REPO = Path(__file__).resolve().parents[2]
 SEARCH_TEMPLATE = REPO / "jobs" / "templates" / "search.sbatch.j2"
 SUBMISSIONS = "submissions.json"
-REQUEUE_EXIT = 75
 MAX_REQUEUES = 20
 # What may differ when a search is started again on the same folder (operational settings).
 VOLATILE = ("workers", "stale_after_s", "group", "group_config", "grid_config")
@@ -93,7 +93,8 @@ def prepare(plan, out_dir: str | Path) -> dict[str, Any]:
 def start_search(plan, out_dir: str | Path, *, executor: str = "auto", timeout: str | None = None,
                  dry_run: bool = False, python: str | None = None, parallel: int | None = None) -> SearchReport:
     """``plan`` from ``build_plan`` of a grid with a search block."""
-    from finetune.login.executors.base import ArrayJob, make_executor, resolve_name
+    from finetune.login.executors import make_executor, resolve_name
+    from finetune.login.executors.base import ArrayJob
     from finetune.login.render import render
     from finetune.login.submit import TIME_RE, job_name, resource_key, script_context, slurm_problems
 
@@ -121,7 +122,7 @@ def start_search(plan, out_dir: str | Path, *, executor: str = "auto", timeout: 
     batch = f"{_next_batch(out):04d}"
     report.workers = [f"{batch}-{i}" for i in range(n_workers)]
     time = timeout or slurm.get("time")
-    folder = out / "jobs" / f"search-{batch}"
+    folder = layout.batch_dir(out, f"search-{batch}")
     jname = job_name(out, "search-" + resource_key(slurm, time))
     index = folder / "workers.index"
     context = {**script_context(jname, out, index, slurm, time, python), "batch": batch}
@@ -134,7 +135,7 @@ def start_search(plan, out_dir: str | Path, *, executor: str = "auto", timeout: 
 
         write_job_files(job)
         return report
-    (out / "jobs" / "logs").mkdir(parents=True, exist_ok=True)
+    layout.job_logs_dir(out).mkdir(parents=True, exist_ok=True)
     if name == "local":
         from finetune.login.executors.base import write_job_files
         from finetune.login.executors.local import trial_env
@@ -188,6 +189,6 @@ def run_local_worker(plan_dir: Path, worker: str, env: dict[str, str] | None = N
     for _ in range(MAX_REQUEUES + 1):
         with open(log_path, "ab") as log:
             rc = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        if rc != REQUEUE_EXIT:
+        if rc != layout.EXIT_REQUEUE:
             return rc
     return rc
