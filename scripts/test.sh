@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-env.sh
 bash scripts/install-slurm.sh
 .venv/bin/ruff check finetune tests scripts bench
+.venv/bin/lint-imports --no-cache --no-logo  # the import contracts in .importlinter
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
