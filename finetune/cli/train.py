@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from finetune import layout
 from finetune.errors import Problem, UsageError
 
 EPILOG = """examples:
@@ -82,8 +83,8 @@ def _conditions(args: argparse.Namespace) -> int:
     from finetune.analysis.results import collect
 
     plan = Path(args.paths[0])
-    if not (plan / "plan.json").is_file():
-        raise UsageError(problems=[Problem(str(plan), "", "not a plan directory (no plan.json); give a plan "
+    if not layout.plan_file(plan).is_file():
+        raise UsageError(problems=[Problem(str(plan), "", f"not a plan directory (no {layout.PLAN_FILE}); give a plan "
                                            "directory, or two trial directories")])
     table = collect(plan, metric=args.metric, selection=args.selection)
     a = parse_condition(args.a or "model_type=ipa", "--a")
