@@ -149,7 +149,11 @@ def draw_heatmaps(matrix: TransferMatrix, out_png: str | os.PathLike[str], *, ti
     )
     rng = matrix.value_range() or (0.0, 1.0)
     vmin, vmax = rng if rng[1] > rng[0] else (rng[0] - 0.05, rng[1] + 0.05)
-    cmap = plt.get_cmap("viridis").with_extremes(bad="#d0d0d0")
+    from finetune.login.tasks import lower_is_better
+
+    # bright = better whatever the metric's direction: reversed for loss and perplexity
+    lower = lower_is_better(matrix.metric)
+    cmap = plt.get_cmap("viridis_r" if lower else "viridis").with_extremes(bad="#d0d0d0")
     image = None
     for ax, mt in zip(axes[0], matrix.model_types or [""], strict=False):
         grid = matrix.values.get(mt, [])
@@ -175,11 +179,12 @@ def draw_heatmaps(matrix: TransferMatrix, out_png: str | os.PathLike[str], *, ti
                     ax.text(j, i, text, ha="center", va="center", color="#555555")
                 else:
                     # dark text on the light (high) end of viridis, white on the dark end
-                    light = (v - vmin) / (vmax - vmin) > 0.6 if vmax > vmin else False
+                    frac = (v - vmin) / (vmax - vmin) if vmax > vmin else 0.0
+                    light = (1 - frac if lower else frac) > 0.6
                     ax.text(j, i, text, ha="center", va="center", fontsize=8,
                             color="black" if light else "white")
     if image is not None:
-        bar = fig.colorbar(image, ax=axes[0].tolist(), label=f"test {matrix.metric}", shrink=0.9)
+        bar = fig.colorbar(image, ax=axes[0].tolist(), label=f"test {matrix.metric}" + (" (lower is better)" if lower else ""), shrink=0.9)
         for value in sorted(set(matrix.baselines.values())):
             if vmin <= value <= vmax:  # the colour scale stays the values'; the legend always names it
                 bar.ax.axhline(value, color="red", linestyle="--", linewidth=1.5)

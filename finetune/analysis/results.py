@@ -34,10 +34,12 @@ from typing import Any
 from finetune import layout
 from finetune.errors import Problem, UsageError
 from finetune.fileio import atomic_write_text
+from finetune.login.tasks import ALL_METRICS, LOWER_IS_BETTER
 
-METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "loss")
+# every task type's metrics, classification's first (the csv columns keep their old order)
+METRICS = ("macro_f1", "accuracy", "macro_precision", "macro_recall", "loss",
+           *(m for m in ALL_METRICS if m not in ("macro_f1", "accuracy", "macro_precision", "macro_recall", "loss")))
 SPLITS = ("eval", "test")
-LOWER_IS_BETTER = frozenset({"loss"})
 STATES = ("finished", "pruned", "failed", "preempted", "running", "missing", "invalid", "superseded")
 SELECTIONS = ("train-languages", "each-language")
 DEFAULT_SELECTION = "train-languages"
@@ -483,10 +485,17 @@ def fmt_stat(stat: Stat) -> str:
     return f"{stat.mean:.4f}{spread} (n={stat.n})"
 
 
+def _reported(table: ResultsTable) -> list[str]:
+    """The metrics the trials report, in METRICS order (a classification plan has no f1 column)."""
+    present = {m for row in table.rows for splits in row.metrics.values() if isinstance(splits, dict)
+               for values in splits.values() if isinstance(values, dict) for m in values}
+    return [m for m in METRICS if m in present or (not present and m in METRICS[:5])]
+
+
 def csv_text(table: ResultsTable) -> str:
     """Every trial, every metric of every eval language: the machine-readable table."""
     langs = table.languages
-    metric_cols = [(lang, split, m) for lang in langs for split in SPLITS for m in METRICS]
+    metric_cols = [(lang, split, m) for lang in langs for split in SPLITS for m in _reported(table)]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(
@@ -505,7 +514,7 @@ def csv_text(table: ResultsTable) -> str:
 def summary_csv_text(table: ResultsTable) -> str:
     """One row per configuration and eval language: n_seeds and mean/std of every split and metric."""
     keys = table.config_keys
-    cols = [(split, m) for split in SPLITS for m in METRICS]
+    cols = [(split, m) for split in SPLITS for m in _reported(table)]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["model_type", "train_set", "eval_language", *keys, "n_seeds"]

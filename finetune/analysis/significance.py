@@ -22,6 +22,10 @@ from finetune.errors import Problem, UsageError
 __all__ = ["approximate_randomization", "compare", "load_logits", "scores", "stratified_test"]
 
 SCORES = ("accuracy", "macro_f1")
+# from per-example score dumps (question answering: exact_match and f1 per question; causal LM:
+# loss_sum and tokens per packed block, the statistic being the token-weighted mean loss, on
+# which perplexity, its exponential, is tested too; lower is better for both)
+EXAMPLE_SCORES = ("exact_match", "f1", "loss", "perplexity")
 
 
 @dataclass(frozen=True)
@@ -35,9 +39,17 @@ class SignificanceResult:
     examples: int
     file_a: str = ""
     file_b: str = ""
+    lower_is_better: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def better(self) -> str:
+        """'a', 'b' or 'tie': which side scored better, whatever the metric's direction."""
+        if self.difference == 0:
+            return "tie"
+        return "a" if (self.difference < 0) == self.lower_is_better else "b"
 
 
 def scores(preds: Any, labels: Any, metric: str) -> Any:
@@ -135,6 +147,8 @@ def compare(
     """Test two trials (directories or dump files) on the same split of the same language."""
     file_a = find_logits(a, language=language, split=split, flag="TRIAL_A")
     file_b = find_logits(b, language=language, split=split, flag="TRIAL_B")
+    if metric in EXAMPLE_SCORES:
+        return _compare_example_scores(file_a, file_b, metric=metric, rounds=rounds, seed=seed)
     logits_a, labels_a = load_logits(file_a)
     logits_b, labels_b = load_logits(file_b)
     if labels_a.shape != labels_b.shape or (labels_a != labels_b).any():
@@ -145,6 +159,75 @@ def compare(
     result = approximate_randomization(
         logits_a.argmax(axis=1), logits_b.argmax(axis=1), labels_a, metric=metric, rounds=rounds, seed=seed
     )
+    return SignificanceResult(**{**result.to_dict(), "file_a": str(file_a), "file_b": str(file_b)})
+
+
+def paired_mean_randomization(
+    values_a: Any, values_b: Any, *, weights: Any = None, metric: str = "f1", lower_is_better: bool = False,
+    rounds: int = 10000, seed: int = 0, chunk: int = 1000,
+) -> SignificanceResult:
+    """The same test for a metric that is a (weighted) mean of per-example values.
+
+    ``values`` are per-example scores (exact match, F1) or, with ``weights`` = token counts,
+    per-block loss sums, so the statistic is sum(values) / sum(weights).
+    """
+    import numpy as np
+
+    a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
+    w = np.ones_like(a) if weights is None else np.asarray(weights, dtype=np.float64)
+    if not (a.shape == b.shape == w.shape) or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"per-example values {a.shape}, {b.shape} and weights {w.shape} must be equal 1-d shapes")
+    if rounds < 1:
+        raise ValueError("rounds must be at least 1")
+    total = w.sum()
+    score_a, score_b = float(a.sum() / total), float(b.sum() / total)
+    observed = abs(score_a - score_b)
+    rng = np.random.default_rng(seed)
+    at_least = done = 0
+    while done < rounds:
+        r = min(chunk, rounds - done)
+        swap = rng.random((r, a.size)) < 0.5
+        diff = (np.where(swap, b, a).sum(axis=1) - np.where(swap, a, b).sum(axis=1)) / total
+        at_least += int((np.abs(diff) >= observed - 1e-12).sum())
+        done += r
+    return SignificanceResult(
+        metric=metric, score_a=score_a, score_b=score_b, difference=score_a - score_b,
+        p_value=(at_least + 1) / (rounds + 1), rounds=rounds, examples=int(a.size), lower_is_better=lower_is_better,
+    )
+
+
+def load_dump(path: str | Path) -> dict[str, Any]:
+    """Every array of a dump file; errors name the file."""
+    import numpy as np
+
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise UsageError(problems=[Problem(str(path), "", f"not a dump file (.npz): {e}")]) from None
+
+
+def _compare_example_scores(file_a: Path, file_b: Path, *, metric: str, rounds: int, seed: int) -> SignificanceResult:
+    """QA (exact_match, f1 per question) or causal-LM (loss_sum, tokens per block) dumps."""
+    from finetune.login.tasks import lower_is_better
+
+    dumps = [load_dump(file_a), load_dump(file_b)]
+    key = "loss_sum" if metric in ("loss", "perplexity") else metric
+    for f, d in zip((file_a, file_b), dumps, strict=True):
+        if key not in d:
+            raise UsageError(problems=[Problem(str(f), key, f"no per-example {key!r} in this dump "
+                                               f"(has: {', '.join(sorted(d))}); is it a trial of the right task type?")])
+    weights = dumps[0].get("tokens") if key == "loss_sum" else None
+    if weights is not None and ("tokens" not in dumps[1] or dumps[1]["tokens"].shape != weights.shape
+                                or (dumps[1]["tokens"] != weights).any()):
+        raise UsageError(problems=[Problem(str(file_b), "tokens", f"differ from those of {file_a}: the test needs "
+                                           "the same examples in the same order")])
+    if dumps[0][key].shape != dumps[1][key].shape:
+        raise UsageError(problems=[Problem(str(file_b), key, f"has {dumps[1][key].size} examples, {file_a} has "
+                                           f"{dumps[0][key].size}: the test needs the same examples")])
+    result = paired_mean_randomization(dumps[0][key], dumps[1][key], weights=weights, metric=metric,
+                                       lower_is_better=lower_is_better(metric), rounds=rounds, seed=seed)
     return SignificanceResult(**{**result.to_dict(), "file_a": str(file_a), "file_b": str(file_b)})
 
 

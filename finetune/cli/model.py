@@ -53,7 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     c.add_argument("ckpt", metavar="CKPT", help="a nanoGPT ckpt.pt")
     c.add_argument("out_dir", metavar="OUT_DIR", help="the directory to write (must not exist, or be empty)")
-    c.add_argument("--task", required=True, choices=("causal-lm", "classification"), help="which head to build")
+    c.add_argument("--task", required=True, choices=("causal-lm", "classification", "question-answering"),
+                   help="which head to build")
     c.add_argument("--num-labels", type=int, metavar="N", help="classes of the classification head")
     c.add_argument("--labels", nargs="+", metavar="NAME", help="class names, in label-id order (sets --num-labels)")
     c.add_argument("--tokenizer", metavar="PATH",

@@ -32,7 +32,7 @@ With two trial directories (or two logits .npz files): the same test between two
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from finetune.analysis.significance import SCORES
+    from finetune.analysis.significance import EXAMPLE_SCORES, SCORES
     from finetune.cli import HelpFormatter
 
     p = subparsers.add_parser(
@@ -52,7 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="eval language (repeatable; with two trials: needed when they have several)")
     p.add_argument("--split", default=None, choices=["eval", "test"],
                    help="split (default: test for a plan, eval for two trials)")
-    p.add_argument("--metric", default="macro_f1", choices=SCORES, help="metric (default: macro_f1)")
+    p.add_argument("--metric", default="macro_f1", choices=SCORES + EXAMPLE_SCORES,
+                   help="metric (default: macro_f1; two trials of question answering: exact_match or f1; "
+                        "of causal LM: loss or perplexity, lower is better)")
     p.add_argument("--selection", default=None, choices=("train-languages", "each-language"),
                    help="how configurations are chosen in a plan (default: the plan's training.selection)")
     p.add_argument("--rounds", type=int, default=10000, help="randomization and bootstrap rounds (default: 10000)")
@@ -104,10 +106,10 @@ def _two_trials(args: argparse.Namespace) -> int:
     r = compare(args.paths[0], args.paths[1], language=languages[0] if languages else None,
                 split=args.split or "eval", metric=args.metric, rounds=args.rounds, seed=args.seed)
     if args.json:
-        print(json.dumps(r.to_dict(), indent=2))
+        print(json.dumps({**r.to_dict(), "better": r.better}, indent=2))
         return 0
     print(f"A: {r.file_a}\nB: {r.file_b}")
     print(f"{r.metric}: A {r.score_a:.4f}, B {r.score_b:.4f}, difference {r.difference:+.4f} "
-          f"on {r.examples} examples")
+          f"on {r.examples} examples" + ("; lower is better" if r.lower_is_better else ""))
     print(f"p-value {r.p_value:.4g} ({r.rounds} rounds, paired approximate randomization, two-sided)")
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from finetune.errors import Problem, UsageError
 
-TASKS = ("causal-lm", "classification")
+TASKS = ("causal-lm", "classification", "question-answering")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,11 @@ def convert(
     if problems:
         raise UsageError(problems=problems)
 
-    from finetune.compute.hf import NanoGPTForCausalLM, NanoGPTForSequenceClassification
+    from finetune.compute.hf import (
+        NanoGPTForCausalLM,
+        NanoGPTForQuestionAnswering,
+        NanoGPTForSequenceClassification,
+    )
     from finetune.compute.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tok_path) if tok_path is not None else None
@@ -93,6 +97,9 @@ def convert(
         if labels:
             overrides.update(id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
         model = NanoGPTForSequenceClassification.from_nanogpt(ckpt_path, n, **overrides)
+    elif task == "question-answering":
+        n = None
+        model = NanoGPTForQuestionAnswering.from_nanogpt(ckpt_path, **overrides)
     else:
         n = None
         model = NanoGPTForCausalLM.from_nanogpt(ckpt_path, **overrides)

@@ -7,12 +7,18 @@
 ``transformer.wte`` as in nanoGPT.
 
 Importing this module registers the classes with AutoConfig, AutoModel,
-AutoModelForSequenceClassification and AutoModelForCausalLM (model_type ``nanogpt``), so
+AutoModelForSequenceClassification, AutoModelForQuestionAnswering and AutoModelForCausalLM
+(model_type ``nanogpt``), so
 ``AutoModelForSequenceClassification.from_pretrained(DIR)`` and
 ``transformers.pipeline("text-classification", model=DIR)`` work after ``import finetune.compute.hf``.
 Model directories written by ``save_pretrained`` also carry an ``auto_map`` and a two-line
 ``nanogpt_hf.py`` shim, so ``from_pretrained(DIR, trust_remote_code=True)`` works in any Python
 where ``finetune`` is installed, without importing it first.
+
+Question answering: transformers 5 dropped its ``question-answering`` pipeline, so a saved
+``NanoGPTForQuestionAnswering`` declares ours (``finetune.compute.qa_pipeline``) in its config's
+``custom_pipelines``: ``pipeline("question-answering", model=DIR, trust_remote_code=True)`` finds it
+through the shim, and ``pipeline(..., pipeline_class=NanoGPTQuestionAnsweringPipeline)`` without it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
     GenerationMixin,
     PreTrainedConfig,
@@ -39,6 +46,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import (
     BaseModelOutput,
     CausalLMOutput,
+    QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
 )
 
@@ -49,14 +57,20 @@ MODEL_TYPE = "nanogpt"
 SHIM_FILE = "nanogpt_hf.py"
 _SHIM = '''"""Loads finetune's nanoGPT classes (pip install finetune); written by finetune.compute.hf."""
 from finetune.compute.hf import (  # noqa: F401
-    NanoGPTConfig, NanoGPTForCausalLM, NanoGPTForSequenceClassification, NanoGPTModel,
+    NanoGPTConfig, NanoGPTForCausalLM, NanoGPTForQuestionAnswering, NanoGPTForSequenceClassification, NanoGPTModel,
 )
+from finetune.compute.qa_pipeline import NanoGPTQuestionAnsweringPipeline  # noqa: F401
 '''
 _AUTO_MAP = {
     "AutoConfig": "nanogpt_hf.NanoGPTConfig",
     "AutoModel": "nanogpt_hf.NanoGPTModel",
     "AutoModelForSequenceClassification": "nanogpt_hf.NanoGPTForSequenceClassification",
+    "AutoModelForQuestionAnswering": "nanogpt_hf.NanoGPTForQuestionAnswering",
     "AutoModelForCausalLM": "nanogpt_hf.NanoGPTForCausalLM",
+}
+QA_PIPELINE = {
+    "question-answering": {"impl": "nanogpt_hf.NanoGPTQuestionAnsweringPipeline",
+                           "pt": ["AutoModelForQuestionAnswering"], "type": "text"},
 }
 
 
@@ -243,6 +257,53 @@ class NanoGPTForSequenceClassification(NanoGPTPreTrainedModel):
         return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
 
 
+class NanoGPTForQuestionAnswering(NanoGPTPreTrainedModel):
+    """Extractive QA: a start and an end logit for every token (``qa_outputs``, as BERT's).
+
+    Inputs are ``question + eos + context`` (``finetune.compute.qa``); the loss is the mean of
+    the start and end cross-entropies, as in transformers' QA heads. Padding positions get
+    ``-inf`` logits so they are never chosen.
+    """
+
+    def __init__(self, config: NanoGPTConfig):
+        super().__init__(config)
+        self.num_labels = 2
+        self.transformer = NanoGPTModel(config)
+        self.qa_outputs = nn.Linear(config.n_embd, 2)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.transformer.wte
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *args, **kwargs) -> None:
+        self.config.custom_pipelines = dict(QA_PIPELINE)
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> QuestionAnsweringModelOutput:
+        hidden = self.transformer(input_ids, attention_mask=attention_mask).last_hidden_state
+        start_logits, end_logits = self.qa_outputs(hidden).float().unbind(-1)
+        if attention_mask is not None:
+            pad = attention_mask.to(start_logits.device) == 0
+            start_logits = start_logits.masked_fill(pad, float("-inf"))
+            end_logits = end_logits.masked_fill(pad, float("-inf"))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            n = start_logits.size(1)
+            start = start_positions.to(start_logits.device).clamp(0, n - 1)
+            end = end_positions.to(end_logits.device).clamp(0, n - 1)
+            loss = (F.cross_entropy(start_logits, start) + F.cross_entropy(end_logits, end)) / 2
+        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
+
+
 class NanoGPTForCausalLM(NanoGPTPreTrainedModel, GenerationMixin):
     """Language model head tied to the token embedding (nanoGPT's ``lm_head``)."""
 
@@ -294,6 +355,7 @@ def register() -> None:
     AutoConfig.register(MODEL_TYPE, NanoGPTConfig, exist_ok=True)
     AutoModel.register(NanoGPTConfig, NanoGPTModel, exist_ok=True)
     AutoModelForSequenceClassification.register(NanoGPTConfig, NanoGPTForSequenceClassification, exist_ok=True)
+    AutoModelForQuestionAnswering.register(NanoGPTConfig, NanoGPTForQuestionAnswering, exist_ok=True)
     AutoModelForCausalLM.register(NanoGPTConfig, NanoGPTForCausalLM, exist_ok=True)
 
 
