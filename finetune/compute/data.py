@@ -4,7 +4,7 @@ A dataset entry (see ARCHITECTURE.md, language database) names either a hub id w
 optional subset, loaded with ``datasets.load_dataset``, or, through ``data.mirrors`` (resolved by
 the plan into the entry's ``"path"``) or a local ``"dataset"`` path, a folder that holds:
 
-* per-split files ``<split>.{tsv,csv,json,jsonl,parquet}``, directly or under ``<subset>/``
+* per-split files ``<split>.{tsv,csv,json,jsonl,parquet,txt}``, directly or under ``<subset>/``
   (split aliases: validation = dev = valid), or
 * a ``DatasetDict.save_to_disk`` folder (``dataset_dict.json``).
 
@@ -326,11 +326,20 @@ def _column_problems(ds: Dataset, entry: dict[str, Any], role: str, model_type: 
                     f"column {feat!r} not in split {role} (columns: {', '.join(have)})",
                 )
             )
+    kind = entry.get("task_type") or "classification"
     column = entry.get("eval_feature", "label")
-    if column not in have:
+    ipa_answers = kind == "question-answering" and model_type == "ipa" and column + PHONEME_SUFFIX in have
+    if kind != "causal-lm" and column not in have and not ipa_answers:
+        what = "answers" if kind == "question-answering" else "label"
         problems.append(
-            Problem(label, f"{where}.eval_feature", f"label column {column!r} not in split {role} (columns: {', '.join(have)})")
+            Problem(label, f"{where}.eval_feature", f"{what} column {column!r} not in split {role} (columns: {', '.join(have)})")
         )
+    elif kind == "question-answering" and len(features_of(entry)) == 2 and not problems:
+        from finetune.compute.qa_data import answer_problems
+
+        suffix = PHONEME_SUFFIX if ipa_answers else ""
+        problems += answer_problems(ds, column + suffix, features_of(entry)[1] + suffix, label=label, where=where,
+                                    role=role)
     return problems
 
 
@@ -414,8 +423,12 @@ def load_trial_raw(
         if entry is None:
             problems.append(Problem(source, where, f"no dataset for language {lang!r}"))
             continue
-        if entry.get("task_type", "classification") != "classification":
-            problems.append(Problem(source, f"{where}.task_type", f"only classification is supported, not {entry['task_type']!r}"))
+        from finetune.login.tasks import entry_problems
+
+        kind = entry.get("task_type") or "classification"
+        kind_problems = entry_problems(entry, source=source, where=where) if kind != "classification" else []
+        if kind_problems:  # (classification's classes are checked against the labels later)
+            problems.extend(kind_problems)
             continue
         try:
             splits = load_splits(entry, _roles_for(lang, trial_config), cache_dir=cache, where=where)
@@ -432,7 +445,11 @@ def load_trial_raw(
             if needs and not espeak:
                 problems.append(Problem(source, f"{where}.espeak", f"no espeak code for {lang!r}: cannot make IPA columns"))
                 continue
-            if needs:
+            if needs and kind == "question-answering":
+                from finetune.compute.qa_data import add_qa_phoneme_columns
+
+                splits = {role: add_qa_phoneme_columns(ds, entry, espeak, cache_dir=cache) for role, ds in splits.items()}
+            elif needs:
                 splits = {role: add_phoneme_columns(ds, features_of(entry), espeak, cache_dir=cache) for role, ds in splits.items()}
         raw[lang] = splits
     return raw, problems

@@ -24,6 +24,7 @@ EXTENSIONS = {
     ".jsonl": ("json", {}),
     ".json": ("json", {}),
     ".parquet": ("parquet", {}),
+    ".txt": ("text", {}),  # raw text, one document per line, in a column named "text"
 }
 
 
