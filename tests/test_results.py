@@ -175,7 +175,7 @@ def test_cli_collect_plots(tmp_path, capsys):
     "args,expect",
     [
         (["collect", "{d}/nowhere"], "plan.json: no plan here"),
-        (["collect", "{d}", "--metric", "f1"], "--metric: unknown metric 'f1'"),
+        (["collect", "{d}", "--metric", "f2"], "--metric: unknown metric 'f2'"),
     ],
 )
 def test_cli_errors_exit_2_write_nothing(tmp_path, capsys, args, expect):

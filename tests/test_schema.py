@@ -186,7 +186,7 @@ DATABASE_CASES = [
     pytest.param({"russian": {"espeak": "ru", "topic": {"x": {"dataset": "d", "train_features": [], "eval_feature": "c",
                                                               "splits": {"train": "t"}, "task_type": "regression"}}}},
                  ['$.russian.topic.x.splits.eval: missing required key',
-                  '$.russian.topic.x.task_type: must be one of classification, question-answering (got "regression")',
+                  '$.russian.topic.x.task_type: must be one of classification, question-answering, causal-lm (got "regression")',
                   "$.russian.topic.x.train_features: must not be empty"], id="entry"),
     pytest.param({"russian": {"espeak": "ru", "topic": {"x": {"dataset": "d", "train_features": ["t"],
                                                               "eval_feature": "c", "splits": {"train": "t", "eval": "e"},
@@ -237,7 +237,8 @@ def test_every_hyperparameter_in_the_architecture_is_in_the_schema():
     hp = load_schema("config")["properties"]["hyperparameters"]["properties"]
     assert sorted(hp) == sorted(["learning_rate", "batch_size", "micro_batch_size", "epochs", "max_steps",
                                  "warmup_ratio", "scheduler", "weight_decay", "gradient_clipping", "seed", "dropout",
-                                 "max_answer_length", "top_k"])
+                                 "max_answer_length", "top_k", "doc_stride",
+                                 "lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_4bit"])
     training = load_schema("config")["properties"]["training"]["properties"]
     for key in ("strategy", "precision", "compile", "eval_interval", "checkpoint_interval", "metric", "device",
                 "num_workers", "workload", "count_to", "count_sleep_s"):

@@ -48,6 +48,7 @@ OPERATIONAL_TRAINING_KEYS = frozenset(
     {"strategy", "device", "num_workers", "checkpoint_interval", "compile", "count_sleep_s", "eval_batch_size",
      "log_interval", "dump_logits", "logit_directory"}
 )
+LORA_KEYS = frozenset({"lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_4bit"})
 
 
 @dataclass(slots=True)
@@ -282,6 +283,9 @@ def build_plan(
         if "ipa" in types:
             warnings += _espeak_warnings(database, datasets, src)
 
+    if database is not None and grid is not None and isinstance(task, str) and not problems:
+        problems += _task_problems(layered, database, task, datasets, grid)
+
     if grid is not None and not problems:
         if matrix:
             lang_sets = language_matrix(languages)
@@ -294,6 +298,8 @@ def build_plan(
 
     group, group_id = _group(layered, paths, grid, database, types, overrides, grid_config)
     hyper = {k: v for k, v in {**cfg["hyperparameters"], **grid.fixed}.items() if k not in unused}
+    if not _lora_swept(grid) and not hyper.get("lora_r"):
+        hyper = _without_lora(hyper)  # full fine-tuning: the adapter settings do not change the trial
     source = {"group": group_id, "files": [os.path.abspath(s) for s in layered.sources if s != "--set"],
               "overrides": list(overrides),
               "grid_config": os.path.abspath(grid_config) if grid_config is not None else None,
@@ -389,13 +395,19 @@ def _trials(cfg: dict[str, Any], database, types: list[str], lang_sets, points, 
             for point, hyper_canonical, hyper_raw, point_raw in points:
                 if grid.exclude and excluded(point, mt, grid.exclude):
                     continue
+                values = {**hyper, **point}
+                if "lora_r" in values and not values["lora_r"]:  # a swept lora_r of 0: full fine-tuning
+                    values = _without_lora(values)
+                    point = {k: v for k, v in point.items() if k not in LORA_KEYS}
+                    hyper_canonical, hyper_raw = canonical_json(values), _raw(dict(sorted(values.items())))
+                    point_raw = _raw(point)
                 tid = _id(hyper_canonical, identity_json)
                 if tid in seen:
                     continue
                 seen.add(tid)
                 text = ('{"id": "' + tid + '"' + head + hyper_raw + ', "group": "' + group_id
                         + '", "grid_point": ' + point_raw + "}")
-                trials.append(Trial(tid, mt, train, evals, {**hyper, **point}, group_id, point, text))
+                trials.append(Trial(tid, mt, train, evals, values, group_id, point, text))
     return trials
 
 
@@ -533,6 +545,63 @@ def _class_problems(lang_sets, datasets, database, task, layered: Layered) -> li
                 problems.append(Problem(layered.source_of("$.datasets"), "$.datasets",
                                         f"{key} differ across the languages of one trial ({shown})"))
     return problems
+
+
+def _lora_swept(grid) -> bool:
+    return any(k in grid.swept for k in LORA_KEYS)
+
+
+def _without_lora(hyper: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in hyper.items() if k not in LORA_KEYS}
+
+
+def _task_problems(layered: Layered, database, task: str, datasets: dict[str, Any], grid) -> list[Problem]:
+    """Per task type: the dataset entries have what the type needs, the selection metric is one
+    it reports, and QLoRA has CUDA and bitsandbytes on this machine."""
+    from finetune.login.tasks import entry_problems, metric_problems, task_type
+
+    problems: list[Problem] = []
+    kinds = set()
+    for lang, name in datasets.items():
+        entry = database.entry(lang, task, name)
+        kinds.add(task_type(entry))
+        where = join_path(join_path(join_path("$", lang), task), name)
+        if task_type(entry) != "classification":  # (the schema already requires classification's classes)
+            problems += entry_problems(entry, source=database.path, where=where)
+    if len(kinds) == 1:
+        src = layered.source_of("$.training.metric")
+        problems += metric_problems(next(iter(kinds)), (layered.value.get("training") or {}).get("metric"), source=src)
+    hyper = {**(layered.value.get("hyperparameters") or {}), **grid.fixed}
+    wants_4bit = bool(hyper.get("lora_4bit")) or any(v is True for v in grid.swept.get("lora_4bit", []))
+    if wants_4bit:
+        path = "$.hyperparameters.lora_4bit"
+        where = grid.source if "lora_4bit" in grid.parameters else layered.source_of(path)
+        missing = qlora_missing(gpus=int((layered.value.get("slurm") or {}).get("gpus") or 0))
+        if missing:
+            problems.append(Problem(where, path, f"4-bit QLoRA needs {' and '.join(missing)}, which this machine "
+                                    "lacks (no NVIDIA GPU here and slurm.gpus is 0; pip install bitsandbytes); "
+                                    "request GPUs with slurm.gpus, or set lora_4bit to false"))
+        if not hyper.get("lora_r") and not grid.swept.get("lora_r"):
+            problems.append(Problem(where, path, "4-bit QLoRA needs adapters: set lora_r > 0"))
+    return problems
+
+
+def qlora_missing(*, gpus: int = 0) -> list[str]:
+    """What 4-bit QLoRA lacks: "CUDA" (no NVIDIA device here and no ``slurm.gpus`` for the
+    trials), "bitsandbytes" (not installed in this environment, which the trials share).
+
+    Checked without importing torch (this runs on the login node): the NVIDIA driver's device
+    files, and whether the bitsandbytes package can be found.
+    """
+    import glob
+    import importlib.util
+
+    missing = []
+    if not gpus and not glob.glob("/dev/nvidia[0-9]*"):
+        missing.append("CUDA")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("bitsandbytes")
+    return missing
 
 
 def _leaf_paths(value: Any, path: str = "$") -> Iterator[str]:
