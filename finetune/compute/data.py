@@ -476,6 +476,9 @@ def prepare_trial_data(
     cache = resolve_cache_dir(trial_config, cache_dir)
     model_type = trial_config.get("model_type", "normal")
     entries = trial_config.get("datasets") or {}
+    kind = trial_task_type(trial_config)
+    if kind != "classification":
+        raise DataError(problems=[Problem(source, "$.datasets", f"a {kind} trial: use prepare_task_data")])
     raw, problems = load_trial_raw(trial_config, cache_dir=cache, source=source)
     if problems:
         raise DataError(problems=problems)
@@ -516,3 +519,26 @@ def prepare_trial_data(
         separator=separator,
         dropped=dropped,
     )
+
+
+def trial_task_type(trial_config: dict[str, Any]) -> str:
+    """The task type of a trial's datasets (the planner made sure they agree)."""
+    kinds = {str(e.get("task_type") or "classification") for e in (trial_config.get("datasets") or {}).values()}
+    return kinds.pop() if len(kinds) == 1 else "classification"
+
+
+def prepare_task_data(trial_config: dict[str, Any], tokenizer: Any, block_size: int, *,
+                      cache_dir: str | os.PathLike[str] | None = None, source: str | None = None) -> Any:
+    """``prepare_trial_data``, ``qa_data.prepare_qa_data`` or ``lm_data.prepare_lm_data``, by task type."""
+    kind = trial_task_type(trial_config)
+    if kind == "question-answering":
+        from finetune.compute.qa_data import prepare_qa_data
+
+        doc_stride = (trial_config.get("hyperparameters") or {}).get("doc_stride")
+        return prepare_qa_data(trial_config, tokenizer, block_size, doc_stride=doc_stride, cache_dir=cache_dir,
+                               source=source)
+    if kind == "causal-lm":
+        from finetune.compute.lm_data import prepare_lm_data
+
+        return prepare_lm_data(trial_config, tokenizer, block_size, cache_dir=cache_dir, source=source)
+    return prepare_trial_data(trial_config, tokenizer, block_size, cache_dir=cache_dir, source=source)

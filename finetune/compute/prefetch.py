@@ -107,7 +107,7 @@ def prefetch(
 
 
 def _tokenize_all(configs, report: PrefetchReport, *, cache_dir, say) -> None:
-    from finetune.compute.data import prepare_trial_data
+    from finetune.compute.data import prepare_task_data
     from finetune.compute.model import load_checkpoint
     from finetune.compute.tokenizer import load_tokenizer, tokenizer_problems
 
@@ -131,7 +131,7 @@ def _tokenize_all(configs, report: PrefetchReport, *, cache_dir, say) -> None:
             langs = sorted(set(trial.get("train_languages", [])) | set(trial.get("eval_languages", [])))
             desc = f"{trial.get('model_type')}: {', '.join(langs)} (block {block_sizes[ckpt]})"
             say(f"tokenize {desc} ...")
-            prepare_trial_data(trial, tokenizers[tok], block_sizes[ckpt], cache_dir=cache_dir, source=file)
+            prepare_task_data(trial, tokenizers[tok], block_sizes[ckpt], cache_dir=cache_dir, source=file)
             report.tokenized.append(desc)
         except FinetuneError as e:
             report.problems += e.problems
