@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -22,7 +21,7 @@ LM = {"dataset": "data/text", "train_features": ["text"], "splits": {"train": "t
 def confdir(tmp_path, config_dir):
     d = tmp_path / "conf"
     d.mkdir()
-    shutil.copy(config_dir / "default.json", d / "default.json")
+    # no default.json of the user's: the shipped one is the base
     db = json.loads((config_dir / "language-database.json").read_text(encoding="utf-8"))
     for lang in ("russian", "polish"):
         db[lang]["qa"] = {"squad": dict(QA)}
@@ -66,9 +65,13 @@ def test_qa_and_causal_lm_plans(confdir):
 
 
 def test_the_metric_must_be_the_task_types(confdir):
-    task = {**QA_TASK, "training": {}}
-    [(file, path, message)] = problems(confdir, task)
-    assert file.endswith("default.json") and path == "$.training.metric"
+    # nobody set it: the shipped default's macro_f1 is classification's; QA selects by f1, causal-lm by loss
+    p = plan(confdir, {**QA_TASK, "training": {}})
+    assert p.trial_config(p.trials[0])["training"]["metric"] == "f1"
+    p = plan(confdir, {**LM_TASK, "training": {}})
+    assert p.trial_config(p.trials[0])["training"]["metric"] == "loss"
+    [(file, path, message)] = problems(confdir, {**QA_TASK, "training": {"metric": "macro_f1"}})
+    assert file.endswith("task.json") and path == "$.training.metric"
     assert "'macro_f1' is not a question-answering metric" in message and "training.metric=f1" in message
     [(file, path, message)] = problems(confdir, {**LM_TASK, "training": {"metric": "f1"}})
     assert file.endswith("task.json") and "choose loss, perplexity" in message

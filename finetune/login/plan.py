@@ -284,6 +284,7 @@ def build_plan(
             warnings += _espeak_warnings(database, datasets, src)
 
     if database is not None and grid is not None and isinstance(task, str) and not problems:
+        _task_default_metric(layered, database, task, datasets)
         problems += _task_problems(layered, database, task, datasets, grid)
 
     if grid is not None and not problems:
@@ -553,6 +554,20 @@ def _lora_swept(grid) -> bool:
 
 def _without_lora(hyper: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in hyper.items() if k not in LORA_KEYS}
+
+
+def _task_default_metric(layered: Layered, database, task: str, datasets: dict[str, Any]) -> None:
+    """The shipped default's selection metric (macro_f1) is classification's: a question-answering
+    or causal-lm task that no layer gave a metric selects by its own (f1, loss)."""
+    from finetune.login.tasks import DEFAULT_METRIC, task_type
+
+    kinds = {task_type(database.entry(lang, task, name)) for lang, name in datasets.items()}
+    training = layered.value.get("training")
+    if len(kinds) != 1 or not isinstance(training, dict) or layered.base is None:
+        return
+    kind = kinds.pop()
+    if kind != "classification" and layered.source_of("$.training.metric") == layered.base:
+        training["metric"] = DEFAULT_METRIC[kind]
 
 
 def _task_problems(layered: Layered, database, task: str, datasets: dict[str, Any], grid) -> list[Problem]:
