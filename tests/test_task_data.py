@@ -9,7 +9,7 @@ from nanogpt_fixtures import tiny_pretrained  # noqa: F401
 from task_fixtures import entry, squad_rows, write_squad, write_text
 
 from finetune.compute.lm_data import pack
-from finetune.compute.qa_data import answers_of, transcribe_with_answers, word_boundary_cuts
+from finetune.compute.qa_answers import answers_of, transcribe_with_answers, word_boundary_cuts
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -218,6 +218,28 @@ def add_phoneme_columns(
                        num_proc=num_proc, desc=f"IPA ({espeak})")
 
 
+def add_qa_phoneme_columns(ds: Dataset, entry: dict[str, Any], espeak: str, *, cache_dir: Path,
+                           batch_size: int = 64) -> Dataset:
+    """``question-phoneme``, ``context-phoneme`` and ``<answers>-phoneme`` columns (cached like all maps)."""
+    from finetune.compute import ipa
+    from finetune.compute.qa_answers import QA_IPA_REVISION, answers_of, transcribe_with_answers
+
+    question, context = features_of(entry)
+    answers = entry.get("eval_feature", "answers")
+    key = digest("qa-ipa", QA_IPA_REVISION, ds._fingerprint, question, context, answers,
+                  ipa.transcription_id(espeak))
+
+    def transcribe_batch(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        golds = [answers_of(v) for v in batch[answers]]
+        contexts, ipa_answers = transcribe_with_answers(batch[context], golds, espeak)
+        questions = ipa.transcribe(["" if q is None else str(q) for q in batch[question]], espeak)
+        return {question + PHONEME_SUFFIX: questions, context + PHONEME_SUFFIX: contexts,
+                answers + PHONEME_SUFFIX: ipa_answers}
+
+    return _cached_map(ds, transcribe_batch, key=key, cache_dir=cache_dir, batch_size=batch_size,
+                       desc=f"IPA with answers ({espeak})")
+
+
 def tokenizer_id(tokenizer: Any) -> str:
     """A content hash of a fast tokenizer (vocab, merges, special tokens)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -335,7 +357,7 @@ def _column_problems(ds: Dataset, entry: dict[str, Any], role: str, model_type: 
             Problem(label, f"{where}.eval_feature", f"{what} column {column!r} not in split {role} (columns: {', '.join(have)})")
         )
     elif kind == "question-answering" and len(features_of(entry)) == 2 and not problems:
-        from finetune.compute.qa_data import answer_problems
+        from finetune.compute.qa_answers import answer_problems
 
         suffix = PHONEME_SUFFIX if ipa_answers else ""
         problems += answer_problems(ds, column + suffix, features_of(entry)[1] + suffix, label=label, where=where,
@@ -446,9 +468,7 @@ def load_trial_raw(
                 problems.append(Problem(source, f"{where}.espeak", f"no espeak code for {lang!r}: cannot make IPA columns"))
                 continue
             if needs and kind == "question-answering":
-                from finetune.compute.qa_data import add_qa_phoneme_columns
-
-                splits = {role: add_qa_phoneme_columns(ds, entry, espeak, cache_dir=cache) for role, ds in splits.items()}
+                                splits = {role: add_qa_phoneme_columns(ds, entry, espeak, cache_dir=cache) for role, ds in splits.items()}
             elif needs:
                 splits = {role: add_phoneme_columns(ds, features_of(entry), espeak, cache_dir=cache) for role, ds in splits.items()}
         raw[lang] = splits
@@ -525,20 +545,3 @@ def trial_task_type(trial_config: dict[str, Any]) -> str:
     """The task type of a trial's datasets (the planner made sure they agree)."""
     kinds = {str(e.get("task_type") or "classification") for e in (trial_config.get("datasets") or {}).values()}
     return kinds.pop() if len(kinds) == 1 else "classification"
-
-
-def prepare_task_data(trial_config: dict[str, Any], tokenizer: Any, block_size: int, *,
-                      cache_dir: str | os.PathLike[str] | None = None, source: str | None = None) -> Any:
-    """``prepare_trial_data``, ``qa_data.prepare_qa_data`` or ``lm_data.prepare_lm_data``, by task type."""
-    kind = trial_task_type(trial_config)
-    if kind == "question-answering":
-        from finetune.compute.qa_data import prepare_qa_data
-
-        doc_stride = (trial_config.get("hyperparameters") or {}).get("doc_stride")
-        return prepare_qa_data(trial_config, tokenizer, block_size, doc_stride=doc_stride, cache_dir=cache_dir,
-                               source=source)
-    if kind == "causal-lm":
-        from finetune.compute.lm_data import prepare_lm_data
-
-        return prepare_lm_data(trial_config, tokenizer, block_size, cache_dir=cache_dir, source=source)
-    return prepare_trial_data(trial_config, tokenizer, block_size, cache_dir=cache_dir, source=source)

@@ -48,9 +48,10 @@ def encode_lm(
     """
     from datasets import Dataset
 
-    from finetune.compute.data import _cached_map, _digest, tokenizer_id
+    from finetune.compute.data import _cached_map, tokenizer_id
+    from finetune.login.inputs import digest
 
-    key = _digest("lm-tokens", LM_ENCODING_REVISION, ds._fingerprint, list(columns), tokenizer_id(tokenizer),
+    key = digest("lm-tokens", LM_ENCODING_REVISION, ds._fingerprint, list(columns), tokenizer_id(tokenizer),
                   separator)
 
     def tokenize(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:

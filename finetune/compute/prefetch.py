@@ -107,8 +107,8 @@ def prefetch(
 
 
 def _tokenize_all(configs, report: PrefetchReport, *, cache_dir, say) -> None:
-    from finetune.compute.data import prepare_task_data
     from finetune.compute.model import load_checkpoint
+    from finetune.compute.task_data import prepare_task_data
     from finetune.compute.tokenizer import load_tokenizer, tokenizer_problems
 
     tokenizers: dict[str, Any] = {}
