@@ -129,3 +129,25 @@ def test_nothing_reads_data_from_beside_the_checkout():
         text = path.read_text(encoding="utf-8", errors="replace")
         found += [f"{path.relative_to(REPO)}:{n}" for n, line in enumerate(text.splitlines(), 1) if old in line]
     assert found == []
+
+
+def test_a_checkout_reads_its_own_shipped_files_and_setup_py_ships_the_same_folders():
+    """finetune.login.shipped is the one place that knows where the shipped files are; setup.py
+    copies the same folders into a wheel (tests/test_wheel.py builds one)."""
+    import ast
+
+    from finetune.login import shipped
+    from finetune.login.layers import SHIPPED_DEFAULT
+    from finetune.login.search_submit import SEARCH_TEMPLATE
+    from finetune.login.submit import DEFAULT_TEMPLATE
+
+    assert not shipped.INSTALLED.exists()  # only a wheel has finetune/_shipped
+    assert shipped.config_dir() == CONFIG and shipped.templates_dir() == REPO / "jobs" / "templates"
+    assert SHIPPED_DEFAULT == CONFIG / "default.json"
+    assert DEFAULT_TEMPLATE == REPO / "jobs" / "templates" / "array.sbatch.j2" and DEFAULT_TEMPLATE.is_file()
+    assert SEARCH_TEMPLATE == REPO / "jobs" / "templates" / "search.sbatch.j2" and SEARCH_TEMPLATE.is_file()
+    tree = ast.parse((REPO / "setup.py").read_text())
+    (value,) = [node.value for node in tree.body if isinstance(node, ast.Assign)
+                and any(getattr(t, "id", None) == "SHIPPED" for t in node.targets)]
+    setup_shipped = ast.literal_eval(value)
+    assert {name: REPO / source for name, (source, _pattern) in setup_shipped.items()} == shipped.CHECKOUT

@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
+from finetune.login import shipped
 
 SET_SOURCE = "--set"
-SHIPPED_DEFAULT = Path(__file__).resolve().parents[2] / "config" / "default.json"
+SHIPPED_DEFAULT = shipped.config_file(shipped.DEFAULT_CONFIG)  # config/default.json, or the wheel's copy
 DATABASE_FILE = "language-database.json"
 # JSON paths of path-valued keys; "*" matches any key of that object.
 PATH_KEYS = ("$.database", "$.checkpoints.prefix", "$.tokenizers.prefix", "$.data.mirrors.*", "$.data.cache_dir",

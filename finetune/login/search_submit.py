@@ -22,9 +22,9 @@ from finetune import layout
 from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
 from finetune.fileio import atomic_write_json, read_json
 from finetune.login import search as S
+from finetune.login import shipped
 
-REPO = Path(__file__).resolve().parents[2]
-SEARCH_TEMPLATE = REPO / "jobs" / "templates" / "search.sbatch.j2"
+SEARCH_TEMPLATE = shipped.template(shipped.SEARCH_TEMPLATE)  # jobs/templates/, or the wheel's copy
 SUBMISSIONS = "submissions.json"
 MAX_REQUEUES = 20
 # What may differ when a search is started again on the same folder (operational settings).

@@ -23,14 +23,13 @@ from typing import Any
 from finetune import layout
 from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
 from finetune.fileio import atomic_write_json
-from finetune.login import executors, manifest
+from finetune.login import executors, manifest, shipped
 from finetune.login.check import check_trials
 from finetune.login.executors.base import ArrayJob, SchedulerError, write_job_files
 from finetune.login.executors.resources import resolve_slurm
 from finetune.login.render import ShellSafe, join, line_breaks, quote, render
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_TEMPLATE = REPO / "jobs" / "templates" / "array.sbatch.j2"
+DEFAULT_TEMPLATE = shipped.template(shipped.ARRAY_TEMPLATE)  # jobs/templates/, or the wheel's copy
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 TIME_RE = re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$")
 MEM_RE = re.compile(r"^[0-9]+[KMGT]?$")
