@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
 from finetune.login import shipped
+from finetune.login.jsonpath import join_path, path_of
+
+__all__ = ["join_path", "path_of"]  # re-exported: callers name JSON paths through layers or jsonpath
 
 SET_SOURCE = "--set"
 SHIPPED_DEFAULT = shipped.config_file(shipped.DEFAULT_CONFIG)  # config/default.json, or the wheel's copy
@@ -37,25 +39,6 @@ DATABASE_FILE = "language-database.json"
 # JSON paths of path-valued keys; "*" matches any key of that object.
 PATH_KEYS = ("$.database", "$.checkpoints.prefix", "$.tokenizers.prefix", "$.data.mirrors.*", "$.data.cache_dir",
              "$.training.logit_directory")
-
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-
-
-def join_path(parent: str, key: str | int) -> str:
-    """``$.a`` + ``b`` -> ``$.a.b``; keys that are not identifiers use ``["..."]``; ints use ``[i]``."""
-    if isinstance(key, int):
-        return f"{parent}[{key}]"
-    if _IDENT.match(key):
-        return f"{parent}.{key}"
-    return f"{parent}[{json.dumps(key, ensure_ascii=False)}]"
-
-
-def path_of(parts: Iterable[str | int]) -> str:
-    path = "$"
-    for part in parts:
-        path = join_path(path, part)
-    return path
-
 
 def _parent(path: str) -> str | None:
     """The parent JSON path, or None for ``$``."""
@@ -234,6 +217,8 @@ def load_config(files: Sequence[str], overrides: Sequence[str] = (), *, default:
         except FinetuneError as e:
             problems.extend(e.problems)
             continue
+        if translation.changed:
+            translation.relative_paths = relative_path_keys(translation.value)
         problems += translation.problems
         warnings += translation.warnings(name)
         layers.append((name, translation.value))
@@ -296,6 +281,18 @@ def path_slots(value: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
                     step += [((*done, name), node[name]) for name in names]
             parents = step
         out += [(done, path_of(done)) for done, node in parents if isinstance(node, str)]
+    return out
+
+
+def relative_path_keys(layer: dict[str, Any]) -> list[str]:
+    """JSON paths of the layer's path-valued keys that hold a relative path."""
+    out = []
+    for keys, path in path_slots(layer):
+        node: Any = layer
+        for k in keys:
+            node = node[k]
+        if not os.path.isabs(os.path.expanduser(node)):
+            out.append(path)
     return out
 
 

@@ -28,7 +28,9 @@ name (``finetune.login.database.espeak_voice``); ``migrate`` writes that voice o
 Translations are pure and never touch a value that has a current meaning, so a legacy folder
 and its migrated copy plan the same trials with the same ids. Relative paths keep our rule
 (relative to the file that sets them; the original read them relative to the working directory):
-a legacy layer's relative paths get a warning each, as rewriting them would change the ids.
+a legacy layer's relative paths get a warning each (the reader, ``layers``, finds them), as
+rewriting them would change the ids. This module imports no other part of the tool but
+``jsonpath``: ``layers`` and ``database`` call it while reading.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune.errors import Problem
-from finetune.login.layers import join_path, path_of
+from finetune.login.jsonpath import join_path, path_of
 
 _NOTHING = object()  # a legacy value that maps to nothing (cpu_only: false)
 
@@ -105,7 +107,7 @@ class Translation:
     notes: list[Note] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
-    relative_paths: list[str] = field(default_factory=list)  # in a legacy layer: resolved differently now
+    relative_paths: list[str] = field(default_factory=list)  # in a legacy layer: set by the reader (layers)
 
     @property
     def changed(self) -> bool:
@@ -173,44 +175,25 @@ def translate_layer(data: dict[str, Any], source: str) -> Translation:
         parent[key] = new
         t.notes.append(Note(target_path, legacy_path,
                             f"was {'.'.join(rule.legacy)}: {_show(value)} in the original format ({rule.meaning})"))
-    if t.changed:
-        t.relative_paths = _relative_paths(out)
     return t
 
 
-def _relative_paths(layer: dict[str, Any]) -> list[str]:
-    """JSON paths of the layer's relative path values (``finetune.login.layers.PATH_KEYS``)."""
-    import os
-
-    from finetune.login.layers import path_slots
-
-    out = []
-    for keys, path in path_slots(layer):
-        node: Any = layer
-        for k in keys:
-            node = node[k]
-        if not os.path.isabs(os.path.expanduser(node)):
-            out.append(path)
-    return out
-
-
-def translate_database(data: Any, source: str, *, fill_espeak: bool = False) -> Translation:
+def translate_database(data: Any, source: str, *, voices: Callable[[str], str | None] | None = None) -> Translation:
     """A language database in the current format (a copy): list splits become objects.
 
-    ``fill_espeak`` (for ``migrate``) also writes out the voice derived from each language's name.
+    ``voices`` (for ``migrate``: language name -> espeak-ng voice) also writes out each missing
+    ``"espeak"``.
     """
-    from finetune.login.database import META_KEYS, espeak_voice
-
     if not isinstance(data, dict):
         return Translation(data)  # the schema reports it
     out = _copy(data)
     t = Translation(out)
     for language, tasks in list(out.items()):
-        if language in META_KEYS or not isinstance(tasks, dict):
+        if language.startswith("$") or not isinstance(tasks, dict):  # "$schema", "$comment"
             continue
         lang_path = join_path("$", language)
-        if fill_espeak and "espeak" not in tasks:
-            voice = espeak_voice(language)
+        if voices is not None and "espeak" not in tasks:
+            voice = voices(language)
             if voice is not None:
                 out[language] = tasks = {"espeak": voice, **tasks}
                 t.notes.append(Note(join_path(lang_path, "espeak"), join_path(lang_path, "espeak"),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import ConfigError, FinetuneError, Problem
-from finetune.login.layers import DATABASE_FILE, join_path
+from finetune.login.layers import DATABASE_FILE, join_path, relative_path_keys
 
 SUFFIXES = (".json", ".jsonc", ".json5")
 WIDTH = 100  # objects that fit on a line (and carry no comment) are written on one line
@@ -113,14 +113,14 @@ def write(migrated: Sequence[Migrated]) -> None:
 
 def _migrate_one(f: Path, data: dict[str, Any], kind: str, out: Path, *, database_beside: bool) -> Migrated:
     from finetune.login import legacy
-    from finetune.login.database import consistency_problems
+    from finetune.login.database import consistency_problems, espeak_voice
     from finetune.login.grid import grid_problems, parse_grid
     from finetune.login.schema import hyperparameter_names, schema_path, validate, validate_layer
 
     source = str(f)
     body = {k: v for k, v in data.items() if k != "$schema"}
     if kind == "database":
-        t = legacy.translate_database(body, source, fill_espeak=True)
+        t = legacy.translate_database(body, source, voices=espeak_voice)
         problems = t.problems or validate("database", t.value, source) + consistency_problems(t.value, source)
     elif kind == "grid":
         t = legacy.Translation(body)
@@ -128,6 +128,8 @@ def _migrate_one(f: Path, data: dict[str, Any], kind: str, out: Path, *, databas
         problems = problems or grid_problems(parse_grid(body, source), hyperparameter_names(), None)
     else:
         t = legacy.translate_layer(body, source)
+        if t.changed:
+            t.relative_paths = relative_path_keys(t.value)
         problems = t.problems or validate_layer(t.value, source)
         if f.name == "default.json" and database_beside and "database" not in t.value:
             t.value = {"database": DATABASE_FILE, **t.value}
