@@ -16,6 +16,14 @@ from pathlib import Path
 from typing import Any
 
 
+class Pruned(Exception):  # noqa: N818 - an outcome, like Preempted
+    """Raised by a workload when the pruner stops its trial at ``step`` (``rows``: that evaluation)."""
+
+    def __init__(self, step: int, rows: list[dict[str, Any]]):
+        super().__init__(f"pruned at step {step}")
+        self.step, self.rows = step, rows
+
+
 class Reporter:
     def __init__(self, plan_dir: str | Path, number: int, metric: str):
         self.plan_dir = Path(plan_dir)

@@ -21,10 +21,11 @@ from pathlib import Path
 
 from finetune import layout
 from finetune.compute import distributed as dist_env
+from finetune.compute.pruning import Pruned, pruned_result
 from finetune.compute.training.runtime import Preempted, Preemption
 from finetune.compute.training.settings import Settings, lr_factor, settings_from_config, total_steps
 from finetune.errors import FinetuneError
-from finetune.fileio import read_json
+from finetune.fileio import atomic_write_json, read_json
 from finetune.layout import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_FINISHED, EXIT_REQUEUE, write_state
 
 __all__ = ["Settings", "lr_factor", "run", "settings_from_config", "total_steps"]
@@ -70,6 +71,12 @@ def run(
             if env.is_main:
                 write_state(trial_dir, "preempted", reason=str(e))
             return EXIT_REQUEUE
+        except Pruned as e:  # a search's pruner stopped it: a result, not a failure
+            if env.is_main:
+                atomic_write_json(layout.result_file(trial_dir), pruned_result(config, e.step, e.rows))
+                write_state(trial_dir, "pruned", reason=str(e), step=e.step)
+                trainer.checkpoints.remove()
+            return EXIT_FINISHED
         except FinetuneError as e:
             print(f"error: {e}", file=sys.stderr)
             if env.is_main:

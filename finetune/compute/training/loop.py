@@ -28,6 +28,7 @@ from typing import Any
 from finetune import layout
 from finetune.compute import distributed as dist_env
 from finetune.compute.metrics import is_better
+from finetune.compute.pruning import Pruned, Reporter
 from finetune.compute.training import runtime
 from finetune.compute.training.checkpoint import CheckpointStore, TrainState
 from finetune.compute.training.runtime import Log, Preempted, Preemption
@@ -59,6 +60,9 @@ class Trainer:
         self.trial_id = str(config.get("id") or trial_dir.name)
         self.checkpoints = CheckpointStore(layout.checkpoints_dir(trial_dir), env)
         self.trackers = trackers_for(config, trial_dir) if env.is_main else []
+        # A search's trial reports each evaluation (rank 0 asks the study; every rank hears the answer).
+        self.searching = Reporter.from_config(config) is not None
+        self.reporter = Reporter.from_config(config) if env.is_main else None
 
         threads = threads or runtime.int_env("SLURM_CPUS_PER_TASK")
         if threads:
@@ -311,6 +315,11 @@ class Trainer:
         if is_better(self.s.metric, value, state.best_value):
             state.best_value, state.best_step = value, state.step
             self.checkpoints.save_best(self.model, step=state.step, metric=self.s.metric, value=value)
+        if self.searching:  # the search's pruner may stop the trial here (not at its last step)
+            stop = self.reporter.report(state.step, rows) if self.reporter is not None else False
+            if dist_env.all_max(int(stop), self.env) and state.step < self.total_steps:
+                log.line(f"pruned at step {state.step}")
+                raise Pruned(state.step, rows)
 
     # --- checkpoint ---------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
