@@ -37,7 +37,7 @@ from typing import Any
 
 from finetune import layout
 from finetune.errors import Problem
-from finetune.login.layers import join_path
+from finetune.login.jsonpath import join_path
 
 DEFAULTS: dict[str, Any] = {"sampler": "tpe", "workers": 1, "pruner": "none", "seed": None, "startup_trials": 5,
                             "reduction_factor": 3, "enqueue": [], "stale_after_s": 600.0}
