@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs Debian's SLURM (slurmctld, slurmd, slurmdbd), munge and MariaDB when missing,
-# without letting apt start any daemon (a temporary policy-rc.d that exits 101).
+# Installs Debian's SLURM (slurmctld, slurmd, slurmdbd), munge and MariaDB when missing, and
+# chromium (tests/test_report.py opens report.html in it, headless), without letting apt start
+# any daemon (a temporary policy-rc.d that exits 101).
 set -euo pipefail
-pkgs=(slurm-wlm slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
+pkgs=(slurm-wlm slurmctld slurmd slurm-client munge slurmdbd mariadb-server chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

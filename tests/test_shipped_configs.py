@@ -45,7 +45,7 @@ def test_every_shipped_config_validates(name):
         assert sorted(db.languages()) == sorted(LANGUAGES)
     elif kind == "grid":
         plan = build_plan([PAIR, TASK, LOCAL], grid_config=str(CONFIG / name))
-        assert plan.trials
+        assert plan.trials or plan.search  # a search plans no trials up front
         assert validate("grid", read_config_file(CONFIG / name), name) == []
     else:
         plan = build_plan([str(CONFIG / name), PAIR, TASK])  # first, so the pair and task layers complete it
@@ -90,6 +90,9 @@ def test_shipped_grid_counts():
     assert demo.counts() == {"normal": 6, "ipa": 6}
     example = build_plan([PAIR, TASK], grid_config=str(CONFIG / "grid-zip-example.json"))
     assert example.counts() == {"normal": 5, "ipa": 2}
+    search = build_plan([PAIR, TASK, LOCAL], grid_config=str(CONFIG / "search-demo.json")).search
+    assert (search["sampler"], search["pruner"], search["trials"], search["workers"]) == ("tpe", "successive-halving", 12, 2)
+    assert list(search["params"]) == ["learning_rate", "batch_size", "warmup_ratio", "model_type"]
 
 
 def test_pair_layer_names_the_demo_models():
