@@ -246,13 +246,17 @@ def _counting(out: Path, name: str, at_least: int):
 
 
 def test_a_worker_stopped_with_usr2_resumes_its_trial(tmp_path):
+    from finetune.login.status import plan_status
+
     out = _prepare(tmp_path, trials=2)
     w = _worker(out, "w0")
     held = _wait(lambda: _counting(out, "w0", 3), what="w0 counting")
+    tid = held["trial_id"]
+    assert [(t.trial_id, t.state) for t in plan_status(out).trials] == [(tid, "running")]
     w.send_signal(signal.SIGUSR2)
     assert w.wait(timeout=60) == 75
-    tid = held["trial_id"]
     assert json.loads((out / "trials" / tid / "state.json").read_text())["state"] == "preempted"
+    assert [(t.trial_id, t.state) for t in plan_status(out).trials] == [(tid, "preempted")]
     assert [t.state.name for t in study_trials(out)] == ["RUNNING"]
     again = _worker(out, "w0")  # the requeued task: same name
     assert again.wait(timeout=120) == 0

@@ -77,7 +77,7 @@ def _failure_reason(acct: TaskState) -> str:
 
 
 def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue: dict[str, TaskState],
-             acct: dict[str, TaskState] | None, *, queue_known: bool = True) -> TrialStatus:
+             acct: dict[str, TaskState] | None, *, queue_known: bool = True, search: bool = False) -> TrialStatus:
     """One trial's status from the files, its latest manifest entry and the scheduler's answers.
 
     ``queue_known=False`` (squeue could not be asked): a trial SLURM may still hold is "unknown",
@@ -113,6 +113,9 @@ def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue
         return TrialStatus(trial_id, "failed", saved.get("reason") or "failed", job, restart, log_tail(trial_dir))
     if saved.get("state") == "preempted":
         return TrialStatus(trial_id, "preempted", saved.get("reason") or "", job, restart, log_tail(trial_dir))
+    if entry is None and search:  # asked by a search worker (no manifest entry): the files say
+        state = "running" if saved.get("state") == "running" else "pending"
+        return TrialStatus(trial_id, state, "search worker", restart_count=restart)
     if entry is None:
         return TrialStatus(trial_id, "unsubmitted", restart_count=restart)
     if saved.get("state") == "running":  # the scheduler no longer has it and no one says why
@@ -151,6 +154,9 @@ def plan_status(plan_dir: str | Path) -> StatusReport:
             notes.append(f"{name}: accounting unavailable: failure reasons come from the trial files only")
         elif acct is not None:
             acct.update(answer)
+    from finetune.login.search import is_search
+
+    search = is_search(plan_dir)
     trials = [classify(t.id, layout.trial_dir(plan_dir, t.id), entries.get(t.id), queue, acct,
-                       queue_known=scheduler or not remote) for t in plan.trials]
+                       queue_known=scheduler or not remote, search=search) for t in plan.trials]
     return StatusReport(plan_dir, trials, accounting=acct is not None, scheduler=scheduler, notes=notes)
