@@ -190,8 +190,13 @@ def test_a_bad_learning_rate_is_pruned_at_its_first_evaluation(tmp_path):
     assert json.loads((out / "trials" / tid / "checkpoints" / "count.json").read_text())["count"] == 2
     by_id = {t.trial_id: t for t in plan_status(out).trials}
     assert (by_id[tid].state, by_id[tid].reason) == ("pruned", "at step 2")
-    row = {r.trial_id: r for r in collect(out).rows}[tid]
+    table = collect(out)
+    row = {r.trial_id: r for r in table.rows}[tid]
     assert (row.state, row.pruned_step, row.reason) == ("pruned", 2, "at step 2")
+    from finetune.analysis.plots import pruned_note, transfer_matrix
+
+    steps = transfer_matrix(table, with_baselines=False).pruned["normal"][0][0]  # the heatmap cell's note
+    assert 2 in steps and pruned_note(steps).startswith(f"{len(steps)} pruned at step 2")
     with pytest.raises(Exception, match="this folder is a search"):
         submit(out, executor="local")
 
