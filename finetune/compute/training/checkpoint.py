@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ class TrainState:
     wall_s: float = 0.0  # wall time of earlier segments
     loss_sum: float = 0.0  # train loss since the last evaluation (for the log line)
     loss_steps: int = 0
+    # selection "each-language": per eval language, its best eval value, that step and the metrics
+    # of both splits there ({"value", "step", "eval", "test"}), scored when the language improved
+    oracle: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class CheckpointStore:

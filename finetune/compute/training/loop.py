@@ -306,12 +306,15 @@ class Trainer:
         rows = [{"step": state.step, "epoch": epoch, "language": lang, "split": "eval", **m,
                  "train_loss": train_loss, "lr": self.optimizer.param_groups[0]["lr"]}
                 for lang, (m, _, _) in scored.items()]
-        value = sum(m[self.s.metric] for m, _, _ in scored.values()) / max(1, len(scored))
+        chosen = self.selection_languages()
+        value = sum(scored[lang][0][self.s.metric] for lang in chosen) / max(1, len(chosen))
         state.loss_sum, state.loss_steps = 0.0, 0
         for tracker in self.trackers:
             tracker.log_eval(state.step, rows)
         summary = ", ".join(f"{lang} {m[self.s.metric]:.4f}" for lang, (m, _, _) in scored.items())
         log.line(f"eval step {state.step} (epoch {epoch}): {self.s.metric} {summary}; train loss {train_loss:.4f}")
+        if self.s.selection == "each-language":
+            self._keep_each_language_best(scored)
         if is_better(self.s.metric, value, state.best_value):
             state.best_value, state.best_step = value, state.step
             self.checkpoints.save_best(self.model, step=state.step, metric=self.s.metric, value=value)
@@ -320,6 +323,35 @@ class Trainer:
             if dist_env.all_max(int(stop), self.env) and state.step < self.total_steps:
                 log.line(f"pruned at step {state.step}")
                 raise Pruned(state.step, rows)
+
+    def selection_languages(self) -> list[str]:
+        """The eval languages whose mean chooses the best checkpoint (the saved model).
+
+        train-languages: the training languages that are evaluated (zero-shot for every other
+        target); when none is, all eval languages (result.json says which). each-language: the
+        saved model is chosen on all eval languages, each language's reported metrics on its own.
+        """
+        if self.s.selection == "train-languages":
+            own = [lang for lang in self.config.get("train_languages") or [] if lang in self.eval_sets]
+            if own:
+                return own
+        return list(self.eval_sets)
+
+    def _keep_each_language_best(self, scored: dict[str, tuple[dict[str, float], Any, Any]]) -> None:
+        """The oracle protocol: a language whose own eval split improved gets its test split scored
+        now, and its predictions kept, so no checkpoint per language is needed."""
+        for lang, (m, predictions, labels) in scored.items():
+            best = self.state.oracle.get(lang)
+            if not is_better(self.s.metric, m[self.s.metric], best["value"] if best else None):
+                continue
+            test: dict[str, float] = {}
+            if lang in self.test_sets:
+                test, test_predictions, test_labels = self.score({lang: self.test_sets[lang]})[lang]
+                if self.dump_logits and self.env.is_main:
+                    self.task.dump(self.logit_dir, self.trial_id, lang, "test", test_predictions, test_labels)
+            if self.dump_logits and self.env.is_main:
+                self.task.dump(self.logit_dir, self.trial_id, lang, "eval", predictions, labels)
+            self.state.oracle[lang] = {"value": m[self.s.metric], "step": self.state.step, "eval": m, "test": test}
 
     # --- checkpoint ---------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -336,11 +368,21 @@ class Trainer:
         state = self.state
         self.checkpoints.load_best(self.model)
         metrics: dict[str, dict[str, Any]] = {}
+        oracle = self.s.selection == "each-language"
         for split, sets in (("eval", self.eval_sets), ("test", self.test_sets)):
             for lang, (m, predictions, labels) in self.score(sets).items():
+                if oracle and lang in state.oracle:
+                    continue  # scored (and kept) at the language's own best step
                 metrics.setdefault(lang, {})[split] = m
                 if self.dump_logits and self.env.is_main:
                     self.task.dump(self.logit_dir, self.trial_id, lang, split, predictions, labels)
+        best_steps = {}
+        if oracle:
+            for lang, rec in state.oracle.items():
+                metrics.setdefault(lang, {})["eval"] = rec["eval"]
+                if rec["test"]:
+                    metrics[lang]["test"] = rec["test"]
+                best_steps[lang] = rec["step"]
         self._save_model()
         train_s = max(state.train_s, 1e-9)
         result = {
@@ -348,6 +390,8 @@ class Trainer:
             "train_languages": self.config.get("train_languages"), "eval_languages": self.config.get("eval_languages"),
             "hyperparameters": self.config.get("hyperparameters"), "metrics": metrics,
             "best_step": state.best_step if state.best_step is not None else state.step,
+            "selection": {"protocol": self.s.selection, "checkpoint_languages": self.selection_languages(),
+                          **({"best_steps": best_steps} if oracle else {})},
             "timing": {"samples_per_s": state.samples / train_s, "tokens_per_s": state.tokens / train_s,
                        "wall_s": state.wall_s + time.perf_counter() - self.t0,
                        "peak_memory_mb": runtime.peak_memory_mb(self.device)},

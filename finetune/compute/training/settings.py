@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune import layout
+from finetune.analysis.results import SELECTIONS
 from finetune.compute import distributed as dist_env
 from finetune.compute.metrics import METRICS
 from finetune.errors import ConfigError, Problem
@@ -44,6 +45,7 @@ class Settings:
     num_workers: int
     eval_batch_size: int
     log_interval: int
+    selection: str = "train-languages"  # SELECTIONS: which eval languages choose the best checkpoint
 
     @property
     def virtual_ranks(self) -> int:
@@ -100,6 +102,7 @@ def settings_from_config(config: dict[str, Any], world_size: int = 1, *, file: s
     workers = get(tr, T, "num_workers", 0, lambda v: is_int(v) and v >= 0, "a non-negative integer")
     eval_bs = get(tr, T, "eval_batch_size", 64, lambda v: is_int(v) and v >= 1, "a positive integer")
     log_interval = get(tr, T, "log_interval", 10, lambda v: is_int(v) and v >= 1, "a positive integer")
+    selection = get(tr, T, "selection", "train-languages", lambda v: v in SELECTIONS, " or ".join(SELECTIONS))
 
     if epochs is None and max_steps is None:
         problems.append(Problem(file, f"$.{H}.epochs", "set epochs or max_steps"))
@@ -126,7 +129,7 @@ def settings_from_config(config: dict[str, Any], world_size: int = 1, *, file: s
         gradient_clipping=float(clip) if clip else None, seed=seed, dropout=float(dropout), strategy=strategy,
         precision=precision, compile=compile_, eval_interval=eval_interval or None,
         checkpoint_interval=ckpt_interval or None, metric=metric, device=device, num_workers=workers,
-        eval_batch_size=eval_bs, log_interval=log_interval,
+        eval_batch_size=eval_bs, log_interval=log_interval, selection=selection,
     )
 
 
