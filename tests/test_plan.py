@@ -165,11 +165,15 @@ def test_fast_record_text_and_canonical_hash_agree_with_the_plain_functions(conf
     training = {k: v for k, v in default["training"].items()
                 if k not in ("strategy", "device", "num_workers", "checkpoint_interval", "compile", "count_sleep_s",
                              "eval_batch_size", "log_interval", "dump_logits", "logit_directory")}
-    identity = {"id_version": 1, "task": "topic", "model_type": t.model_type,
+    identity = {"id_version": 2, "task": "topic", "model_type": t.model_type,
                 "train_languages": t.train_languages, "eval_languages": t.eval_languages,
                 "datasets": {lang: {"name": "sib200", "entry": db[lang]["topic"]["sib200"]}
                              for lang in ("polish", "russian")},
                 "training": training, "checkpoint": ["../models", "n-ckpt"], "tokenizer": ["../models", "n-tok"]}
+    assert trial_id(identity, t.hyperparameters) == t.lineage  # the lineage: the id without the files' contents
+    inputs = plan.groups[t.group]["inputs"]
+    identity["inputs"] = {"checkpoint": inputs["checkpoints"][t.model_type],
+                          "tokenizer": inputs["tokenizers"][t.model_type], "datasets": {}}
     assert trial_id(identity, t.hyperparameters) == t.id
     assert canonical_json({"b": 1.0, "a": [2.5, 3.0]}) == '{"a":[2.5,3],"b":1}'
 
@@ -188,7 +192,7 @@ def test_write_plan_is_valid_json_and_leaves_no_temporary_files(confdir, tmp_pat
     assert data["version"] == 1
     assert [t["id"] for t in data["trials"]] == ids(plan)
     assert set(data["trials"][0]) == {"id", "model_type", "train_languages", "eval_languages", "hyperparameters",
-                                      "group", "grid_point"}
+                                      "group", "grid_point", "lineage"}
     assert data["sources"][0]["files"][-1] == str(confdir / "task.json")
     assert sorted(os.listdir(out)) == [".plan.lock", "plan.json"]  # nothing per trial at plan time
 

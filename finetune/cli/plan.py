@@ -174,6 +174,10 @@ def run(args: argparse.Namespace, *, matrix: bool, search: bool = False) -> int:
     counts = ", ".join(f"{mt}: {c}" for mt, c in plan.counts().items())
     print(f"planned {n} trials ({counts}) in {out}: {len(report.added)} new, "
           f"{len(report.kept) + len(report.updated)} already planned; plan.json has {report.total}")
+    if report.superseded:
+        print(f"{len(report.superseded)} trials superseded (their checkpoint, tokenizer or local dataset "
+              f"changed): {', '.join(report.superseded[:8])}{' ...' if len(report.superseded) > 8 else ''}; "
+              "submit skips them, collect lists them as superseded")
     if args.no_submit:
         return 0
     submit = _submit_function()

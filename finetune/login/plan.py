@@ -12,7 +12,13 @@ spaces, integral floats as ints) of::
                "datasets": {language: {"name", "entry"}} for the trial's languages only,
                "training": training minus OPERATIONAL_TRAINING_KEYS,
                "checkpoint": [checkpoints.prefix, checkpoints[model_type]] as written,
-               "tokenizer": [tokenizers.prefix, tokenizers[model_type + "_prefix"]] as written}}
+               "tokenizer": [tokenizers.prefix, tokenizers[model_type + "_prefix"]] as written,
+               "inputs": {"checkpoint", "tokenizer", "datasets": {language: ...}}: content
+                         fingerprints (finetune.login.fingerprint) of the files the trial reads}}
+
+``lineage`` is the same hash without "inputs": a trial whose files changed (pretrained again
+under the same name) gets a new id with the old lineage, and ``write_plan`` marks the old trial
+``superseded_by`` the new one (submit skips it, collect shows it apart).
 
 Not hashed: file names, comments, key order, ``slurm``, ``wandb``, ``data`` (mirrors, cache),
 operational training keys. So moving to another cluster or switching between the local copy
@@ -41,7 +47,7 @@ from finetune.layout import PLAN_FILE, config_file, plan_file, plan_lock_file, t
 from finetune.login.layers import Layered, join_path, load_config, resolved_paths
 
 PLAN_VERSION = 1
-ID_VERSION = 1
+ID_VERSION = 2  # 2: ids cover the input files' fingerprints
 ID_LENGTH = 12
 MODEL_TYPES = ("normal", "ipa")
 OPERATIONAL_TRAINING_KEYS = frozenset(
@@ -61,16 +67,24 @@ class Trial:
     group: str
     grid_point: dict[str, Any] = field(default_factory=dict)
     text: str | None = field(default=None, repr=False, compare=False)  # record() as JSON, when known
+    lineage: str | None = None  # the id without the input fingerprints: one per trial whatever the files hold
+    superseded_by: str | None = None  # a newer trial of the same lineage (its input files changed)
 
     def record(self) -> dict[str, Any]:
-        return {"id": self.id, "model_type": self.model_type, "train_languages": self.train_languages,
-                "eval_languages": self.eval_languages, "hyperparameters": self.hyperparameters,
-                "group": self.group, "grid_point": self.grid_point}
+        r = {"id": self.id, "model_type": self.model_type, "train_languages": self.train_languages,
+             "eval_languages": self.eval_languages, "hyperparameters": self.hyperparameters,
+             "group": self.group, "grid_point": self.grid_point}
+        if self.lineage:
+            r["lineage"] = self.lineage
+        if self.superseded_by:
+            r["superseded_by"] = self.superseded_by
+        return r
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> Trial:
         return cls(r["id"], r["model_type"], r["train_languages"], r["eval_languages"], r["hyperparameters"],
-                   r["group"], r.get("grid_point") or {})
+                   r["group"], r.get("grid_point") or {}, lineage=r.get("lineage"),
+                   superseded_by=r.get("superseded_by"))
 
 
 @dataclass
@@ -138,6 +152,7 @@ class WriteReport:
     updated: list[str]  # planned before, now with this build's shared config (operational settings differ)
     kept: list[str]  # planned before with the same shared config
     total: int  # trials in plan.json after the write
+    superseded: list[str] = field(default_factory=list)  # planned before; replaced now (input files changed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,6 +313,7 @@ def build_plan(
     assert grid is not None and database is not None
 
     group, group_id = _group(layered, paths, grid, database, types, overrides, grid_config)
+    inputs = group["inputs"]
     hyper = {k: v for k, v in {**cfg["hyperparameters"], **grid.fixed}.items() if k not in unused}
     if not _lora_swept(grid) and not hyper.get("lora_r"):
         hyper = _without_lora(hyper)  # full fine-tuning: the adapter settings do not change the trial
@@ -307,13 +323,13 @@ def build_plan(
               "model_types": types, "matrix": matrix}
     if grid.search is not None:
         return Plan(trials=[], groups={group_id: group}, sources=[source],
-                    search=_search_spec(cfg, database, types, lang_sets[0], hyper, grid, group_id),
+                    search=_search_spec(cfg, database, types, lang_sets[0], hyper, grid, group_id, inputs),
                     warnings=warnings)
     points = _expand_points(grid, hyper)
     batch_problems = _batch_problems(points, hyper, grid, src)
     if batch_problems:
         raise ConfigError(problems=batch_problems)
-    trials = _trials(cfg, database, types, lang_sets, points, hyper, grid, group_id)
+    trials = _trials(cfg, database, types, lang_sets, points, hyper, grid, group_id, inputs)
     if not trials:
         raise ConfigError(problems=[Problem(grid.source, "$.exclude", "the exclude rules drop every trial")])
     return Plan(trials=trials, groups={group_id: group}, sources=[source], warnings=warnings)
@@ -378,11 +394,35 @@ def _group(layered: Layered, paths: dict[str, str | None], grid, database, types
         "checkpoints": {mt: os.path.join(ck_prefix, ck[mt], "ckpt.pt") for mt in types},
         "tokenizers": {mt: os.path.join(tk_prefix, tk[f"{mt}_prefix"]) for mt in types},
     }
+    group["inputs"] = _input_fingerprints(group, mirrors)
     return group, hashlib.sha256(canonical_json(group).encode()).hexdigest()[:ID_LENGTH]
 
 
+def _input_fingerprints(group: dict[str, Any], mirrors: dict[str, str | None]) -> dict[str, Any]:
+    """Content fingerprints of every file a trial reads (finetune.login.fingerprint): checkpoint and
+    tokenizer per model type, and the local datasets (not hub mirrors: switching between the hub
+    and a local copy of it keeps the ids)."""
+    from finetune.login.fingerprint import Fingerprints
+
+    fp = Fingerprints()
+    out = {
+        "checkpoints": {mt: fp.file(path) for mt, path in group["checkpoints"].items()},
+        "tokenizers": {mt: fp.tokenizer(path) for mt, path in group["tokenizers"].items()},
+        "datasets": {lang: fp.folder(entry["path"]) for lang, entry in group["datasets"].items()
+                     if entry.get("path") and entry["dataset"] not in mirrors},
+    }
+    fp.save()
+    return out
+
+
+def _trial_inputs(inputs: dict[str, Any], model_type: str, languages: list[str]) -> dict[str, Any]:
+    """The fingerprints one trial's id covers."""
+    return {"checkpoint": inputs["checkpoints"][model_type], "tokenizer": inputs["tokenizers"][model_type],
+            "datasets": {lang: inputs["datasets"][lang] for lang in languages if lang in inputs["datasets"]}}
+
+
 def _trials(cfg: dict[str, Any], database, types: list[str], lang_sets, points, hyper: dict[str, Any], grid,
-            group_id: str) -> list[Trial]:
+            group_id: str, inputs: dict[str, Any]) -> list[Trial]:
     """model types x language sets x grid points, minus excluded ones, with their ids."""
     from finetune.login.grid import excluded
 
@@ -390,7 +430,10 @@ def _trials(cfg: dict[str, Any], database, types: list[str], lang_sets, points, 
     seen: set[str] = set()
     for mt in types:
         for train, evals in lang_sets:
-            identity_json = canonical_json(trial_identity(cfg, database, mt, train, evals))
+            identity = trial_identity(cfg, database, mt, train, evals)
+            lineage_json = canonical_json(identity)
+            identity["inputs"] = _trial_inputs(inputs, mt, sorted(set(train) | set(evals)))
+            identity_json = canonical_json(identity)
             head = (', "model_type": ' + _raw(mt) + ', "train_languages": ' + _raw(train)
                     + ', "eval_languages": ' + _raw(evals) + ', "hyperparameters": ')
             for point, hyper_canonical, hyper_raw, point_raw in points:
@@ -406,9 +449,10 @@ def _trials(cfg: dict[str, Any], database, types: list[str], lang_sets, points, 
                 if tid in seen:
                     continue
                 seen.add(tid)
+                lineage = _id(hyper_canonical, lineage_json)
                 text = ('{"id": "' + tid + '"' + head + hyper_raw + ', "group": "' + group_id
-                        + '", "grid_point": ' + point_raw + "}")
-                trials.append(Trial(tid, mt, train, evals, values, group_id, point, text))
+                        + '", "grid_point": ' + point_raw + ', "lineage": "' + lineage + '"}')
+                trials.append(Trial(tid, mt, train, evals, values, group_id, point, text, lineage))
     return trials
 
 
@@ -428,14 +472,16 @@ def trial_identity(cfg: dict[str, Any], database, model_type: str, train: list[s
 
 
 def _search_spec(cfg: dict[str, Any], database, types: list[str], lang_set, hyper: dict[str, Any], grid,
-                 group_id: str) -> dict[str, Any]:
+                 group_id: str, inputs: dict[str, Any]) -> dict[str, Any]:
     """finetune.login.search's SPEC plus what a worker needs to make trials of sampled points:
     per model type the id's "trial" part (canonical JSON) and the base hyperparameters."""
     from finetune.login.search import SPEC_VERSION, resolve
 
     train, evals = lang_set
     spec = resolve(grid.search, grid.parameters, cfg["training"], types)
-    bases = {mt: {"identity": canonical_json(trial_identity(cfg, database, mt, train, evals)),
+    langs = sorted(set(train) | set(evals))
+    bases = {mt: {"identity": canonical_json({**trial_identity(cfg, database, mt, train, evals),
+                                              "inputs": _trial_inputs(inputs, mt, langs)}),
                   "train_languages": train, "eval_languages": evals} for mt in types}
     return {"version": SPEC_VERSION, **spec, "group": group_id, "hyperparameters": hyper, "bases": bases,
             "model_types": types, "grid_config": grid.source}
@@ -687,6 +733,7 @@ def write_plan(plan: Plan, out_dir: str | os.PathLike[str]) -> WriteReport:
             if t.id in new_by_id:
                 trials.append(t)
                 added.append(t.id)
+        superseded = _supersede(trials, plan.trials)
         groups = {**old.groups, **plan.groups}
         used = {t.group for t in trials}
         groups = {g: v for g, v in groups.items() if g in used}
@@ -695,7 +742,31 @@ def write_plan(plan: Plan, out_dir: str | os.PathLike[str]) -> WriteReport:
         merged = Plan(trials=trials, groups=groups, sources=sources)
         atomic_write_text(plan_file(out), _dump(merged))
     plan.out_dir = out
-    return WriteReport(path=plan_file(out), added=added, updated=updated, kept=kept, total=len(trials))
+    return WriteReport(path=plan_file(out), added=added, updated=updated, kept=kept, total=len(trials),
+                       superseded=superseded)
+
+
+def _weak_key(t: Trial) -> str:
+    return canonical_json([t.model_type, sorted(t.train_languages), sorted(t.eval_languages), t.hyperparameters])
+
+
+def _supersede(trials: list[Trial], fresh: list[Trial]) -> list[str]:
+    """Mark trials of plan.json that this build replaces: same lineage (the same trial but for
+    the content of its input files), other id, not planned now. Trials planned before lineages
+    existed are matched by model type, languages and hyperparameters. Returns their ids."""
+    planned = {t.id for t in fresh}
+    by_lineage = {t.lineage: t.id for t in fresh if t.lineage}
+    by_weak = {_weak_key(t): t.id for t in fresh}
+    marked = []
+    for t in trials:
+        if t.id in planned:
+            continue  # planned again (e.g. the old checkpoint is back): current
+        newer = by_lineage.get(t.lineage) if t.lineage else by_weak.get(_weak_key(t))
+        if newer and newer != t.id and t.superseded_by != newer:
+            t.superseded_by = newer
+            t.text = None  # record() changed
+            marked.append(t.id)
+    return marked
 
 
 def _dump(plan: Plan) -> str:

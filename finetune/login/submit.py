@@ -52,6 +52,7 @@ class SubmitReport:
     submitted: list[str] = field(default_factory=list)  # trial ids sent to the executor
     finished: list[str] = field(default_factory=list)  # skipped: finished (finetune.layout.is_finished)
     active: list[str] = field(default_factory=list)  # skipped: queued or running
+    superseded: list[str] = field(default_factory=list)  # skipped: a newer trial replaced it (inputs changed)
     dry_run: bool = False
     manifest: Path | None = None
     warnings: list[Problem] = field(default_factory=list)  # dry run: missing inputs, listed not refused
@@ -66,6 +67,8 @@ class SubmitReport:
 
     def summary(self) -> str:
         skipped = f"{len(self.finished)} finished, {len(self.active)} queued or running"
+        if self.superseded:
+            skipped += f", {len(self.superseded)} superseded"
         if self.dry_run:
             tasks = sum(len(j.trial_ids) for j in self.arrays)
             return (f"dry run ({self.executor}): would submit {tasks} trials in {len(self.arrays)} arrays; "
@@ -414,17 +417,20 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
     with _locked(plan_dir):
         submissions = manifest.load(plan_dir)
         entries = manifest.latest(submissions)
-        finished, active, todo = [], [], []
+        finished, active, todo, superseded = [], [], [], []
         queued = queued_trials(entries)
         for t in plan.trials:
-            if layout.is_done(layout.trial_dir(plan_dir, t.id)):  # finished, or pruned by a search
+            if t.superseded_by and t.id not in queued:  # its input files changed: the newer trial runs
+                superseded.append(t.id)
+            elif layout.is_done(layout.trial_dir(plan_dir, t.id)):  # finished, or pruned by a search
                 finished.append(t.id)
             elif t.id in queued:
                 active.append(t.id)
             else:
                 todo.append(t.id)
         report = SubmitReport(executor=name, arrays=[], scheduler=bool(ex.scheduler), finished=finished,
-                              active=active, dry_run=dry_run, manifest=layout.manifest_file(plan_dir))
+                              active=active, dry_run=dry_run, manifest=layout.manifest_file(plan_dir),
+                              superseded=superseded)
         if not todo:
             return report
         if max_trials is not None and len(todo) > max_trials and not dry_run:
