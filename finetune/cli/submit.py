@@ -134,19 +134,39 @@ def _status(args: argparse.Namespace) -> int:
         json.dump(report.to_json(), sys.stdout, indent=1)
         print()
         return 0
-    print(f"{report.plan_dir}: {len(report.trials)} trials: "
-          + ", ".join(f"{k} {v}" for k, v in report.counts.items()))
+    print(report.summary())
     for note in report.notes:
         print(f"note: {note}")
+    described = _trial_descriptions(args.plan_dir) if args.all else {}
     for t in report.trials:
         if not args.all and t.state not in ("failed", "cancelled", "preempted"):
             continue
         extra = "".join([f" [{t.reason}]" if t.reason else "", f" job {t.job}" if t.job else "",
                          f" restarts {t.restart_count}" if t.restart_count else ""])
-        print(f"  {t.trial_id} {t.state}{extra}")
+        what = described.get(t.trial_id, "")
+        print(f"  {t.trial_id} {t.state}{extra}" + (f"  {what}" if what else ""))
         for line in t.log_tail if t.state == "failed" else []:
             print(f"      | {line}")
     return 0
+
+
+def _trial_descriptions(plan_dir: str) -> dict[str, str]:
+    """trial id -> 'ipa, train czech+slovak, learning_rate=0.0001 seed=2' (only the varying hyperparameters)."""
+    from finetune.errors import FinetuneError
+    from finetune.login.plan import canonical_json, load_plan
+
+    try:
+        trials = load_plan(plan_dir).trials
+    except FinetuneError:
+        return {}
+    values: dict[str, set[str]] = {}
+    for t in trials:
+        for k, v in t.hyperparameters.items():
+            values.setdefault(k, set()).add(canonical_json(v))
+    varying = sorted(k for k, vs in values.items() if len(vs) > 1)
+    return {t.id: f"{t.model_type}, train {'+'.join(sorted(t.train_languages))}"
+                  + "".join(f", {k}={t.hyperparameters.get(k)}" for k in varying)
+            for t in trials}
 
 
 def _cancel(args: argparse.Namespace) -> int:

@@ -48,8 +48,23 @@ class StatusReport:
         c = Counter(t.state for t in self.trials)
         return {s: c[s] for s in STATES if c[s]}
 
+    @property
+    def pending_reasons(self) -> dict[str, int]:
+        """Why pending trials wait (squeue's reason: Priority, Resources, PartitionConfig, ...), most first."""
+        c = Counter(t.reason or "unknown" for t in self.trials if t.state == "pending")
+        return dict(c.most_common())
+
+    def summary(self) -> str:
+        """'DIR: 12 trials: finished 8, pending 4 (PartitionConfig 3, Priority 1)'."""
+        parts = []
+        for state, n in self.counts.items():
+            why = ", ".join(f"{r} {k}" for r, k in self.pending_reasons.items()) if state == "pending" else ""
+            parts.append(f"{state} {n}" + (f" ({why})" if why else ""))
+        return f"{self.plan_dir}: {len(self.trials)} trials: " + ", ".join(parts)
+
     def to_json(self) -> dict[str, Any]:
-        return {"plan_dir": str(self.plan_dir), "counts": self.counts, "accounting": self.accounting,
+        return {"plan_dir": str(self.plan_dir), "counts": self.counts, "pending_reasons": self.pending_reasons,
+                "accounting": self.accounting,
                 "scheduler": self.scheduler, "notes": self.notes,
                 "trials": [t.__dict__ for t in self.trials]}
 

@@ -208,6 +208,29 @@ def slurm_problems(slurm: Any, config_file: str, provenance: dict[str, str] | No
     return out
 
 
+def _fit_problems(ex: Any, configs: list[tuple[Any, dict[str, Any]]]) -> list[Problem]:
+    """Requests no node of their partition can hold (one scheduler query, one check per distinct request)."""
+    from finetune.login.nodes import request_problems
+
+    if not ex.scheduler:
+        return []
+    cluster = ex.cluster()
+    if cluster is None:
+        return []
+    out: list[Problem] = []
+    seen: set[str] = set()
+    for path, cfg in configs:
+        slurm = resolve_slurm(cfg.get("slurm", {}))
+        key = json.dumps([slurm.get(k) for k in ("partition", "cpus_per_task", "ntasks_per_node", "mem", "gpus",
+                                                "nodes")])
+        if key in seen:
+            continue
+        seen.add(key)
+        out += [p for p in request_problems(slurm, cluster, str(path), cfg.get("provenance"))
+                if p not in out]
+    return out
+
+
 def directives(slurm: dict[str, Any], time: str | None, log_pattern: str) -> list[ShellSafe]:
     """The ``#SBATCH`` flags of a resource group, sorted, values quoted (without the ``#SBATCH``)."""
     slurm = resolve_slurm(slurm)
@@ -441,6 +464,7 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
         configs = [(tid, *trial_config(plan_dir, tid, plan)) for tid in todo]
         problems = [p for tid, path, cfg, _ in configs
                     for p in slurm_problems(cfg.get("slurm", {}), str(path), cfg.get("provenance"))]
+        problems += _fit_problems(ex, [(path, cfg) for _, path, cfg, _ in configs]) if not problems else []
         missing = check_inputs([(path, cfg) for _, path, cfg, _ in configs])
         if dry_run:
             report.warnings = missing  # a dry run lists what a real submission would refuse

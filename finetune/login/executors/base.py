@@ -13,11 +13,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from finetune import layout
 from finetune.errors import FinetuneError
 from finetune.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from finetune.login.nodes import Cluster
 
 
 class SchedulerError(FinetuneError):
@@ -100,6 +103,9 @@ class Executor(Protocol):
 
     def max_array_size(self) -> int | None:
         """The most tasks one array may have here; None when the backend sets no limit."""
+
+    def cluster(self) -> Cluster | None:
+        """The nodes and partitions requests must fit (finetune.login.nodes); None: nothing to check."""
 
 
 def write_job_files(job: ArrayJob) -> None:

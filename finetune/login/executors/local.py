@@ -57,6 +57,9 @@ class LocalExecutor:
     def max_array_size(self) -> int | None:
         return None
 
+    def cluster(self) -> None:
+        return None  # this machine: trials share its cores, nothing can pend forever
+
 
 def trial_env(workers: int) -> dict[str, str]:
     """The trials' environment: the cores shared out between the ``workers`` trials at a time

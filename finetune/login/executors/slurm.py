@@ -62,6 +62,11 @@ class SlurmExecutor:
     def max_array_size(self) -> int | None:
         return max_array_size()
 
+    def cluster(self):
+        from finetune.login.nodes import query_cluster
+
+        return query_cluster()
+
 
 def cancel(job_ids: Sequence[str]) -> None:
     """One ``scancel`` for all ``job_ids`` (jobs or "<job>_<task>")."""

@@ -107,3 +107,8 @@ class SubmititExecutor:
 
     def max_array_size(self) -> int | None:
         return slurm_tools.max_array_size()
+
+    def cluster(self):
+        from finetune.login.nodes import query_cluster
+
+        return query_cluster()
