@@ -158,6 +158,12 @@ def test_dry_run_renders_and_submits_nothing(tmp_path, capsys):
     assert lines[-1].startswith("dry run: nothing submitted; one rendered script: ")
     script = Path(lines[-1].split(": ", 2)[2])
     assert script.is_file() and script.is_relative_to(out / "jobs")
+    # the table of what would run, and the first script itself
+    assert "12 trials would run:" in lines
+    head = next(line for line in lines if line.startswith("trial "))
+    assert head.split() == ["trial", "model", "train", "set", "eval", "languages", "learning_rate"]
+    assert any(line.split()[1:3] == ["ipa", "polish+russian"] for line in lines if len(line.split()) > 3)
+    assert script.read_text().rstrip("\n") in stdout
     assert not (out / "manifest.json").exists() or json.loads((out / "manifest.json").read_text())["submissions"] == []
     assert not list(out.glob("trials/*/result.json"))
 

@@ -90,3 +90,18 @@ def test_the_test_cluster_refuses_what_can_never_run(slurm_cluster, tmp_path):
     report = submit(fits, executor="slurm")
     assert len(report.job_ids) == 1
     assert json.loads((fits / "manifest.json").read_text())
+
+
+def test_cuda_on_a_machine_without_one_is_refused_before_anything_runs(tmp_path, monkeypatch, capsys):
+    from finetune.cli import main
+    from finetune.login.nodes import local_gpus_visible
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # whatever this machine has, none is visible now
+    assert not local_gpus_visible()
+    plan = tmp_path / "plan"
+    make_plan(plan, 2, per_trial={0: {"training": {"device": "cuda"},
+                                      "provenance": {"$.training.device": "config/gpu.json"}}})
+    assert main(["submit", str(plan), "--executor", "local"]) == 2
+    err = capsys.readouterr().err
+    assert "config/gpu.json: $.training.device: 'cuda', but this machine shows no CUDA GPU" in err
+    assert not list(plan.glob("trials/*/state.json")) and not (plan / "manifest.json").exists()

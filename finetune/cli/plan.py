@@ -186,6 +186,9 @@ def run(args: argparse.Namespace, *, matrix: bool, search: bool = False) -> int:
     if args.dry_run:
         for w in getattr(result, "warnings", []):
             print(f"warning: {w}", file=sys.stderr)
+        from finetune.cli._dry_run import dry_run_lines
+
+        print("\n".join(dry_run_lines(result, out)))
         script = rendered_script(result, out)
         print(f"dry run: nothing submitted; one rendered script: {script if script else '(none rendered)'}")
     elif result is not None:

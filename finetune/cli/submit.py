@@ -117,6 +117,10 @@ def _submit(args: argparse.Namespace) -> int:
                     parallel=args.parallel, max_trials=None if args.yes else GUARD)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    if args.dry_run:
+        from finetune.cli._dry_run import dry_run_lines
+
+        print("\n".join(dry_run_lines(report, args.plan_dir)))
     print(report.summary())
     if not report.scheduler and not args.dry_run:  # the trials ran here: say how they ended
         from finetune.login.status import plan_status

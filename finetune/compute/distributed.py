@@ -164,6 +164,13 @@ def pick_device(requested: str, env: DistEnv) -> Any:
     if requested in ("auto", None):
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(requested)
+    unavailable = ((device.type == "cuda" and not torch.cuda.is_available())
+                   or (device.type == "mps" and not torch.backends.mps.is_available()))
+    if unavailable:
+        from finetune.errors import ConfigError, Problem
+
+        raise ConfigError(problems=[Problem("config.json", "$.training.device",
+                                            f"{requested!r} is not available on this machine; use auto or cpu")])
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", env.local_rank % max(1, torch.cuda.device_count()))

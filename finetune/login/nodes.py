@@ -145,3 +145,27 @@ def request_problems(slurm: dict[str, Any], cluster: Cluster, config_file: str,
                                     f"{', ' + str(slurm.get('mem')) if mem else ''} each, but partition "
                                     f"{shown} has {len(fit)} such node(s)"))
     return out
+
+
+def local_gpus_visible() -> bool:
+    """Does this machine show an NVIDIA GPU (driver's /proc entries; CUDA_VISIBLE_DEVICES honoured)?
+    The login node never imports torch, so this is what can be known without it."""
+    import os
+    from pathlib import Path
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
+def local_device_problems(training: dict[str, Any], config_file: str,
+                          provenance: dict[str, str] | None = None) -> list[Problem]:
+    """training.device names a GPU this machine does not have (for trials that run here)."""
+    device = str(training.get("device") or "auto")
+    if device.startswith("cuda") and not local_gpus_visible():
+        path = "$.training.device"
+        return [Problem((provenance or {}).get(path, config_file), path,
+                        f"{device!r}, but this machine shows no CUDA GPU (the local executor runs trials here); "
+                        "use auto or cpu, or submit to a cluster")]
+    return []

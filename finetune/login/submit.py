@@ -212,8 +212,14 @@ def _fit_problems(ex: Any, configs: list[tuple[Any, dict[str, Any]]]) -> list[Pr
     """Requests no node of their partition can hold (one scheduler query, one check per distinct request)."""
     from finetune.login.nodes import request_problems
 
-    if not ex.scheduler:
-        return []
+    if not ex.scheduler:  # the trials run on this machine: its devices must be there
+        from finetune.login.nodes import local_device_problems
+
+        out: list[Problem] = []
+        for path, cfg in configs:
+            out += [p for p in local_device_problems(cfg.get("training") or {}, str(path), cfg.get("provenance"))
+                    if p not in out]
+        return out
     cluster = ex.cluster()
     if cluster is None:
         return []
