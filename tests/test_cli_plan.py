@@ -211,13 +211,27 @@ def test_config_show_explain_names_each_values_source(capsys, monkeypatch):
 
 
 def test_config_validate(tmp_path, capsys):
-    code, stdout, _ = run_cli(capsys, "config", "validate", PAIR, TASK, "--grid-config", GRID)
+    code, stdout, _ = run_cli(capsys, "config", "validate", PAIR, TASK, "--grid-config", GRID, "--no-files")
     assert (code, stdout) == (0, "ok: 12 trials (normal: 6, ipa: 6)\n")
-    code, stdout, _ = run_cli(capsys, "config", "validate", PAIR, TASK, "--matrix")
+    code, stdout, _ = run_cli(capsys, "config", "validate", PAIR, TASK, "--matrix", "--no-files")
     assert (code, stdout) == (0, "ok: 6 trials (normal: 3, ipa: 3)\n")
     code, stdout, err = run_cli(capsys, "config", "validate", PAIR, TASK, "--set", "training.precision=fp8")
     assert code == 2 and stdout == ""
     assert err == 'error: --set: $.training.precision: must be one of auto, fp32, bf16, fp16 (got "fp8")\n'
+
+
+def test_config_validate_names_the_layer_of_every_missing_file(tmp_path, capsys):
+    fake_models(tmp_path / "models")
+    (tmp_path / "models" / "rus-pol-ipa" / "ckpt.pt").unlink()
+    typo = tmp_path / "typo.json"
+    typo.write_text('{"checkpoints": {"normal": "rus-pol-normall"}}')
+    models = ["--set", f"checkpoints.prefix={tmp_path / 'models'}", "--set", f"tokenizers.prefix={tmp_path / 'models'}"]
+    code, stdout, err = run_cli(capsys, "config", "validate", PAIR, TASK, LOCAL, str(typo), *models)
+    assert code == 2 and stdout == ""
+    assert f"{typo}: $.checkpoints.normal: checkpoint not found: {tmp_path / 'models' / 'rus-pol-normall' / 'ckpt.pt'}" in err
+    assert f"$.checkpoints.ipa: checkpoint not found: {tmp_path / 'models' / 'rus-pol-ipa' / 'ckpt.pt'}" in err
+    code, stdout, err = run_cli(capsys, "config", "validate", PAIR, TASK, LOCAL, *models, "--model-type", "normal")
+    assert code == 0 and stdout == "ok: 1 trials (normal: 1); every checkpoint, tokenizer and local dataset found\n"
 
 
 def test_config_validate_checks_database_and_grid_files_on_their_own(tmp_path, capsys):

@@ -107,3 +107,33 @@ def test_the_cache_is_keyed_by_path_size_and_mtime(tmp_path):
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # a rewrite moves the mtime: hashed again
     assert Fingerprints(tmp_path / "fp.json").file(f) != first
     assert fp.file(tmp_path / "absent") == MISSING
+
+
+def test_plan_replace_drops_never_run_and_failed_trials_only(confdir, tmp_path, capsys):  # noqa: F811
+    from finetune.cli import main
+    from finetune.layout import trial_dir
+
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"parameters": {"learning_rate": [1e-4, 2e-4, 3e-4, 4e-4]}}))
+    out = tmp_path / "run"
+    layers = files(confdir, "pair.json", "task.json")
+    assert main(["plan", *layers, "--grid-config", str(grid), "--model-type", "normal", "-o", str(out),
+                 "--no-submit"]) == 0
+    ids = [t.id for t in load_plan(out).trials]
+    (trial_dir(out, ids[0]) / "result.json").parent.mkdir(parents=True)
+    (trial_dir(out, ids[0]) / "result.json").write_text('{"state": "finished", "metrics": {}}')
+    trial_dir(out, ids[1]).mkdir(parents=True)
+    (trial_dir(out, ids[1]) / "state.json").write_text('{"state": "failed", "reason": "typo"}')
+    trial_dir(out, ids[2]).mkdir(parents=True)
+    (trial_dir(out, ids[2]) / "state.json").write_text('{"state": "running"}')
+    # ids[3] never ran. The fixed grid produces none of them.
+    grid.write_text(json.dumps({"parameters": {"learning_rate": [5e-4]}}))
+    argv = ["plan", *layers, "--grid-config", str(grid), "--model-type", "normal", "-o", str(out), "--no-submit"]
+    assert main(argv) == 0
+    assert len(load_plan(out).trials) == 5  # without --replace plan.json only grows
+    capsys.readouterr()
+    assert main([*argv, "--replace"]) == 0
+    assert "--replace: dropped 2 trials" in capsys.readouterr().out
+    left = [t.id for t in load_plan(out).trials]
+    assert left[:2] == [ids[0], ids[2]] and ids[1] not in left and ids[3] not in left and len(left) == 3
+    assert (trial_dir(out, ids[1]) / "state.json").is_file()  # its folder (and log) stays

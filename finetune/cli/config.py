@@ -32,7 +32,9 @@ VALIDATE_EPILOG = """examples:
 Checks the merged config, the language database and the grid against their schemas and each
 other, and prints every problem at once (file: JSON path: message); exit code 2 when any.
 A database or grid file (by its "$schema", else by its shape: the original tool's files name no
-schema) is checked on its own. Writes nothing.
+schema) is checked on its own. Every checkpoint, tokenizer and local dataset the planned trials
+read must exist (each missing one is named with the layer and JSON path that set it; --no-files
+skips this); a hub dataset not yet fetched by `finetune prefetch` is a warning. Writes nothing.
 """
 
 MIGRATE_EPILOG = """examples:
@@ -96,6 +98,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          epilog=VALIDATE_EPILOG, formatter_class=HelpFormatter)
     add_layer_arguments(val)
     add_selection_arguments(val)
+    val.add_argument("--no-files", action="store_true",
+                     help="check the configs only, not that the checkpoints, tokenizers and local datasets exist")
     val.set_defaults(func=_validate)
 
     mig = sub.add_parser("migrate", help="rewrite config files of the original tool in the current formats",
@@ -162,9 +166,18 @@ def _validate(args: argparse.Namespace) -> int:
             plan = build_plan(layers, args.set, grid_config=args.grid_config, model_types=args.model_type,
                               matrix=args.matrix, default=args.default)
             counts = ", ".join(f"{mt}: {n}" for mt, n in plan.counts().items())
-            for w in plan.warnings:
+            warnings = list(plan.warnings)
+            if not args.no_files:
+                from finetune.login.check import check_plan
+
+                for p in check_plan(plan):  # named by the layer and JSON path that set the value
+                    # a hub dataset not prefetched yet is expected before `finetune prefetch`
+                    (warnings if "hub dataset" in p.message else problems).append(p)
+            for w in warnings:
                 print(f"warning: {w}", file=sys.stderr)
-            lines.append(f"ok: {len(plan.trials)} trials ({counts})")
+            if not problems:
+                lines.append(f"ok: {len(plan.trials)} trials ({counts})"
+                             + ("" if args.no_files else "; every checkpoint, tokenizer and local dataset found"))
         except FinetuneError as e:
             problems += e.problems
     if problems:

@@ -63,6 +63,9 @@ def add_plan_arguments(p: argparse.ArgumentParser, *, matrix: bool) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="plan and render the job scripts into DIR/jobs; submit nothing")
     p.add_argument("--no-submit", action="store_true", help="only write the plan (DIR/plan.json)")
+    p.add_argument("--replace", action="store_true",
+                   help="drop trials of DIR/plan.json that these layers no longer produce and that never ran "
+                        "or failed (finished, queued and running ones stay)")
     p.add_argument("--yes", "-y", action="store_true", help=f"allow submitting more than {GUARD} trials")
 
 
@@ -170,10 +173,13 @@ def run(args: argparse.Namespace, *, matrix: bool, search: bool = False) -> int:
                                            "add --yes to submit them, or --dry-run to look first")])
     if not args.no_submit:  # a bad template or slurm section refuses before the plan is written
         _check_rendering()(plan, out, template=args.template, timeout=args.timeout)
-    report = write_plan(plan, out)
+    report = write_plan(plan, out, replace=args.replace)
     counts = ", ".join(f"{mt}: {c}" for mt, c in plan.counts().items())
     print(f"planned {n} trials ({counts}) in {out}: {len(report.added)} new, "
           f"{len(report.kept) + len(report.updated)} already planned; plan.json has {report.total}")
+    if report.dropped:
+        print(f"--replace: dropped {len(report.dropped)} trials no longer planned that never ran or failed: "
+              f"{', '.join(report.dropped[:8])}{' ...' if len(report.dropped) > 8 else ''}")
     if report.superseded:
         print(f"{len(report.superseded)} trials superseded (their checkpoint, tokenizer or local dataset "
               f"changed): {', '.join(report.superseded[:8])}{' ...' if len(report.superseded) > 8 else ''}; "

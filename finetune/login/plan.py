@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune import layout
 from finetune.errors import ConfigError, FinetuneError, Problem
 from finetune.layout import PLAN_FILE, config_file, plan_file, plan_lock_file, trial_dir
 from finetune.login.layers import Layered, join_path, load_config, resolved_paths
@@ -153,6 +154,7 @@ class WriteReport:
     kept: list[str]  # planned before with the same shared config
     total: int  # trials in plan.json after the write
     superseded: list[str] = field(default_factory=list)  # planned before; replaced now (input files changed)
+    dropped: list[str] = field(default_factory=list)  # --replace: never ran or failed, not planned any more
 
 
 # ---------------------------------------------------------------------------------------------
@@ -706,14 +708,16 @@ def _locked(out_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def write_plan(plan: Plan, out_dir: str | os.PathLike[str]) -> WriteReport:
+def write_plan(plan: Plan, out_dir: str | os.PathLike[str], *, replace: bool = False) -> WriteReport:
     """Merge ``plan`` into ``out_dir/plan.json`` (atomic); nothing under ``trials/`` is touched.
 
     Existing trials keep their ids and their place; one planned again takes this plan's shared
     config in plan.json (same id: only operational settings such as slurm can differ), so a
     fixed partition or memory limit applies when it is next submitted. A trial's frozen
     ``trials/<id>/config.json`` (what a queued, running or finished trial runs with) is never
-    changed here. New trials are appended; trials not in ``plan`` stay as they were.
+    changed here. New trials are appended; trials not in ``plan`` stay as they were, unless
+    ``replace``: then those that never ran (never submitted, no state) or failed are dropped from
+    plan.json (their folders stay), so a plan made with a typo can be fixed.
     """
     from finetune.fileio import atomic_write_text
 
@@ -734,6 +738,9 @@ def write_plan(plan: Plan, out_dir: str | os.PathLike[str]) -> WriteReport:
                 trials.append(t)
                 added.append(t.id)
         superseded = _supersede(trials, plan.trials)
+        dropped: list[str] = []
+        if replace:
+            trials, dropped = _drop_replaceable(out, trials, {t.id for t in plan.trials})
         groups = {**old.groups, **plan.groups}
         used = {t.group for t in trials}
         groups = {g: v for g, v in groups.items() if g in used}
@@ -743,7 +750,30 @@ def write_plan(plan: Plan, out_dir: str | os.PathLike[str]) -> WriteReport:
         atomic_write_text(plan_file(out), _dump(merged))
     plan.out_dir = out
     return WriteReport(path=plan_file(out), added=added, updated=updated, kept=kept, total=len(trials),
-                       superseded=superseded)
+                       superseded=[t for t in superseded if t not in dropped], dropped=dropped)
+
+
+def _drop_replaceable(out: Path, trials: list[Trial], planned: set[str]) -> tuple[list[Trial], list[str]]:
+    """Trials this build does not produce that never ran (never submitted, no state, no result) or failed."""
+    path = layout.manifest_file(out)
+    try:  # manifest.json's trial ids, read here: the compute node imports this module, not the manifest's
+        entries = json.loads(path.read_text(encoding="utf-8")).get("submissions") or [] if path.exists() else []
+    except (OSError, ValueError, AttributeError):
+        return trials, []  # cannot tell what was submitted: drop nothing
+    submitted = {e.get("trial_id") for e in entries if isinstance(e, dict)}
+    keep, dropped = [], []
+    for t in trials:
+        if t.id in planned:
+            keep.append(t)
+            continue
+        tdir = layout.trial_dir(out, t.id)
+        state = layout.read_state(tdir).get("state")
+        never_ran = t.id not in submitted and not state and not layout.result_file(tdir).exists()
+        if never_ran or (state == "failed" and not layout.is_done(tdir)):
+            dropped.append(t.id)
+        else:
+            keep.append(t)
+    return keep, dropped
 
 
 def _weak_key(t: Trial) -> str:
