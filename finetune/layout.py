@@ -51,6 +51,7 @@ LOG_FILE = "log.txt"
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
 LOGITS_DIR = "logits"
+EVALUATIONS_FILE = "evaluations.json"  # `finetune evaluate`: languages scored later from model/
 
 # --- exit codes of a trial process (``finetune train DIR``) --------------------------------------
 
@@ -137,6 +138,10 @@ def checkpoints_dir(trial: PathLike) -> Path:
 
 def model_dir(trial: PathLike) -> Path:
     return Path(trial) / MODEL_DIR
+
+
+def evaluations_file(trial: PathLike) -> Path:
+    return Path(trial) / EVALUATIONS_FILE
 
 
 def logits_dir(trial: PathLike) -> Path:

@@ -340,8 +340,9 @@ def _read_outcome(row: TrialRow, tdir: Path) -> None:
             row.state, row.reason = "invalid", problem
             return
         row.state = "finished"
-        row.metrics = result.get("metrics") or {}
+        row.metrics = dict(result.get("metrics") or {})
         row.best_step = result.get("best_step")
+        _add_evaluations(row, tdir)
         if isinstance(result.get("hyperparameters"), dict):
             row.hyperparameters = {**row.hyperparameters, **result["hyperparameters"]}
         return
@@ -354,6 +355,19 @@ def _read_outcome(row: TrialRow, tdir: Path) -> None:
         if row.state == "finished":  # state says finished but the result is gone
             row.state, row.reason = "invalid", (f"{layout.result_file(tdir)}: missing although "
                                                 f"{layout.STATE_FILE} says finished")
+
+
+def _add_evaluations(row: TrialRow, tdir: Path) -> None:
+    """Languages `finetune evaluate` scored later from the trial's model join its metrics."""
+    extra, _ = _try_read(layout.evaluations_file(tdir))
+    if not isinstance(extra, dict):
+        return
+    for lang, splits in extra.items():
+        if lang in row.metrics or not isinstance(splits, dict):
+            continue
+        row.metrics[lang] = {s: v for s, v in splits.items() if s in SPLITS and isinstance(v, dict)}
+        if lang not in row.eval_languages:
+            row.eval_languages.append(lang)
 
 
 def _check_result(path: Path, result: dict[str, Any]) -> str:
