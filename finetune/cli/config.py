@@ -89,6 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           epilog=SHOW_EPILOG, formatter_class=HelpFormatter)
     add_layer_arguments(show)
     show.add_argument("--explain", action="store_true", help="add each value's source as a // comment")
+    show.add_argument("--grid-config", metavar="GRID", default=None,
+                      help="show the grid's values in hyperparameters too: swept lists as lists (with --explain, "
+                           "marked swept and how many values)")
     show.add_argument("--resolved", action="store_true",
                       help="print path-valued keys as absolute paths (as frozen into trial configs)")
     show.set_defaults(func=_show)
@@ -122,8 +125,11 @@ def _show(args: argparse.Namespace) -> int:
     for w in layered.warnings:
         print(f"warning: {w}", file=sys.stderr)
     value = resolved_value(layered) if args.resolved else layered.value
+    source_of = layered.source_of
+    if args.grid_config:
+        value, source_of = _with_grid(value, source_of, args.grid_config)
     if args.explain:
-        sys.stdout.write(explain(value, layered.source_of) + "\n")
+        sys.stdout.write(explain(value, source_of) + "\n")
     else:
         sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
     sys.stdout.flush()
@@ -208,6 +214,39 @@ def _schema_kind(name: str, read) -> str:
     except FinetuneError:
         return "config"  # reported when loaded as a layer
     return kind_of(data, name)
+
+
+def _with_grid(value: dict[str, Any], source_of, grid_config: str):
+    """The merged config with the grid's parameters in ``hyperparameters``, and who set each."""
+    import copy
+
+    from finetune.errors import ConfigError
+    from finetune.login.grid import parse_grid
+    from finetune.login.layers import read_config_file
+    from finetune.login.schema import validate
+
+    data = read_config_file(grid_config)
+    problems = validate("grid", data, grid_config)
+    if problems:
+        raise ConfigError(problems=problems)
+    grid = parse_grid(data, grid_config)
+    value = copy.deepcopy(value)
+    hyper = value.setdefault("hyperparameters", {})
+    notes = {}
+    for name, v in grid.parameters.items():
+        hyper[name] = v
+        if isinstance(v, list):
+            zipped = next((g for g in grid.zip if name in g), None)
+            how = f"swept: {len(v)} values" + (f", zipped with {', '.join(x for x in zipped if x != name)}"
+                                               if zipped else "")
+        else:
+            how = "fixed" if not isinstance(v, dict) else "searched"
+        notes[f"$.hyperparameters.{name}"] = f"{grid_config} ({how})"
+
+    def source(path: str) -> str:
+        return notes.get(path) or source_of(path)
+
+    return value, source
 
 
 def explain(value: Any, source_of, path: str = "$", indent: int = 0) -> str:

@@ -36,6 +36,24 @@ config adds its parameters on top (its "languages" section is not used). Submitt
 """
 
 
+def add_submit_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that submits (submit, plan, matrix): one definition, the same meaning."""
+    p.add_argument("--executor", choices=("auto", *executors.names()), default="auto",
+                   help="where trials run (auto: slurm when sbatch is on PATH, else local)")
+    p.add_argument("-t", "--template", metavar="TEMPLATE", default=None,
+                   help="sbatch template (.j2 = jinja2, else old str.format style); default: jobs/templates/array.sbatch.j2")
+    p.add_argument("--timeout", metavar="TIME", default=None,
+                   help="time limit per trial (04:00:00, 90, 1-00:00:00); overrides slurm.time")
+    p.add_argument("--throttle", type=positive_int, metavar="N", default=None,
+                   help="at most N tasks of an array run at once (--array=...%%N)")
+    p.add_argument("--max-array-size", type=positive_int, metavar="N", default=None,
+                   help="split arrays above N tasks (default: MaxArraySize from `scontrol show config`)")
+    p.add_argument("--parallel", type=positive_int, metavar="N", default=None,
+                   help="local executor: trials at once (default: --throttle, else half the cores)")
+    p.add_argument("--dry-run", action="store_true", help="render scripts into DIR/jobs; submit nothing")
+    p.add_argument("--yes", "-y", action="store_true", help=f"allow submitting more than {GUARD} trials at once")
+
+
 def add_plan_arguments(p: argparse.ArgumentParser, *, matrix: bool) -> None:
     from finetune.cli.config import add_layer_arguments
 
@@ -45,28 +63,16 @@ def add_plan_arguments(p: argparse.ArgumentParser, *, matrix: bool) -> None:
                         + ("" if matrix else ", languages"))
     p.add_argument("--model-type", nargs="+", default=["normal", "ipa"], metavar="TYPE",
                    help="model types: normal, ipa (default: normal ipa)")
-    p.add_argument("-t", "--template", metavar="TEMPLATE", default=None,
-                   help="sbatch template (.j2 = jinja2, otherwise the old str.format style); default: the shipped array template")
     p.add_argument("--output-dir", "-o", metavar="DIR", default=None,
                    help="the plan directory (default: runs/<names of the config files>)")
     p.add_argument("--temp-config-dir", metavar="DIR", default=None,
                    help="kept for compatibility: where the frozen trial configs go, i.e. the plan directory "
                         "(DIR/trials/<id>/config.json); an alias of --output-dir")
-    p.add_argument("--timeout", metavar="TIME", default=None,
-                   help="SLURM time limit per trial (e.g. 04:00:00, 90, 1-00:00:00); overrides slurm.time")
-    p.add_argument("--executor", choices=("auto", *executors.names()), default="auto",
-                   help="where trials run (auto: slurm when sbatch is on PATH, else local)")
-    p.add_argument("--throttle", type=positive_int, metavar="N", default=None,
-                   help="at most N array tasks of a job array run at once")
-    p.add_argument("--max-array-size", type=positive_int, metavar="N", default=None,
-                   help="split job arrays above N tasks (default: the cluster's MaxArraySize)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="plan and render the job scripts into DIR/jobs; submit nothing")
+    add_submit_arguments(p)
     p.add_argument("--no-submit", action="store_true", help="only write the plan (DIR/plan.json)")
     p.add_argument("--replace", action="store_true",
                    help="drop trials of DIR/plan.json that these layers no longer produce and that never ran "
                         "or failed (finished, queued and running ones stay)")
-    p.add_argument("--yes", "-y", action="store_true", help=f"allow submitting more than {GUARD} trials")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -188,7 +194,8 @@ def run(args: argparse.Namespace, *, matrix: bool, search: bool = False) -> int:
         return 0
     submit = _submit_function()
     result = submit(out, executor=args.executor, template=args.template, timeout=args.timeout,
-                    throttle=args.throttle, dry_run=args.dry_run, max_array_size=args.max_array_size)
+                    throttle=args.throttle, dry_run=args.dry_run, max_array_size=args.max_array_size,
+                    parallel=args.parallel)
     if args.dry_run:
         for w in getattr(result, "warnings", []):
             print(f"warning: {w}", file=sys.stderr)

@@ -8,8 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from finetune.cli.plan import GUARD, positive_int
-from finetune.login import executors  # the same guard and counts as finetune plan
+from finetune.cli.plan import GUARD, add_submit_arguments
 
 SUBMIT_EPILOG = """examples:
   finetune submit runs/rus-pol
@@ -65,20 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Submit the trials of a plan directory that are neither finished nor queued.",
                               epilog=SUBMIT_EPILOG, formatter_class=HelpFormatter)
     p.add_argument("plan_dir", metavar="DIR", help="the plan directory (with plan.json)")
-    p.add_argument("--executor", choices=("auto", *executors.names()), default="auto",
-                   help="where trials run (auto: slurm when sbatch is on PATH, else local)")
-    p.add_argument("-t", "--template", metavar="TEMPLATE", default=None,
-                   help="sbatch template (.j2 = jinja2, else old str.format style); default: jobs/templates/array.sbatch.j2")
-    p.add_argument("--timeout", metavar="TIME", default=None,
-                   help="time limit per trial (04:00:00, 90, 1-00:00:00); overrides slurm.time")
-    p.add_argument("--throttle", type=positive_int, metavar="N", default=None,
-                   help="at most N tasks of an array run at once (--array=...%%N)")
-    p.add_argument("--max-array-size", type=positive_int, metavar="N", default=None,
-                   help="split arrays above N tasks (default: MaxArraySize from `scontrol show config`)")
-    p.add_argument("--parallel", type=positive_int, metavar="N", default=None,
-                   help="local executor: trials at once (default: --throttle, else half the cores)")
-    p.add_argument("--dry-run", action="store_true", help="render scripts into DIR/jobs; submit nothing")
-    p.add_argument("--yes", "-y", action="store_true", help=f"allow submitting more than {GUARD} trials at once")
+    add_submit_arguments(p)
     p.set_defaults(func=_submit)
 
     p = subparsers.add_parser("status", help="where every trial of a plan stands",
