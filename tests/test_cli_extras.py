@@ -53,3 +53,15 @@ def test_status_all_describes_each_trial(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert f"  {ids[0]} unsubmitted  normal, train russian, seed=0" in out
     assert f"  {ids[1]} unsubmitted  normal, train russian, seed=1" in out
+
+
+def test_pretrain_takes_the_database_language_names():
+    import pytest
+
+    from finetune.cli.model import parse_languages
+    from finetune.errors import UsageError
+
+    assert parse_languages(["russian", "polish", "ces_Latn", "czech=cs-x"]) == [
+        ("rus_Cyrl", "ru"), ("pol_Latn", "pl"), ("ces_Latn", "cs"), ("ces_Latn", "cs-x")]
+    with pytest.raises(UsageError, match=r"'russain' is neither a SIB-200 code .* \(did you mean russian\?\)"):
+        parse_languages(["russain"])

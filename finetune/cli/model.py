@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 from pathlib import Path
 
 from finetune.errors import Problem, UsageError
@@ -22,7 +23,7 @@ A bad checkpoint exits 2 with every problem listed.
 """
 
 PRETRAIN_EPILOG = """examples:
-  finetune pretrain --sib200 data/sib200 --languages rus_Cyrl pol_Latn --name rus-pol-normal --out-dir models --steps 300
+  finetune pretrain --sib200 data/sib200 --languages russian polish --name rus-pol-normal --out-dir models --steps 300
   finetune pretrain --sib200 data/sib200 --languages rus_Cyrl pol_Latn --name rus-pol-ipa --out-dir models --steps 300 --ipa
   finetune pretrain --corpus corpus.txt --name my-model --out-dir models --steps 1000 --n-layer 6 --n-embd 384
 
@@ -73,7 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--corpus", nargs="+", metavar="FILE", help="text files, one text per line")
     src.add_argument("--sib200", metavar="DIR", help="a SIB-200 folder (<DIR>/<language>/<split>.tsv)")
     p.add_argument("--languages", nargs="+", metavar="LANG[=ESPEAK]",
-                   help="SIB-200 languages, e.g. rus_Cyrl pol_Latn (with --sib200)")
+                   help="SIB-200 languages (with --sib200): the names configs use (russian polish, looked up in "
+                        "--database) or SIB-200 codes (rus_Cyrl pol_Latn)")
+    p.add_argument("--database", metavar="FILE", default=None,
+                   help="language database for --languages names (default: the shipped config/language-database.json)")
     p.add_argument("--split", default="train", help="SIB-200 split to read (default: train)")
     p.add_argument("--limit", type=int, metavar="N", help="use only the first N texts of each language/file")
     p.add_argument("--ipa", action="store_true", help="transcribe the corpus to IPA (espeak-ng) first")
@@ -112,13 +116,40 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_languages(values: list[str]) -> list[tuple[str, str | None]]:
-    """``rus_Cyrl`` or ``rus_Cyrl=ru`` -> (language, espeak voice or the known default)."""
+def parse_languages(values: list[str], database: str | None = None) -> list[tuple[str, str | None]]:
+    """``rus_Cyrl``, ``rus_Cyrl=ru`` or a database name (``russian``) -> (SIB-200 code, espeak voice)."""
     out = []
+    db = None
     for v in values:
         lang, _, voice = v.partition("=")
+        if not re.fullmatch(r"[a-z]{3}_[A-Z][a-z]{3}", lang):  # not a SIB-200 code: a database language
+            db = db or _database(database)
+            code, known = _sib200_code(db, lang)
+            lang, voice = code, voice or known
         out.append((lang, voice or ESPEAK.get(lang)))
     return out
+
+
+def _database(path: str | None):
+    from finetune.login.database import load_database
+    from finetune.login.shipped import config_file
+
+    return load_database(path or str(config_file("language-database.json")))
+
+
+def _sib200_code(db, language: str) -> tuple[str, str | None]:
+    """The SIB-200 subset and espeak voice the database gives ``language``."""
+    from finetune.login.schema import did_you_mean
+
+    if not db.has_language(language):
+        raise UsageError(problems=[Problem("--languages", "", f"{language!r} is neither a SIB-200 code (rus_Cyrl) nor "
+                                           f"a language of {db.path}" + did_you_mean(language, db.languages()))])
+    for task in db.tasks(language):
+        for name in db.dataset_names(language, task):
+            entry = db.entry(language, task, name)
+            if "sib200" in str(entry.get("dataset", "")).lower() and entry.get("subset"):
+                return entry["subset"], db.espeak(language)
+    raise UsageError(problems=[Problem("--languages", "", f"{db.path} has no SIB-200 dataset for {language!r}")])
 
 
 def read_sib200(root: Path, language: str, split: str) -> list[str]:
@@ -139,7 +170,7 @@ def _corpus(args: argparse.Namespace) -> list[tuple[list[str], str | None]]:
     if args.sib200:
         if not args.languages:
             raise UsageError(problems=[Problem("--languages", "", "required with --sib200, e.g. rus_Cyrl pol_Latn")])
-        for lang, voice in parse_languages(args.languages):
+        for lang, voice in parse_languages(args.languages, args.database):
             if args.ipa and not voice:
                 problems.append(Problem("--languages", "", f"no espeak voice known for {lang}: write {lang}=VOICE"))
             try:
