@@ -105,3 +105,13 @@ def test_cuda_on_a_machine_without_one_is_refused_before_anything_runs(tmp_path,
     err = capsys.readouterr().err
     assert "config/gpu.json: $.training.device: 'cuda', but this machine shows no CUDA GPU" in err
     assert not list(plan.glob("trials/*/state.json")) and not (plan / "manifest.json").exists()
+
+
+def test_submit_names_the_layer_of_a_missing_checkpoint(tmp_path, capsys):
+    from finetune.cli import main
+
+    plan = tmp_path / "plan"
+    make_plan(plan, 1, per_trial={0: {"training": {"workload": "finetune"}, "checkpoint": str(tmp_path / "nope.pt"),
+                                      "provenance": {"$.checkpoints.normal": "config/typo.json"}}})
+    assert main(["submit", str(plan), "--executor", "local"]) == 2
+    assert f"config/typo.json: $.checkpoints.normal: checkpoint not found: {tmp_path / 'nope.pt'}" in capsys.readouterr().err

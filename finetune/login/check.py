@@ -98,14 +98,15 @@ class _Missing:
 
 
 def _origin(file: str, trial: dict[str, Any], path: str, layer_path: str) -> tuple[str, str]:
-    """``(file, path)`` for a problem: the trial config file, or, for a plan not yet written, the
-    config layer that set the value (from the trial's provenance)."""
-    if file != PLAN_IN_MEMORY:
-        return file, path
+    """``(file, path)`` for a problem: the config layer that set the value (from the trial's
+    provenance), so the fix goes where the typo is; the trial config file (or plan.json) when the
+    value came from ``--set`` or has no provenance."""
     provenance = trial.get("provenance") or {}
     source = provenance.get(layer_path) or next(
         (v for k, v in provenance.items() if k.startswith(layer_path + ".")), None
     )
+    if file != PLAN_IN_MEMORY and (not source or source == "--set"):
+        return file, path
     return (source, layer_path) if source else (file, path)
 
 
