@@ -220,7 +220,8 @@ def _fit_problems(ex: Any, configs: list[tuple[Any, dict[str, Any]]]) -> list[Pr
             out += [p for p in local_device_problems(cfg.get("training") or {}, str(path), cfg.get("provenance"))
                     if p not in out]
         return out
-    cluster = ex.cluster()
+    ask = getattr(ex, "cluster", None)  # a backend registered from elsewhere may not know its nodes
+    cluster = ask() if ask is not None else None
     if cluster is None:
         return []
     out: list[Problem] = []
