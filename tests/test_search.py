@@ -262,6 +262,9 @@ def test_a_worker_stopped_with_usr2_resumes_its_trial(tmp_path):
     assert w.wait(timeout=60) == 75
     assert json.loads((out / "trials" / tid / "state.json").read_text())["state"] == "preempted"
     assert [(t.trial_id, t.state) for t in plan_status(out).trials] == [(tid, "preempted")]
+    spec = S.load_spec(out)
+    study = S.open_study(out, spec)
+    assert S.fail_stale(out, study, spec, S.tally(study).running) == []  # its process is gone, on purpose
     assert [t.state.name for t in study_trials(out)] == ["RUNNING"]
     again = _worker(out, "w0")  # the requeued task: same name
     assert again.wait(timeout=120) == 0
@@ -277,7 +280,7 @@ def test_a_worker_stopped_with_usr2_resumes_its_trial(tmp_path):
 def test_a_sigkilled_worker_does_not_stall_the_study(tmp_path):
     from finetune.login.status import plan_status
 
-    out = _prepare(tmp_path, trials=3, stale_after_s=1.5, count_to=20)
+    out = _prepare(tmp_path, trials=3, count_to=20)  # stale_after_s 600: a dead local worker needs no wait
     a = _worker(out, "a")
     held = _wait(lambda: _counting(out, "a", 2), what="a counting")
     a.kill()
@@ -286,11 +289,11 @@ def test_a_sigkilled_worker_does_not_stall_the_study(tmp_path):
     assert b.wait(timeout=120) == 0
     trials = study_trials(out)
     killed = trials[held["number"]]
-    assert killed.state.name == "FAIL" and "stopped beating" in killed.user_attrs["failed_reason"]
+    assert killed.state.name == "FAIL" and "worker a died (process" in killed.user_attrs["failed_reason"]
     assert [t.state.name for t in trials].count("COMPLETE") == 3
     assert {t.user_attrs["worker"] for t in trials if t.state.name == "COMPLETE"} == {"b"}
     state = json.loads((out / "trials" / held["trial_id"] / "state.json").read_text())
-    assert state["state"] == "failed" and "stopped beating" in state["reason"]
+    assert state["state"] == "failed" and "worker a died" in state["reason"]
     assert {t.trial_id: t.state for t in plan_status(out).trials}[held["trial_id"]] == "failed"
     count = json.loads((out / "trials" / held["trial_id"] / "checkpoints" / "count.json").read_text())["count"]
     time.sleep(0.5)  # the killed worker's trial died with it (no orphan keeps counting)

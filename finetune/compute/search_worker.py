@@ -73,8 +73,7 @@ def ask(plan_dir: Path, spec: dict[str, Any], worker: str) -> dict[str, Any] | N
                 if twin is None:
                     write_plan(Plan(trials=[made], groups={spec["group"]: spec["group_config"]}, sources=[]), plan_dir)
                     _freeze(plan_dir, made, spec, trial.number, worker)
-                    assignment = {"number": trial.number, "trial_id": made.id, "asked": _now(),
-                                  "job": os.environ.get("SLURM_JOB_ID")}
+                    assignment = {"number": trial.number, "trial_id": made.id, "asked": _now(), **_whoami()}
                     atomic_write_json(S.worker_path(plan_dir, worker), assignment)
                     return assignment
                 _tell_twin(study, trial, twin)
@@ -87,6 +86,13 @@ def ask(plan_dir: Path, spec: dict[str, Any], worker: str) -> dict[str, Any] | N
                 return None
             wait = min(10.0, spec["stale_after_s"] / 4)
         time.sleep(wait)
+
+
+def _whoami() -> dict[str, Any]:
+    """Who holds a trial: the SLURM job (alive while queued, even preempted), host and pid."""
+    import socket
+
+    return {"job": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), "pid": os.getpid()}
 
 
 def _twin(study, trial_id: str, number: int):
@@ -220,7 +226,7 @@ def run_worker(plan_dir: str | os.PathLike[str], worker: str) -> int:
                 trials = study.get_trials(deepcopy=False)
                 if held["number"] < len(trials) and trials[held["number"]].state.name == "RUNNING":
                     _log(worker, f"resuming trial {held['trial_id']} (study trial {held['number']})")
-                    assignment = {**held, "job": os.environ.get("SLURM_JOB_ID")}
+                    assignment = {**{k: v for k, v in held.items() if k != "preempted"}, **_whoami()}
                     atomic_write_json(path, assignment)
                 else:
                     assignment = None
@@ -237,7 +243,8 @@ def run_worker(plan_dir: str | os.PathLike[str], worker: str) -> int:
                 _log(worker, f"asked: trial {assignment['trial_id']} (study trial {assignment['number']})")
             tdir = layout.trial_dir(plan_dir, assignment["trial_id"])
             rc = run_trial_child(tdir, path, usr2, beat_s)
-            if rc == PREEMPTED:
+            if rc == PREEMPTED:  # kept for the requeued worker; its process is gone meanwhile, on purpose
+                atomic_write_json(path, {**assignment, "preempted": True})
                 _log(worker, f"trial {assignment['trial_id']} checkpointed; exiting {PREEMPTED} to be requeued")
                 return PREEMPTED
             told = tell(plan_dir, spec, assignment["number"], assignment["trial_id"], rc)

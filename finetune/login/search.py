@@ -456,7 +456,7 @@ def fail_stale(plan_dir: str | os.PathLike[str], study, spec: dict[str, Any], ru
         except OSError:
             held, age = None, math.inf
         holds_it = isinstance(held, dict) and held.get("number") == t.number
-        if holds_it and age <= spec["stale_after_s"]:
+        if holds_it and age <= spec["stale_after_s"] and not _dead_here(held):
             continue
         candidates.append((t, worker, held, age, holds_it))
     # A preempted worker beats no heartbeat while its job waits in the queue to be requeued:
@@ -466,8 +466,12 @@ def fail_stale(plan_dir: str | os.PathLike[str], study, spec: dict[str, Any], ru
     for t, worker, held, age, holds_it in candidates:
         if holds_it and str(held.get("job")) in queued:
             continue
-        why = (f"worker {worker} stopped beating ({age:.0f}s > stale_after_s {spec['stale_after_s']:g})" if holds_it
-               else f"worker {worker} no longer holds it")
+        if not holds_it:
+            why = f"worker {worker} no longer holds it"
+        elif _dead_here(held):
+            why = f"worker {worker} died (process {held.get('pid')} on {held.get('host')} is gone)"
+        else:
+            why = f"worker {worker} stopped beating ({age:.0f}s > stale_after_s {spec['stale_after_s']:g})"
         study._storage.set_trial_user_attr(t._trial_id, "failed_reason", why)
         study.tell(t.number, state=TrialState.FAIL)
         trial_id = t.user_attrs.get("trial_id")
@@ -477,6 +481,30 @@ def fail_stale(plan_dir: str | os.PathLike[str], study, spec: dict[str, Any], ru
                 layout.write_state(tdir, "failed", why)
         failed.append(t.number)
     return failed
+
+
+def _dead_here(held: dict[str, Any]) -> bool:
+    """The worker ran on this machine and its process is gone (no need to wait for its heartbeat)."""
+    import socket
+
+    pid = held.get("pid")
+    if held.get("preempted") or held.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False  # a preempted worker waits to be requeued: its heartbeat (or its SLURM job) decides
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def slurm_jobs_alive(job_ids: list[str]) -> set[str]:
