@@ -7,9 +7,12 @@ heavy: the standard library, ``finetune.fileio`` and nothing else. ::
       plan.json                 the plan (finetune.login.plan)
       manifest.json             every submission, one entry per trial (finetune.login.manifest)
       jobs/<batch>/<key>-<n>.sbatch, .index   one rendered array script and its trial list
+                                (line N: trial id, a tab, the trial's plan.json record)
+      jobs/<batch>/groups.json  the shared resolved configs of the batch's trials, frozen at submit
       jobs/logs/                SLURM's own output files
       trials/<id>/
-        config.json             the frozen trial config (written at plan or submit time)
+        config.json             the frozen trial config, written by the array task when the
+                                trial starts (from its index line and the batch's groups.json)
         state.json              running | preempted | failed | finished | pruned, why, SLURM's restart count
         result.json             the final result; the trial is finished when it says so (or pruned)
         metrics.jsonl           one line per evaluation
@@ -40,6 +43,7 @@ MANIFEST_FILE = "manifest.json"
 JOBS_DIR = "jobs"
 JOB_LOGS_DIR = "logs"  # under jobs/
 TRIALS_DIR = "trials"
+BATCH_GROUPS_FILE = "groups.json"  # under jobs/<batch>/
 PLAN_LOCK = ".plan.lock"  # one plan write at a time
 SUBMIT_LOCK = ".submit.lock"  # one submit or cancel at a time
 
@@ -97,6 +101,11 @@ def job_logs_dir(plan_dir: PathLike) -> Path:
 def batch_dir(plan_dir: PathLike, batch: str) -> Path:
     """Where one submission's scripts and index files go: ``jobs/<batch>``."""
     return jobs_dir(plan_dir) / batch
+
+
+def batch_groups_file(index_file: PathLike) -> Path:
+    """The frozen groups of the batch an index file (``jobs/<batch>/<key>-<n>.index``) belongs to."""
+    return Path(index_file).parent / BATCH_GROUPS_FILE
 
 
 def plan_dir_of_index(index_file: PathLike) -> Path:

@@ -232,7 +232,8 @@ def test_template_forwards_usr2_and_requeues(tmp_path):
     (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "scontrol $*" >> {log}\n')
     (bin_dir / "squeue").write_text("#!/bin/bash\necho PENDING\n")
     (bin_dir / "python").write_text(
-        f'#!/bin/bash\necho "python $*" >> {log}\ntrap \'echo got-usr2 >> {log}; exit 75\' USR2\n'
+        f'#!/bin/bash\ncase "$*" in *--prepare) exit 0 ;; esac\necho "python $*" >> {log}\n'
+        f"trap 'echo got-usr2 >> {log}; exit 75' USR2\n"
         f"touch {tmp_path}/started\nwhile :; do sleep 0.05; done\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)

@@ -87,9 +87,10 @@ def test_nasty_values_never_execute(tmp_path, template):
     assert [m for m in made if m.startswith("PWNED")] == []
     trial_dir = str(plan / "trials" / ids[0])
     index = str(report.arrays[0].index_path)
-    expected = ["python", "-m", "finetune", "train", trial_dir] if template.endswith(".j2") else \
-               ["python", "-m", "finetune", "array-task", index]
-    assert calls(log) == [expected]
+    prepare = ["python", "-m", "finetune", "array-task", index, "--task-id", "0", "--prepare"]
+    expected = [prepare, ["python", "-m", "finetune", "train", trial_dir]] if template.endswith(".j2") else \
+               [["python", "-m", "finetune", "array-task", index]]
+    assert calls(log) == expected
 
 
 def test_the_array_task_refuses_a_tampered_index(tmp_path):

@@ -51,9 +51,11 @@ Runs one trial from its frozen config.json (what every executor runs). Exit code
 ARRAY_EPILOG = """examples:
   SLURM_ARRAY_TASK_ID=3 finetune array-task runs/rus-pol/jobs/0001/1a2b3c4d-0.index
 
-Runs the trial on line $SLURM_ARRAY_TASK_ID + 1 of the index file (trial ids, one a line; the
-plan directory is the index file's grandparent's parent), appending output to its log.txt. For
-templates that do not resolve the index themselves (the old-style one).
+Runs the trial on line $SLURM_ARRAY_TASK_ID + 1 of the index file (trial id, a tab, its plan.json
+record; the plan directory is the index file's grandparent's parent): makes the trial's folder
+and frozen config.json from the record and the batch's groups.json, then runs it with output
+appended to its log.txt. --prepare: only make the folder and config.json (the shipped template
+does this before it starts the trial's ranks).
 """
 
 
@@ -92,6 +94,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               epilog=ARRAY_EPILOG, formatter_class=HelpFormatter)
     p.add_argument("index_file", metavar="INDEX_FILE")
     p.add_argument("--task-id", type=int, default=None, help="the array task (default: $SLURM_ARRAY_TASK_ID)")
+    p.add_argument("--prepare", action="store_true", help="make the trial folder and config.json; run nothing")
     p.set_defaults(func=_array_task)
 
 
@@ -177,19 +180,15 @@ def _array_task(args: argparse.Namespace) -> int:
     from finetune import layout
     from finetune.compute.trial import run_trial
     from finetune.errors import UsageError
+    from finetune.login.batch import prepare_trial
 
     index = Path(args.index_file).resolve()
     task = args.task_id if args.task_id is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
     if task is None:
         raise UsageError("array-task: no --task-id and no $SLURM_ARRAY_TASK_ID")
-    try:
-        lines = index.read_text(encoding="utf-8").splitlines()
-        trial = lines[int(task)].strip()
-    except (OSError, ValueError, IndexError):
-        raise UsageError(f"{index}: no trial for array task {task}") from None
-    if not trial or not all(c.isalnum() or c in "_-" for c in trial):
-        raise UsageError(f"{index}: line {int(task) + 1} is not a trial id")
-    trial_dir = layout.trial_dir(layout.plan_dir_of_index(index), trial)
+    trial_dir = prepare_trial(index, task)
+    if args.prepare:
+        return 0
     if layout.is_finished(trial_dir):  # says so in the job's output; the trial's files stay untouched
         return run_trial(trial_dir)
     log = open(layout.log_file(trial_dir), "ab", buffering=0)  # noqa: SIM115 - lives as long as the process

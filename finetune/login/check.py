@@ -84,9 +84,10 @@ class _Missing:
     def __init__(self) -> None:
         self.items: dict[tuple[str, str], tuple[str, list[str]]] = {}
 
-    def add(self, file: str, path: str, message: str, trial_id: str) -> None:
+    def add(self, file: str, path: str, message: str, trial_id: str, more: Sequence[str] = ()) -> None:
         _, ids = self.items.setdefault((path, message), (file, []))
         ids.append(trial_id)
+        ids.extend(more)
 
     def problems(self) -> list[Problem]:
         out = []
@@ -110,29 +111,34 @@ def _origin(file: str, trial: dict[str, Any], path: str, layer_path: str) -> tup
     return (source, layer_path) if source else (file, path)
 
 
-def check_trials(configs: Sequence[tuple[str, dict[str, Any]]], *, cache_dir: str | os.PathLike[str] | None = None) -> list[Problem]:
-    """Missing checkpoints, tokenizers and datasets of ``(file, TRIAL_CONFIG)`` pairs."""
+def check_trials(configs: Sequence[tuple[str, dict[str, Any]]], *, cache_dir: str | os.PathLike[str] | None = None,
+                 stands_for: Sequence[Sequence[str]] | None = None) -> list[Problem]:
+    """Missing checkpoints, tokenizers and datasets of ``(file, TRIAL_CONFIG)`` pairs.
+
+    ``stands_for[i]``: the trial ids that ``configs[i]`` represents (trials with the same
+    inputs, checked once); the problems count them all."""
     missing = _Missing()
     seen_ckpt: dict[str, bool] = {}
     seen_tok: dict[str, list[Problem]] = {}
     seen_data: dict[tuple, list[tuple[str, str]]] = {}  # -> [(json path, message)]
     caches: dict[str | None, Path] = {}
-    for file, trial in configs:
+    for n, (file, trial) in enumerate(configs):
         tid = str(trial.get("id", "?"))
+        more = [t for t in stands_for[n] if t != tid] if stands_for is not None else []
         mt = trial.get("model_type", "normal")
         ckpt = trial.get("checkpoint")
         if ckpt not in seen_ckpt:
             seen_ckpt[ckpt] = bool(ckpt) and Path(ckpt).is_file()
         if not seen_ckpt[ckpt]:
             ck_file, ck_path = _origin(file, trial, "$.checkpoint", f"$.checkpoints.{mt}")
-            missing.add(ck_file, ck_path, f"checkpoint not found: {ckpt}" if ckpt else "no checkpoint set", tid)
+            missing.add(ck_file, ck_path, f"checkpoint not found: {ckpt}" if ckpt else "no checkpoint set", tid, more)
         tok = trial.get("tokenizer")
         if tok not in seen_tok:
             seen_tok[tok] = tokenizer_problems(tok) if tok else [Problem("", "", "no tokenizer set")]
         if seen_tok[tok]:
             tk_file, tk_path = _origin(file, trial, "$.tokenizer", f"$.tokenizers.{mt}_prefix")
             for p in seen_tok[tok]:
-                missing.add(tk_file, tk_path, p.message, tid)
+                missing.add(tk_file, tk_path, p.message, tid, more)
         entries = trial.get("datasets") or {}
         configured = ((trial.get("data") or {}).get("cache_dir")) if cache_dir is None else str(cache_dir)
         if configured not in caches:
@@ -144,7 +150,7 @@ def check_trials(configs: Sequence[tuple[str, dict[str, Any]]], *, cache_dir: st
             where = f"$.datasets.{lang}"
             entry = entries.get(lang)
             if entry is None:
-                missing.add(file, where, f"no dataset for language {lang!r}", tid)
+                missing.add(file, where, f"no dataset for language {lang!r}", tid, more)
                 continue
             roles = (("train",) if lang in train else ()) + (("eval", "test") if lang in evals else ())
             splits = entry.get("splits") or {}
@@ -161,7 +167,7 @@ def check_trials(configs: Sequence[tuple[str, dict[str, Any]]], *, cache_dir: st
             if seen_data[key]:
                 d_file, _ = _origin(file, trial, where, where)
                 for path, message in seen_data[key]:
-                    missing.add(d_file, path, message, tid)
+                    missing.add(d_file, path, message, tid, more)
     return missing.problems()
 
 

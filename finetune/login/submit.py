@@ -2,9 +2,11 @@
 
 ``submit`` picks the trials that need to run (neither finished, ``finetune.layout.is_finished``, nor
 queued or running per one scheduler call), checks that their inputs exist
-(``finetune.login.check``), freezes their configs, groups them by resources into job
+(``finetune.login.check``, once per distinct set of inputs), groups them by resources into job
 arrays (split at the cluster's MaxArraySize), renders one script per array and submits them,
-writing ``DIR/manifest.json`` after every sbatch. Everything up to the first sbatch is checked
+writing ``DIR/manifest.json`` after every sbatch. It writes O(arrays) files: the batch's
+``groups.json`` and one script and index file per array (``finetune.login.batch``); each array
+task makes its trial's folder and frozen config.json when the trial starts. Everything up to the first sbatch is checked
 first: bad input raises before anything is written or submitted.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -22,8 +25,8 @@ from typing import Any
 
 from finetune import layout
 from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
-from finetune.fileio import atomic_write_json
 from finetune.login import executors, manifest, shipped
+from finetune.login.batch import write_groups
 from finetune.login.check import check_trials
 from finetune.login.executors.base import ArrayJob, SchedulerError, write_job_files
 from finetune.login.executors.resources import resolve_slurm
@@ -90,20 +93,59 @@ def plan_trial_ids(plan_dir: Path) -> list[str]:
     return [t.id for t in load_plan(plan_dir).trials]
 
 
-def trial_config(plan_dir: Path, trial_id: str, plan: Any = None) -> tuple[Path, dict[str, Any], bool]:
-    """The frozen config of a trial about to be (re)submitted, not yet written: (path, config,
-    whether the file must be written). ``refresh``: a failed or never-queued trial takes the
-    operational settings (slurm, data mirrors) that plan.json has now."""
-    from finetune.login.plan import frozen_config
+@dataclass
+class Todo:
+    """What a submission sends, checked in memory before anything is written.
 
-    return frozen_config(plan_dir, trial_id, plan=plan, refresh=True)
+    Trials with a group in plan.json go as their record (the array task freezes their config
+    from it and the batch's groups.json); a trial whose group plan.json lacks runs the
+    ``config.json`` frozen before (by hand or an older tool), read here once."""
+
+    ids: list[str] = field(default_factory=list)
+    configs: list[dict[str, Any]] = field(default_factory=list)  # the slurm section is what counts
+    records: list[str | None] = field(default_factory=list)
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)  # -> jobs/<batch>/groups.json
+    problems: list[Problem] = field(default_factory=list)
+    # one representative TRIAL_CONFIG per distinct set of inputs: (file, config, trial ids it stands for)
+    checks: list[tuple[str, dict[str, Any], list[str]]] = field(default_factory=list)
 
 
-def freeze(configs: list[tuple[str, Path, dict[str, Any], bool]]) -> None:
-    """Write the trial configs that ``trial_config`` found stale (after every check passed)."""
-    for _tid, path, cfg, stale in configs:
-        if stale:
-            atomic_write_json(path, cfg)
+def todo_trials(plan_dir: Path, plan: Any, trials: list[Any]) -> Todo:
+    """Configs, records and checks of the trials to submit: one config per group and per
+    distinct input set (model type, languages), not per trial; no file written."""
+    from finetune.fileio import read_json
+    from finetune.login.batch import record_text
+
+    out = Todo()
+    plan_path = str(layout.plan_file(plan_dir))
+    shared: dict[tuple, tuple[str, dict[str, Any], list[str]]] = {}
+    group_configs: dict[str, dict[str, Any]] = {}
+    for t in trials:
+        if t.group in plan.groups:
+            if t.group not in group_configs:
+                cfg = plan.trial_config(t)
+                group_configs[t.group] = cfg
+                out.groups[t.group] = plan.groups[t.group]
+                out.problems += slurm_problems(cfg.get("slurm", {}), plan_path, cfg.get("provenance"))
+            out.ids.append(t.id)
+            out.configs.append(group_configs[t.group])
+            out.records.append(record_text(t))
+            key = (t.group, t.model_type, tuple(sorted(t.train_languages)), tuple(sorted(t.eval_languages)))
+            if key not in shared:
+                shared[key] = (plan_path, plan.trial_config(t), [])
+            shared[key][2].append(t.id)
+            continue
+        path = layout.config_file(layout.trial_dir(plan_dir, t.id))
+        if not path.is_file():
+            plan.trial_config(t)  # raises: no group (trial id) and nothing frozen
+        cfg = read_json(path)
+        out.ids.append(t.id)
+        out.configs.append(cfg)
+        out.records.append(None)
+        out.problems += slurm_problems(cfg.get("slurm", {}), str(path), cfg.get("provenance"))
+        out.checks.append((str(path), cfg, [t.id]))
+    out.checks += list(shared.values())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -346,13 +388,17 @@ def chunks(items: Sequence[str], size: int) -> list[list[str]]:
 
 def plan_arrays(plan_dir: Path, trials: list[tuple[str, dict[str, Any]]], *, batch: str,
                 template: Path, timeout: str | None, throttle: int | None, max_array_size: int,
-                python: str | None = None) -> list[ArrayJob]:
-    """Group (trial id, trial config) pairs by resources, split at ``max_array_size``, render."""
+                python: str | None = None, records: dict[str, str | None] | None = None) -> list[ArrayJob]:
+    """Group (trial id, trial config) pairs by resources, split at ``max_array_size``, render.
+    ``records``: trial id -> its plan.json record, for the index files."""
     groups: dict[str, tuple[dict[str, Any], str | None, list[str]]] = {}
+    seen: dict[int, tuple[dict[str, Any], str | None, str]] = {}  # configs shared by a group: resolve once
     for trial_id, cfg in trials:
-        slurm = resolve_slurm(cfg.get("slurm"))
-        time = timeout or slurm["time"]
-        key = resource_key(slurm, time)
+        if id(cfg) not in seen:
+            slurm = resolve_slurm(cfg.get("slurm"))
+            time = timeout or slurm["time"]
+            seen[id(cfg)] = (slurm, time, resource_key(slurm, time))
+        slurm, time, key = seen[id(cfg)]
         groups.setdefault(key, (slurm, time, []))[2].append(trial_id)
     jobs: list[ArrayJob] = []
     folder = layout.batch_dir(plan_dir, batch)
@@ -363,7 +409,8 @@ def plan_arrays(plan_dir: Path, trials: list[tuple[str, dict[str, Any]]], *, bat
             text = render(template, script_context(name, plan_dir, index, slurm, time, python))
             jobs.append(ArrayJob(name=name, plan_dir=plan_dir, script_path=folder / f"{key}-{n}.sbatch",
                                  index_path=index, script=text, trial_ids=tuple(part), slurm=slurm,
-                                 time=time, throttle=throttle))
+                                 time=time, throttle=throttle,
+                                 records=tuple(records.get(t) for t in part) if records else ()))
     return jobs
 
 
@@ -371,14 +418,16 @@ def plan_arrays(plan_dir: Path, trials: list[tuple[str, dict[str, Any]]], *, bat
 # prefetch check
 
 
-def check_inputs(configs: list[tuple[Path, dict[str, Any]]]) -> list[Problem]:
-    """``finetune.login.check`` on the frozen configs of the trials that train (in memory: the
-    files may not be written yet).
+def check_inputs(checks: list[tuple[str, dict[str, Any], list[str]]]) -> list[Problem]:
+    """``finetune.login.check`` once per distinct set of inputs: (file, TRIAL_CONFIG, the trial
+    ids it stands for), so each problem still says how many trials need the missing thing.
 
     The ``count`` stand-in needs no checkpoint, tokenizer or data.
     """
-    real = [(str(path), c) for path, c in configs if (c.get("training") or {}).get("workload", "finetune") != "count"]
-    return check_trials(real) if real else []
+    real = [(f, c, ids) for f, c, ids in checks if (c.get("training") or {}).get("workload", "finetune") != "count"]
+    if not real:
+        return []
+    return check_trials([(f, c) for f, c, _ in real], stands_for=[ids for _, _, ids in real])
 
 
 def check_rendering(plan: Any, plan_dir: str | Path, *, template: str | Path | None = None,
@@ -429,7 +478,8 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
 
     ``parallel``: trials at once for the local executor (default: its throttle, else cores/2).
     ``python``: the interpreter the scripts run (default: this one).
-    ``dry_run``: decide and render, submit nothing, write no scripts (trial configs are frozen).
+    ``dry_run``: decide, check and render; write the batch's groups.json, scripts and index
+    files to read; submit nothing, no manifest entry, no trial folder.
     """
     plan_dir = Path(plan_dir).resolve()
     template_path = Path(template).resolve() if template else DEFAULT_TEMPLATE
@@ -449,15 +499,16 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
         entries = manifest.latest(submissions)
         finished, active, todo, superseded = [], [], [], []
         queued = queued_trials(entries)
+        started = _trial_folders(plan_dir)  # one listing: most trials of a big plan have no folder yet
         for t in plan.trials:
             if t.superseded_by and t.id not in queued:  # its input files changed: the newer trial runs
                 superseded.append(t.id)
-            elif layout.is_done(layout.trial_dir(plan_dir, t.id)):  # finished, or pruned by a search
+            elif t.id in started and layout.is_done(layout.trial_dir(plan_dir, t.id)):  # finished, or pruned
                 finished.append(t.id)
             elif t.id in queued:
                 active.append(t.id)
             else:
-                todo.append(t.id)
+                todo.append(t)
         report = SubmitReport(executor=name, arrays=[], scheduler=bool(ex.scheduler), finished=finished,
                               active=active, dry_run=dry_run, manifest=layout.manifest_file(plan_dir),
                               superseded=superseded)
@@ -468,11 +519,10 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
                                                f"{max_trials}); add --yes to submit them, or --dry-run to look first")])
 
         # Everything is checked and rendered in memory first: bad input writes nothing.
-        configs = [(tid, *trial_config(plan_dir, tid, plan)) for tid in todo]
-        problems = [p for tid, path, cfg, _ in configs
-                    for p in slurm_problems(cfg.get("slurm", {}), str(path), cfg.get("provenance"))]
-        problems += _fit_problems(ex, [(path, cfg) for _, path, cfg, _ in configs]) if not problems else []
-        missing = check_inputs([(path, cfg) for _, path, cfg, _ in configs])
+        work = todo_trials(plan_dir, plan, todo)
+        problems = work.problems
+        problems += _fit_problems(ex, [(f, c) for f, c, _ in work.checks]) if not problems else []
+        missing = check_inputs(work.checks)
         if dry_run:
             report.warnings = missing  # a dry run lists what a real submission would refuse
         else:
@@ -482,10 +532,13 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
 
         size = max_array_size or ex.max_array_size() or DEFAULT_MAX_ARRAY_SIZE
         batch = manifest.next_batch(submissions)
-        report.arrays = plan_arrays(plan_dir, [(tid, cfg) for tid, _, cfg, _ in configs], batch=batch,
+        report.arrays = plan_arrays(plan_dir, list(zip(work.ids, work.configs, strict=True)), batch=batch,
                                     template=template_path, timeout=timeout, throttle=throttle,
-                                    max_array_size=size, python=python)
-        freeze(configs)
+                                    max_array_size=size, python=python,
+                                    records=dict(zip(work.ids, work.records, strict=True)))
+        # O(arrays) files: the batch's groups here, an index and a script per array below; the
+        # trial folders and their config.json are made by the array tasks (finetune.login.batch).
+        write_groups(layout.batch_dir(plan_dir, batch), plan_dir, work.groups)
         if dry_run:  # the scripts and index files, to read; no manifest entry, nothing queued
             for job in report.arrays:
                 write_job_files(job)
@@ -513,6 +566,13 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
             report.job_ids.append(job_id)
             report.submitted.extend(job.trial_ids)
         return report
+
+
+def _trial_folders(plan_dir: Path) -> set[str]:
+    try:
+        return set(os.listdir(layout.trials_dir(plan_dir)))
+    except OSError:
+        return set()
 
 
 @contextlib.contextmanager

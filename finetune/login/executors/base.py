@@ -38,6 +38,7 @@ class ArrayJob:
     slurm: dict[str, Any] = field(default_factory=dict)  # the group's slurm section (resources.resolve_slurm)
     time: str | None = None  # the group's time limit (slurm.time or --timeout)
     throttle: int | None = None
+    records: tuple[str | None, ...] = ()  # plan.json record of each trial (one-line JSON), None: frozen by hand
 
     @property
     def array_spec(self) -> str:
@@ -109,7 +110,10 @@ class Executor(Protocol):
 
 
 def write_job_files(job: ArrayJob) -> None:
-    """The files every executor leaves behind: the script (executable) and the index."""
-    atomic_write_text(job.index_path, "".join(f"{t}\n" for t in job.trial_ids))
+    """The files every executor leaves behind: the script (executable) and the index
+    (``finetune.login.batch``: line N = trial id and record of array task N)."""
+    from finetune.login.batch import index_text
+
+    atomic_write_text(job.index_path, index_text(job.trial_ids, job.records))
     atomic_write_text(job.script_path, job.script)
     os.chmod(job.script_path, 0o755)

@@ -1,6 +1,7 @@
 """Runs an array on this machine, N trials at a time, through the same entry point as SLURM.
 
-Each trial runs as ``python -m finetune train TRIAL_DIR`` with its output appended to the
+Each task first makes its trial's folder and frozen config.json from the index file
+(``finetune.login.batch.prepare_trial``, as an array task does), then runs ``python -m finetune train TRIAL_DIR`` with its output appended to the
 trial's ``log.txt``, exactly what an array task does; the script and index file are written too,
 so a plan run locally looks the same on disk. ``submit`` returns when the array is done. A trial
 that exits 75 (checkpointed after SIGUSR2) is started again, as SLURM would requeue it.
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune import layout
+from finetune.login.batch import prepare_trial
 from finetune.login.executors.base import ArrayJob, TaskState, write_job_files
 
 MAX_REQUEUES = 20
@@ -41,7 +43,8 @@ class LocalExecutor:
         workers = job.throttle or self.parallel or max(1, (os.cpu_count() or 2) // 2)
         env = trial_env(workers)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            codes = list(pool.map(lambda t: run_local_trial(job.trial_dir(t), env), job.trial_ids))
+            codes = list(pool.map(lambda i: run_local_trial(prepare_trial(job.index_path, i), env),
+                                  range(len(job.trial_ids))))
         self.exit_codes.update(zip(job.trial_ids, codes, strict=True))
         return f"local-{os.getpid()}-{job.index_path.stem}"
 

@@ -1,7 +1,8 @@
 """The same arrays through submitit's AutoExecutor (``map_array``): slurm when there, else local.
 
 submitit renders its own sbatch script (our template is still written beside it for the
-record); each task calls ``run_local_trial``, i.e. ``python -m finetune train TRIAL_DIR`` with
+record); each task makes its trial's folder and config.json from the index file
+(``finetune.login.batch.prepare_trial``) and calls ``run_local_trial``, i.e. ``python -m finetune train TRIAL_DIR`` with
 output appended to the trial's log. Queue state and cancel go through the slurm tools, since
 submitit's job ids are SLURM ids. Needs accounting: without sacct submitit can wait forever on a
 job that died, so ``submit`` here never waits on results.
@@ -14,14 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from finetune import layout
+from finetune.login.batch import prepare_trial
 from finetune.login.executors import slurm as slurm_tools
 from finetune.login.executors.base import ArrayJob, TaskState, write_job_files
 from finetune.login.executors.local import run_local_trial
 from finetune.login.executors.resources import resolve_slurm
 
 
-def _task(trial_dir: str) -> int:
-    return run_local_trial(Path(trial_dir))
+def _task(index_file: str, task: int) -> int:
+    return run_local_trial(prepare_trial(Path(index_file), task))
 
 
 def time_minutes(time: str | None) -> int:
@@ -93,7 +95,8 @@ class SubmititExecutor:
         if executor.cluster != "slurm":
             params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         executor.update_parameters(**params)
-        jobs = executor.map_array(_task, [str(job.trial_dir(t)) for t in job.trial_ids])
+        n = len(job.trial_ids)
+        jobs = executor.map_array(_task, [str(job.index_path)] * n, list(range(n)))
         return str(jobs[0].job_id).split("_")[0]
 
     def state(self, job_ids: list[str]) -> dict[str, TaskState]:

@@ -1,0 +1,129 @@
+"""Plans at scale: submit writes O(arrays) files; the array task freezes its trial when it starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from submit_helpers import SlurmStubs
+
+from finetune import layout
+from finetune.login.plan import build_plan, load_plan, write_plan
+from finetune.login.submit import submit
+
+REPO = Path(__file__).resolve().parent.parent
+LAYERS = ["finetune-rus-pol.json", "finetune-rus-pol-topic.json", "data-local.json"]
+COUNT = ["training.workload=count", "training.count_to=2", "training.count_sleep_s=0", "slurm.cpus_per_task=1"]
+
+
+@pytest.fixture
+def stubs(tmp_path, monkeypatch):
+    s = SlurmStubs(tmp_path)
+    monkeypatch.setenv("PATH", f"{s.dir}:{os.environ['PATH']}")
+    return s
+
+
+def _layers(tmp_path: Path) -> Path:
+    """The repository's layers (and the database they name) copied where a test may edit them."""
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    for name in [*LAYERS, "language-database.json"]:
+        shutil.copy(REPO / "config" / name, cfg / name)
+    return cfg
+
+
+def _grid(tmp_path: Path, rates: int, seeds: int) -> Path:
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"parameters": {"learning_rate": [1e-4 * (i + 1) for i in range(rates)],
+                                               "seed": list(range(seeds)), "batch_size": 16}}))
+    return grid
+
+
+def _files(root: Path) -> list[Path]:
+    return [Path(d) / f for d, _, fs in os.walk(root) for f in fs]
+
+
+def test_a_dry_run_of_10000_trials_writes_fewer_than_100_files(tmp_path):
+    cfg = _layers(tmp_path)
+    plan = build_plan([str(cfg / n) for n in LAYERS], COUNT, grid_config=str(_grid(tmp_path, 100, 100)),
+                      model_types=("normal",))
+    assert len(plan.trials) == 10_000
+    out = tmp_path / "plan"
+    write_plan(plan, out)
+    report = submit(out, executor="slurm", dry_run=True, max_array_size=1000)
+    assert len(report.arrays) == 10 and sum(len(j.trial_ids) for j in report.arrays) == 10_000
+    files = _files(out)
+    assert len(files) < 100, sorted(str(f.relative_to(out)) for f in files)
+    assert not layout.trials_dir(out).exists()  # the array tasks make the trial folders
+    # the index lines carry each trial's record, so the task needs nothing else from plan.json
+    first = report.arrays[0].index_path.read_text().splitlines()[0].split("\t")
+    assert first[0] == plan.trials[0].id and json.loads(first[1])["id"] == plan.trials[0].id
+
+
+def test_layer_edits_after_submit_change_nothing_a_queued_trial_runs(tmp_path, stubs):
+    cfg = _layers(tmp_path)
+    ops = cfg / "ops.json"  # a layer of operational settings: editing it keeps the trial id
+    ops.write_text(json.dumps({"slurm": {"mem": "1G"}, "training": {"count_sleep_s": 0}}))
+    layers = [*(str(cfg / n) for n in LAYERS), str(ops)]
+    out = tmp_path / "plan"
+    write_plan(build_plan(layers, COUNT[:2], model_types=("normal",)), out)
+    (tid,) = [t.id for t in load_plan(out).trials]
+    submitted = load_plan(out).trial_config(tid)
+    report = submit(out, executor="slurm")
+    assert report.submitted == [tid] and not layout.trials_dir(out).exists()  # nothing per trial at submit
+
+    # Edit the layer, plan again into the same folder (plan.json now says otherwise), then delete
+    # every layer: the queued trial must not notice.
+    ops.write_text(json.dumps({"slurm": {"mem": "7G"}, "training": {"count_sleep_s": 0.001}}))
+    replanned = build_plan(layers, COUNT[:2], model_types=("normal",))
+    assert [t.id for t in replanned.trials] == [tid]
+    write_plan(replanned, out)
+    assert load_plan(out).trial_config(tid)["slurm"]["mem"] == "7G"
+    for layer in cfg.iterdir():
+        layer.unlink()
+
+    (job,) = report.arrays
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "finetune", "array-task", str(job.index_path), "--task-id", "0"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    trial = layout.trial_dir(out, tid)
+    assert proc.returncode == 0, proc.stderr + layout.log_file(trial).read_text()
+    frozen = json.loads(layout.config_file(trial).read_text())
+    assert frozen == json.loads(json.dumps(submitted))  # exactly what plan.json said at submit
+    assert frozen["slurm"]["mem"] == "1G" and frozen["training"]["count_sleep_s"] == 0
+    assert layout.is_finished(trial) and json.loads(layout.result_file(trial).read_text())["count"] == 2
+
+
+def test_status_and_collect_understand_trials_without_a_folder(tmp_path, stubs):
+    from finetune.analysis.results import collect
+    from finetune.login.status import plan_status
+
+    cfg = _layers(tmp_path)
+    out = tmp_path / "plan"
+    write_plan(build_plan([str(cfg / n) for n in LAYERS], COUNT, grid_config=str(_grid(tmp_path, 2, 3)),
+                          model_types=("normal",)), out)
+    ids = [t.id for t in load_plan(out).trials]
+    (job,) = submit(out, executor="slurm").arrays
+    # one trial ran (its folder made by the array task), the others are still queued, folder-less
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "finetune", "array-task", str(job.index_path), "--task-id", "0"],
+                   env=env, check=True, timeout=120)
+    stubs.set("squeue.txt", "".join(f"100_{i}|PENDING|Priority\n" for i in range(1, 5)))
+    before = sorted(map(str, _files(out)))
+
+    report = plan_status(out)
+    states = {t.trial_id: t.state for t in report.trials}
+    assert states[ids[0]] == "finished"
+    assert [states[i] for i in ids[1:5]] == ["pending"] * 4 and states[ids[5]] == "cancelled"
+    assert stubs.calls("squeue") and len(stubs.calls("squeue")) == 1 and len(stubs.calls("sacct")) == 1
+
+    table = collect(out, metric="loss")
+    rows = {r.trial_id: r for r in table.rows}
+    assert rows[ids[0]].state == "finished" and all(rows[i].state == "missing" for i in ids[1:])
+    assert sorted(map(str, _files(out))) == before  # reading wrote nothing, made no folder
+    assert sorted(p.name for p in layout.trials_dir(out).iterdir()) == [ids[0]]
