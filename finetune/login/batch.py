@@ -14,6 +14,7 @@ by hand or by an older submit, with no group in plan.json) runs the ``config.jso
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -59,11 +60,9 @@ def read_task(index_file: str | os.PathLike[str], task: int | str) -> tuple[str,
         if n < 0:
             raise ValueError
         with open(index, encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if i == n:
-                    break
-            else:
-                raise IndexError
+            line = next(itertools.islice(f, n, None), None)
+        if line is None:
+            raise IndexError
     except (OSError, ValueError, IndexError):
         raise UsageError(f"{index}: no trial for array task {task}") from None
     tid, _, rest = line.rstrip("\n").partition(SEPARATOR)
