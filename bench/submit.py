@@ -1,6 +1,12 @@
-"""Submit benchmark on the real single-node cluster: job arrays vs one sbatch per trial.
+"""Submit benchmarks: job arrays vs one sbatch per trial on the real cluster; dry runs at scale.
 
     .venv/bin/python bench/submit.py [--trials 1000]
+    .venv/bin/python bench/submit.py --dry-run 100000 1000000
+
+--dry-run N...: no cluster. For each N (in a fresh process, so peak memory is its own), plans a
+grid of N count trials (build + write plan.json), dry-runs the submit (slurm executor,
+MaxArraySize 1001), then runs status and collect on the plan (trials without folders), and prints
+wall time of each step, the process's peak memory and the files the plan folder holds.
 
 Starts its own cluster (scripts/slurm-cluster.sh, temp dir, free ports), plans a uniform grid of
 N count trials twice, submits one copy through ``finetune.login.submit`` (job arrays) and the other
@@ -22,10 +28,75 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 
+def dry_run_one(trials: int, root: Path) -> dict:
+    import json
+    import os
+    import resource
+
+    from finetune.analysis.results import collect
+    from finetune.login.plan import build_plan, load_plan, write_plan
+    from finetune.login.status import plan_status
+    from finetune.login.submit import submit
+
+    seeds = 10 if trials % 10 == 0 else 1
+    grid = root / "grid.json"
+    grid.write_text(json.dumps({"parameters": {"learning_rate": [round(1e-6 * (i + 1), 9) for i in range(trials // seeds)],
+                                               "seed": list(range(seeds))}}))
+    configs = [str(REPO / "config" / n) for n in ("finetune-rus-pol.json", "finetune-rus-pol-topic.json", "data-local.json")]
+    out = root / "plan"
+    t0 = time.perf_counter()
+    plan = build_plan(configs, ["training.workload=count"], grid_config=str(grid), model_types=("normal",))
+    write_plan(plan, out)
+    del plan
+    t1 = time.perf_counter()
+    report = submit(out, executor="slurm", dry_run=True, max_array_size=1001)
+    t2 = time.perf_counter()
+    assert sum(len(j.trial_ids) for j in report.arrays) == trials
+    del report
+    t3 = time.perf_counter()
+    load_plan(out)
+    t4 = time.perf_counter()
+    status = plan_status(out)
+    t5 = time.perf_counter()
+    table = collect(out, metric="loss")
+    t6 = time.perf_counter()
+    assert len(status.trials) == len(table.rows) == trials
+    files = sum(len(f) for _, _, f in os.walk(out))
+    size = sum(os.path.getsize(os.path.join(d, x)) for d, _, f in os.walk(out) for x in f)
+    return {"trials": trials, "plan_s": t1 - t0, "dry_run_s": t2 - t1, "load_s": t4 - t3, "status_s": t5 - t4,
+            "collect_s": t6 - t5, "files": files, "mb": size / 1e6,
+            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+
+
+def dry_runs(sizes: list[int]) -> int:
+    import json
+
+    print(f"{'trials':>8} {'plan s':>7} {'dry-run s':>9} {'files':>6} {'MB':>7} {'load s':>7} {'status s':>8} "
+          f"{'collect s':>9} {'peak GB':>8}")
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="ft-bench-") as tmp:
+            proc = subprocess.run([sys.executable, __file__, "--one-dry-run", str(n), tmp], capture_output=True,
+                                  text=True, check=True)
+        r = json.loads(proc.stdout.splitlines()[-1])
+        print(f"{r['trials']:>8} {r['plan_s']:>7.1f} {r['dry_run_s']:>9.1f} {r['files']:>6} {r['mb']:>7.0f} "
+              f"{r['load_s']:>7.1f} {r['status_s']:>8.1f} {r['collect_s']:>9.1f} {r['peak_gb']:>8.2f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=1000)
+    parser.add_argument("--dry-run", type=int, nargs="+", metavar="N", help="dry-run benchmarks of N trials (no cluster)")
+    parser.add_argument("--one-dry-run", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one_dry_run:
+        import json
+
+        sys.path.insert(0, str(REPO))
+        print(json.dumps(dry_run_one(int(args.one_dry_run[0]), Path(args.one_dry_run[1]))))
+        return 0
+    if args.dry_run:
+        return dry_runs(args.dry_run)
 
     import os
 

@@ -132,7 +132,9 @@ def test_a_dry_run_outside_the_checkout_renders_the_default_template(installed):
         "# Rendered by finetune.login.render (jinja2, StrictUndefined); every value below is shell-quoted.")
     assert "#SBATCH --signal=B:USR2@120" in text and "#SBATCH --time=04:00:00" in text  # default.json's slurm
     assert f"{installed['python']} -m finetune train" in text
-    assert len(list((work / "out" / "trials").glob("*/config.json"))) == 2
+    assert not (work / "out" / "trials").exists()  # the array tasks make the trial folders
+    (index,) = (work / "out" / "jobs").rglob("*.index")
+    assert len(index.read_text().splitlines()) == 2 and list((work / "out" / "jobs").rglob("groups.json"))
     # every value not set by the layer came from the installed default.json and database
     proc = _run([finetune, "config", "show", "layer.json", "--explain", "--resolved"], cwd=work)
     assert proc.returncode == 0, proc.stderr
