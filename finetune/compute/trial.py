@@ -14,7 +14,7 @@ from finetune.errors import ConfigError, Problem
 from finetune.fileio import read_json
 
 WORKLOADS = ("finetune", "count")
-TRAINABLE_TASK_TYPES = ("classification",)
+TRAINABLE_TASK_TYPES = ("classification", "question-answering", "causal-lm")
 
 
 def run_trial(trial_dir: str | Path) -> int:

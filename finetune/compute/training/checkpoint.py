@@ -51,9 +51,12 @@ class TrainState:
 class CheckpointStore:
     """Save and load a trial's checkpoints; every rank calls every method (they synchronise)."""
 
-    def __init__(self, folder: Path, env: dist_env.DistEnv):
+    def __init__(self, folder: Path, env: dist_env.DistEnv, *, trainable_only: bool = False):
         self.folder = folder
         self.env = env
+        # LoRA: only the adapters and the head train, so only they are saved; the frozen base is
+        # rebuilt from the pretrained checkpoint
+        self.trainable_only = trainable_only
         self.saved_step: int | None = None  # step of the latest checkpoint on disk (never overwritten in place)
 
     # --- latest: resume state -----------------------------------------------------------------------
@@ -63,7 +66,7 @@ class CheckpointStore:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         folder = self._fresh_folder(f"step-{state.step:08d}")
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=self._options())
         _dcp_save({"model": model_sd, "optim": optim_sd}, folder)
         torch.save({"rng": rng_state(), "scaler": scaler.state_dict() if scaler else None},
                    folder / f"rank{self.env.rank}.pt")
@@ -86,10 +89,11 @@ class CheckpointStore:
             return None
         folder = self.folder / read_json(pointer)["dir"]
         saved = read_json(folder / "trainer.json")
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = get_state_dict(model, optimizer, options=self._options())
         sd = {"model": model_sd, "optim": optim_sd}
         _dcp_load(sd, folder)
-        set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"],
+                       options=self._options())
         state = TrainState(**saved["state"])
         self.saved_step = state.step
         rank_file = folder / f"rank{self.env.rank}.pt"
@@ -105,7 +109,7 @@ class CheckpointStore:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
         folder = self._fresh_folder(f"best-{step:08d}")
-        _dcp_save({"model": get_model_state_dict(model)}, folder)
+        _dcp_save({"model": get_model_state_dict(model, options=self._options())}, folder)
         self._publish(BEST, folder, {"step": step, "metric": metric, "value": value}, "best")
 
     def load_best(self, model: Any) -> bool:
@@ -115,10 +119,17 @@ class CheckpointStore:
         pointer = self.folder / BEST
         if not pointer.exists():
             return False
-        sd = {"model": get_model_state_dict(model)}
+        sd = {"model": get_model_state_dict(model, options=self._options())}
         _dcp_load(sd, self.folder / read_json(pointer)["dir"])
-        set_model_state_dict(model, sd["model"])
+        set_model_state_dict(model, sd["model"], options=self._options())
         return True
+
+    def _options(self) -> Any:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+        if not self.trainable_only:
+            return None
+        return StateDictOptions(ignore_frozen_params=True, strict=False)
 
     def remove(self) -> None:
         """Drop every checkpoint (rank 0; the trial is finished)."""

@@ -58,7 +58,10 @@ class Trainer:
         logdir = logit_directory if logit_directory is not None else training.get("logit_directory")
         self.logit_dir = Path(logdir) if logdir else layout.logits_dir(trial_dir)
         self.trial_id = str(config.get("id") or trial_dir.name)
-        self.checkpoints = CheckpointStore(layout.checkpoints_dir(trial_dir), env)
+        from finetune.compute.training.lora import lora_settings
+
+        self.lora = lora_settings(config, file=self.config_file)
+        self.checkpoints = CheckpointStore(layout.checkpoints_dir(trial_dir), env, trainable_only=self.lora is not None)
         self.trackers = trackers_for(config, trial_dir) if env.is_main else []
         # A search's trial reports each evaluation (rank 0 asks the study; every rank hears the answer).
         self.searching = Reporter.from_config(config) is not None
@@ -73,6 +76,9 @@ class Trainer:
         runtime.seed_everything(self.s.seed)
 
         self._build_model_and_data()
+        from finetune.compute.training.lora import parameter_counts
+
+        self.parameters = parameter_counts(self.base)  # before FSDP shards them
         self._build_optimizer()
         self.state = TrainState()
         self._resume()
@@ -100,7 +106,12 @@ class Trainer:
         loaded = load_checkpoint(self.config["checkpoint"])
         data = self.task.load_data(loaded[0].block_size)
         runtime.seed_everything(self.s.seed)
-        self.base = self.task.build_model(loaded).to(self.device)
+        self.base = self.task.build_model(loaded)
+        if self.lora is not None:
+            from finetune.compute.training.lora import add_adapters
+
+            self.base = add_adapters(self.base, self.lora, self.task.head_modules)
+        self.base = self.base.to(self.device)
         del loaded
         if self.env.distributed:
             # same initial weights everywhere (FSDP needs it), then each rank its own dropout masks
@@ -397,6 +408,7 @@ class Trainer:
                        "peak_memory_mb": runtime.peak_memory_mb(self.device)},
             "steps": state.step, "world_size": self.env.world_size, "strategy": self.s.strategy,
             "precision": self.precision, "device": str(self.device.type), "restart_count": layout.restart_count(),
+            "parameters": self.parameters,
         }
         if self.env.is_main:
             atomic_write_json(layout.result_file(self.trial_dir), result)
@@ -413,7 +425,13 @@ class Trainer:
         if self.s.strategy == "fsdp":
             full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
             if self.env.is_main:
-                model = type(self.base)(self.base.config)
+                from finetune.compute.model import load_checkpoint
+
+                model = self.task.build_model(load_checkpoint(self.config["checkpoint"]))
+                if self.lora is not None:
+                    from finetune.compute.training.lora import add_adapters
+
+                    model = add_adapters(model, self.lora, self.task.head_modules)
                 model.load_state_dict(full)
         else:
             model = self.base
@@ -427,7 +445,12 @@ class Trainer:
             if bars and not sys.stderr.isatty():
                 hf_logging.disable_progress_bar()  # no "Writing model shards" bar in log files
             try:
-                model.save_pretrained(tmp)
+                if self.lora is not None:
+                    from finetune.compute.training.lora import save_adapter
+
+                    save_adapter(model, tmp)
+                else:
+                    model.save_pretrained(tmp)
             finally:
                 if bars:
                     hf_logging.enable_progress_bar()

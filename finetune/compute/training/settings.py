@@ -14,8 +14,8 @@ from typing import Any
 from finetune import layout
 from finetune.analysis.results import SELECTIONS
 from finetune.compute import distributed as dist_env
-from finetune.compute.metrics import METRICS
 from finetune.errors import ConfigError, Problem
+from finetune.login.tasks import ALL_METRICS
 
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -97,7 +97,7 @@ def settings_from_config(config: dict[str, Any], world_size: int = 1, *, file: s
                         "null or a non-negative integer")
     ckpt_interval = get(tr, T, "checkpoint_interval", None, lambda v: v is None or (is_int(v) and v >= 0),
                         "null or a non-negative integer")
-    metric = get(tr, T, "metric", "macro_f1", lambda v: v in METRICS, " or ".join(METRICS))
+    metric = get(tr, T, "metric", "macro_f1", lambda v: v in ALL_METRICS, " or ".join(ALL_METRICS))
     device = get(tr, T, "device", "auto", lambda v: isinstance(v, str) and v, "a device name such as auto, cpu, cuda")
     workers = get(tr, T, "num_workers", 0, lambda v: is_int(v) and v >= 0, "a non-negative integer")
     eval_bs = get(tr, T, "eval_batch_size", 64, lambda v: is_int(v) and v >= 1, "a positive integer")

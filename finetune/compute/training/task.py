@@ -58,6 +58,8 @@ class TaskData:
 class ClassificationTask:
     """Sequence classification (SIB-200 topics): the last token's hidden state -> a linear head."""
 
+    head_modules: tuple[str, ...] = ("score",)  # trains beside LoRA adapters
+
     def __init__(self, config: dict[str, Any], settings: Settings, *, file: str):
         from finetune.compute.tokenizer import load_tokenizer
 
@@ -149,6 +151,21 @@ class ClassificationTask:
         atomic_write_bytes(folder / logits_name(trial_id, language, split), buf.getvalue())
 
 
-def task_for(config: dict[str, Any], settings: Settings, *, file: str) -> ClassificationTask:
-    """The task of a trial config (only classification today; QA and causal LM plug in here)."""
+def task_for(config: dict[str, Any], settings: Settings, *, file: str) -> Any:
+    """The task of a trial config, by its datasets' task type; its selection metric must be one it reports."""
+    from finetune.compute.data import trial_task_type
+    from finetune.login.tasks import metric_problems
+
+    kind = trial_task_type(config)
+    problems = metric_problems(kind, settings.metric, source=file)
+    if problems:
+        raise ConfigError(problems=problems)
+    if kind == "question-answering":
+        from finetune.compute.training.other_tasks import QATask
+
+        return QATask(config, settings, file=file)
+    if kind == "causal-lm":
+        from finetune.compute.training.other_tasks import CausalLMTask
+
+        return CausalLMTask(config, settings, file=file)
     return ClassificationTask(config, settings, file=file)

@@ -1,0 +1,141 @@
+"""LoRA adapters through peft: which layers, which settings, what trains, how to merge.
+
+``lora_r`` 0 (the default) is full fine-tuning. Otherwise every linear layer whose name ends in
+one of ``lora_targets`` (nanoGPT's ``c_attn``, ``c_proj``, ``c_fc``) gets a rank-``lora_r``
+adapter scaled by ``lora_alpha / lora_r``; the base weights are frozen and only the adapters and
+the task head (``modules_to_save``: the classifier ``score``, the QA ``qa_outputs``) train. The
+causal LM's head is tied to the token embedding and stays frozen. Checkpoints then hold only
+the trainable tensors (``CheckpointStore(trainable_only=True)``); the frozen ones are rebuilt
+from the pretrained checkpoint, which is what makes resume exact.
+
+The trial's ``model/`` holds the adapter (peft's ``adapter_model.safetensors``, ``adapter_config.json``),
+the base model's config and the tokenizer; ``merge`` folds the adapter into the base weights for
+a model directory that loads without peft (``finetune convert --merge-lora``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune.errors import ConfigError, Problem
+
+DEFAULT_TARGETS = ("c_attn", "c_proj", "c_fc")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]
+    four_bit: bool
+
+
+def lora_settings(config: dict[str, Any], *, file: str) -> LoraSettings | None:
+    """The trial's LoRA settings, or None for full fine-tuning; ConfigError for what cannot run here."""
+    hp = config.get("hyperparameters") or {}
+    r = int(hp.get("lora_r") or 0)
+    if r <= 0:
+        return None
+    settings = LoraSettings(r=r, alpha=float(hp.get("lora_alpha", 16)), dropout=float(hp.get("lora_dropout", 0.0)),
+                            targets=tuple(hp.get("lora_targets") or DEFAULT_TARGETS),
+                            four_bit=bool(hp.get("lora_4bit", False)))
+    if settings.four_bit:
+        raise ConfigError(problems=[Problem(file, "$.hyperparameters.lora_4bit",
+                                            "4-bit QLoRA is not implemented in this trainer yet (it needs CUDA and "
+                                            "bitsandbytes); set lora_4bit to false")])
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise ConfigError(problems=[Problem(file, "$.hyperparameters.lora_r",
+                                            "LoRA needs peft (pip install peft, or finetune[train])")]) from None
+    return settings
+
+
+def add_adapters(model: Any, settings: LoraSettings, head_modules: tuple[str, ...]) -> Any:
+    """``model`` with LoRA adapters (a peft ``PeftModel``); only adapters and head train."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in settings.targets if t not in names]
+    if missing:
+        raise ConfigError(problems=[Problem("trial config", "$.hyperparameters.lora_targets",
+                                            f"no layer named {', '.join(missing)} in the model "
+                                            f"(linear layers: c_attn, c_proj, c_fc)")])
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=list(settings.targets), modules_to_save=list(head_modules) or None,
+                        bias="none")
+    # the config's architectures name the head class, for the merge
+    model.config.architectures = [type(model).__name__]
+    return get_peft_model(model, config)
+
+
+def parameter_counts(model: Any) -> dict[str, int]:
+    """Trainable and total parameters (shared tensors counted once)."""
+    seen: dict[int, tuple[int, bool]] = {}
+    for p in model.parameters():
+        seen.setdefault(id(p), (p.numel(), p.requires_grad))
+    return {"trainable": sum(n for n, t in seen.values() if t), "total": sum(n for n, _ in seen.values())}
+
+
+def is_peft(model: Any) -> bool:
+    return type(model).__name__.startswith("Peft")
+
+
+def save_adapter(model: Any, folder: Path) -> None:
+    """The adapter and head (peft), plus the base model's config (head class, labels) for the merge."""
+    model.save_pretrained(str(folder))
+    inner = model.get_base_model()
+    inner.config.architectures = [type(inner).__name__]
+    inner.config.save_pretrained(str(folder))
+
+
+def merge(trial_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Fold a finished LoRA trial's adapter into its base checkpoint; write a plain HF model dir."""
+    import shutil
+    import tempfile
+
+    from finetune import layout
+    from finetune.compute import hf
+    from finetune.errors import UsageError
+    from finetune.fileio import read_json
+
+    trial, out = Path(trial_dir), Path(out_dir)
+    model_dir = layout.model_dir(trial)
+    problems = []
+    if not (model_dir / "adapter_config.json").is_file():
+        problems.append(Problem("TRIAL_DIR", "", f"{model_dir}: no LoRA adapter here (adapter_config.json); "
+                                "is it a finished trial with lora_r > 0?"))
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
+        problems.append(Problem("OUT_DIR", "", f"{out} exists and is not empty; use --force to replace it"))
+    if problems:
+        raise UsageError(problems=problems)
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    config = read_json(layout.config_file(trial))
+    base_config = hf.NanoGPTConfig.from_pretrained(str(model_dir))
+    cls = getattr(hf, (base_config.architectures or ["NanoGPTForSequenceClassification"])[0])
+    keep = {k: getattr(base_config, k) for k in ("id2label", "label2id", "pad_token_id", "eos_token_id",
+                                                  "bos_token_id") if getattr(base_config, k, None) is not None}
+    if getattr(base_config, "qa", None):
+        keep["qa"] = base_config.qa
+    num_labels = base_config.num_labels if cls is hf.NanoGPTForSequenceClassification else None
+    base = cls.from_nanogpt(config["checkpoint"], num_labels, **keep)
+    merged = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+    merged.config.architectures = [type(merged).__name__]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        merged.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
