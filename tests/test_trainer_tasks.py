@@ -79,6 +79,11 @@ def assert_same(a: Path, b: Path) -> None:
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+# train loss at steps 4 and 8 (one CPU thread), from the first run of this test
+RECORDED = {("question-answering", 0): [4.09744, 3.81428], ("causal-lm", 0): [5.49038, 5.33012],
+            ("question-answering", 4): [4.14862, 4.01841], ("causal-lm", 4): [5.45713, 5.41503]}
+
+
 @pytest.mark.parametrize("kind, lora", [("question-answering", 0), ("causal-lm", 0), ("question-answering", 4),
                                         ("causal-lm", 4)])
 def test_task_trains_and_resumes_exactly(data, kind, lora, tmp_path):
@@ -99,6 +104,7 @@ def test_task_trains_and_resumes_exactly(data, kind, lora, tmp_path):
         else:
             assert 0 <= metrics[lang]["eval"]["exact_match"] <= metrics[lang]["eval"]["f1"] <= 1
     assert [x["step"] for x in lines(ref)] == [4, 4, 8, 8]
+    assert [x["train_loss"] for x in lines(ref)[::2]] == pytest.approx(RECORDED[(kind, lora)], abs=5e-4)
     params = result["parameters"]
     assert params["trainable"] < params["total"] if lora else params["trainable"] == params["total"]
     dumps = sorted(p.name for p in (ref / "logits").iterdir())
@@ -113,3 +119,78 @@ def test_task_trains_and_resumes_exactly(data, kind, lora, tmp_path):
     assert_same(ref, again)
     if lora:  # only the adapters and the head were checkpointed: far smaller than the model
         assert (ref / "model" / "adapter_config.json").is_file() and not (ref / "model" / "model.safetensors").exists()
+
+
+def test_lora_classification_counts_merge_and_cli(data, tmp_path, sib200_dir):
+    """LoRA on the classification task: exact trainable count, and the merged model (loaded in a
+    Python without peft) gives the adapter model's logits within 1e-5."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import torch
+    from peft import PeftModel
+    from test_trainer import trial_config, write_sib_slice
+
+    from finetune.compute.hf import NanoGPTForSequenceClassification
+    from finetune.compute.tokenizer import load_tokenizer
+
+    sib = write_sib_slice(tmp_path / "sib", sib200_dir)
+    cfg = trial_config(data["ckpt"], data["tok"], sib, tmp_path / "cache", "lora-clf",
+                       hyperparameters={"max_steps": 6, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                                        "lora_targets": ["c_attn", "c_fc"]})
+    trial = make_trial(tmp_path, cfg)
+    assert run(trial) == 0
+    result = json.loads((trial / "result.json").read_text())
+    # n_layer 2, n_embd 32, r 4: c_attn 4*(32+96) + c_fc 4*(32+128) per layer, plus the 7-class head 32*7
+    assert result["parameters"]["trainable"] == 2 * (4 * (32 + 96) + 4 * (32 + 128)) + 32 * 7
+    base_total = sum(p.numel() for p in NanoGPTForSequenceClassification.from_nanogpt(data["ckpt"], 7).parameters())
+    assert result["parameters"]["total"] == base_total + 2 * (4 * (32 + 96) + 4 * (32 + 128)) + 32 * 7
+    model_files = sorted(p.name for p in (trial / "model").iterdir())
+    assert "adapter_model.safetensors" in model_files and "model.safetensors" not in model_files
+
+    tok = load_tokenizer(data["tok"])
+    texts = ["Сборная России выиграла матч.", "Поезд уходит в восемь утра из Москвы."]
+    batch = tok(texts, return_tensors="pt", padding=True)
+    base = NanoGPTForSequenceClassification.from_nanogpt(data["ckpt"], 7)
+    adapted = PeftModel.from_pretrained(base, str(trial / "model")).eval()
+    with torch.no_grad():
+        expected = adapted(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.numpy()
+
+    out = tmp_path / "merged"
+    from finetune.cli import main
+
+    assert main(["convert", "--merge-lora", str(trial), str(out)]) == 0
+    code = (
+        "import sys\n"
+        "sys.modules['peft'] = None  # no peft in this Python\n"
+        "import numpy as np, torch\n"
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+        f"m = AutoModelForSequenceClassification.from_pretrained({str(out)!r}, trust_remote_code=True).eval()\n"
+        f"tok = AutoTokenizer.from_pretrained({str(out)!r})\n"
+        f"b = tok({texts!r}, return_tensors='pt', padding=True)\n"
+        "with torch.no_grad():\n"
+        "    logits = m(input_ids=b['input_ids'], attention_mask=b['attention_mask']).logits\n"
+        f"np.save({str(tmp_path / 'merged.npy')!r}, logits.numpy())\n"
+        "print(type(m).__name__, m.config.id2label[0], 'peft' in str(type(m)).lower())\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["NanoGPTForSequenceClassification", "science/technology", "False"]
+    np.testing.assert_allclose(np.load(tmp_path / "merged.npy"), expected, atol=1e-5, rtol=0)
+    # not a LoRA trial / bad flags: exit 2 with the reason
+    with pytest.raises(Exception) as e:
+        from finetune.compute.training.lora import merge
+
+        merge(tmp_path, tmp_path / "x")
+    assert "no LoRA adapter here" in str(e.value)
+    assert main(["convert", "--merge-lora", str(trial), str(tmp_path / "y"), "--task", "classification"]) == 2
+
+
+def test_qlora_is_refused_by_the_trainer(data, tmp_path):
+    cfg = config(data, "causal-lm", "qlora", hp={"lora_r": 4, "lora_4bit": True})
+    trial = make_trial(tmp_path, cfg)
+    assert run(trial) == 2
+    state = json.loads((trial / "state.json").read_text())
+    assert "$.hyperparameters.lora_4bit" in state["reason"] and not (trial / "result.json").exists()

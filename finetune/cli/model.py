@@ -13,6 +13,7 @@ from finetune.errors import Problem, UsageError
 CONVERT_EPILOG = """examples:
   finetune convert models/rus-pol-normal/ckpt.pt hf/rus-pol-topic --task classification --num-labels 7
   finetune convert models/rus-pol-normal/ckpt.pt hf/rus-pol-lm --task causal-lm --tokenizer models/rus-pol-normal
+  finetune convert --merge-lora runs/rus-pol/trials/3f9c1a2b7d04 hf/rus-pol-topic-merged
 
 Reads the checkpoint with torch.load(weights_only=True) (a file that needs arbitrary unpickling
 is refused), checks every key and shape against its model_args, and writes OUT_DIR with
@@ -20,6 +21,10 @@ model.safetensors, config.json (model_type nanogpt) and the tokenizer. Without -
 nanoGPT-layout sibling <ckpt dir>-vocab.json / -merges.txt is used when it exists. Load the
 result with transformers after `import finetune.compute.hf`, or with trust_remote_code=True.
 A bad checkpoint exits 2 with every problem listed.
+
+--merge-lora TRIAL_DIR OUT_DIR: a finished LoRA trial (lora_r > 0) keeps only its adapter and
+head in TRIAL_DIR/model; this folds them into the trial's base checkpoint and writes a plain
+model directory that loads without peft.
 """
 
 PRETRAIN_EPILOG = """examples:
@@ -52,10 +57,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=CONVERT_EPILOG,
         formatter_class=HelpFormatter,
     )
-    c.add_argument("ckpt", metavar="CKPT", help="a nanoGPT ckpt.pt")
+    c.add_argument("ckpt", metavar="CKPT", help="a nanoGPT ckpt.pt (with --merge-lora: a finished LoRA trial directory)")
     c.add_argument("out_dir", metavar="OUT_DIR", help="the directory to write (must not exist, or be empty)")
-    c.add_argument("--task", required=True, choices=("causal-lm", "classification", "question-answering"),
-                   help="which head to build")
+    c.add_argument("--task", choices=("causal-lm", "classification", "question-answering"),
+                   help="which head to build (required without --merge-lora)")
+    c.add_argument("--merge-lora", action="store_true",
+                   help="CKPT is a LoRA trial directory: merge its adapter into the base model")
     c.add_argument("--num-labels", type=int, metavar="N", help="classes of the classification head")
     c.add_argument("--labels", nargs="+", metavar="NAME", help="class names, in label-id order (sets --num-labels)")
     c.add_argument("--tokenizer", metavar="PATH",
@@ -105,6 +112,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _convert(args: argparse.Namespace) -> int:
     from finetune.compute.convert import convert
+
+    if args.merge_lora:
+        extra = [f for f, v in (("--task", args.task), ("--num-labels", args.num_labels), ("--labels", args.labels),
+                                ("--tokenizer", args.tokenizer)) if v]
+        if extra:
+            raise UsageError(problems=[Problem(extra[0], "", "not used with --merge-lora (the trial knows its head, "
+                                               "labels and tokenizer)")])
+        from finetune.compute.training.lora import merge
+
+        out = merge(args.ckpt, args.out_dir, overwrite=args.force)
+        print(f"wrote {out} (LoRA adapter of {args.ckpt} merged into its base model)")
+        return 0
+    if args.task is None:
+        raise UsageError(problems=[Problem("--task", "", "required (causal-lm, classification or question-answering)")])
 
     report = convert(
         args.ckpt, args.out_dir, task=args.task, num_labels=args.num_labels, labels=args.labels,
