@@ -176,3 +176,42 @@ def test_fsdp_preempted_and_resumed_from_sharded_checkpoint(setup, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "at step 3" in done.stderr
     same_run(reference, trial, atol=1e-6)
+
+
+def _lora_config(setup: dict, strategy: str) -> dict:
+    cfg = _config(setup, "lora", strategy)
+    cfg["hyperparameters"].update({"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+                                   "lora_targets": ["c_attn", "c_proj", "c_fc"]})
+    cfg["training"]["checkpoint_interval"] = 3
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def single_lora(setup) -> Path:
+    trial = make_trial(setup["root"] / "single-lora", _lora_config(setup, "auto"))
+    assert run_in_process(trial) == 0
+    return trial
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_lora_two_processes_agree_with_one(setup, single_lora, strategy):
+    """LoRA adapters (peft) under DDP and FSDP2 on gloo: the run of one process, the adapter
+    checkpointed alone (sharded under FSDP) and saved by rank 0."""
+    import torch
+    from safetensors.torch import load_file
+
+    trial = make_trial(setup["root"] / f"{strategy}-lora", _lora_config(setup, strategy))
+    done = _torchrun("-m", "finetune.compute.trainer", str(trial))
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((t / "result.json").read_text()) for t in (single_lora, trial))
+    assert (two["strategy"], two["world_size"]) == (strategy, 2)
+    assert two["parameters"] == one["parameters"] and two["parameters"]["trainable"] < two["parameters"]["total"]
+    for lang, splits in one["metrics"].items():
+        for split, values in splits.items():
+            for key, value in values.items():
+                assert two["metrics"][lang][split][key] == pytest.approx(value, abs=1e-5), (lang, split, key)
+    wa = load_file(str(single_lora / "model" / "adapter_model.safetensors"))
+    wb = load_file(str(trial / "model" / "adapter_model.safetensors"))
+    assert wa.keys() == wb.keys() and any("lora_A" in k for k in wa) and any("score" in k for k in wa)
+    for key in wa:
+        torch.testing.assert_close(wb[key], wa[key], atol=1e-5, rtol=0)
