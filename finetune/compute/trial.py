@@ -44,7 +44,7 @@ def run_trial(trial_dir: str | Path) -> int:
 
 
 def _refuse_untrainable(config: dict, path: str) -> None:
-    """The planner accepts question-answering configs; the trainer cannot train them yet."""
+    """A task type the trainer has no task class for (the planner checks too)."""
     datasets = config.get("datasets") or {}
     other = {lang: e for lang, e in datasets.items() if e.get("task_type", "classification") not in TRAINABLE_TASK_TYPES}
     if other:
