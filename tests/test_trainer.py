@@ -153,7 +153,7 @@ def test_settings_split_global_batch_into_micro_batches():
         ({"batch_size": 10, "micro_batch_size": 3, "epochs": 1}, {}, 1, ["$.hyperparameters.micro_batch_size"]),
         ({"batch_size": 9, "epochs": 1}, {}, 2, ["$.hyperparameters.batch_size"]),
         ({"batch_size": 8, "epochs": None, "max_steps": None}, {}, 1, ["$.hyperparameters.epochs"]),
-        ({"batch_size": 8, "epochs": 1, "learning_rate": 0, "scheduler": "step"}, {"metric": "f1"}, 1,
+        ({"batch_size": 8, "epochs": 1, "learning_rate": 0, "scheduler": "step"}, {"metric": "f2"}, 1,
          ["$.hyperparameters.learning_rate", "$.hyperparameters.scheduler", "$.training.metric"]),
         ({"batch_size": 8, "epochs": 1}, {"strategy": "single"}, 2, ["$.training.strategy"]),
         ({"batch_size": 8, "epochs": 1, "warmup_ratio": 1.5, "dropout": True}, {"num_workers": -1}, 1,

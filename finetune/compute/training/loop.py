@@ -33,7 +33,8 @@ from finetune.compute.training import runtime
 from finetune.compute.training.checkpoint import CheckpointStore, TrainState
 from finetune.compute.training.runtime import Log, Preempted, Preemption
 from finetune.compute.training.settings import lr_factor, settings_from_config, total_steps
-from finetune.compute.training.task import Rows, task_for
+from finetune.compute.training.task import Rows
+from finetune.compute.training.tasks import task_for
 from finetune.compute.training.tracking import trackers_for
 from finetune.errors import ConfigError, Problem
 from finetune.fileio import atomic_write_json
