@@ -13,6 +13,14 @@ out of the box (random batches, padded per batch) and with ``train_sampling_stra
 
     .venv/bin/python bench/train.py                       # 3 epochs, 2 threads
     .venv/bin/python bench/train.py --epochs 1 --threads 1 --layers 2 --dim 64
+    .venv/bin/python bench/train.py --lora-qa              # LoRA vs full fine-tuning, and a QA run
+
+``--lora-qa`` instead runs this trainer alone, each run in its own process (so peak memory is
+that run's): full fine-tuning and LoRA (``--lora-r``, attention and MLP projections) on the same
+classification task, and question answering (full and LoRA) on a generated SQuAD-style Russian
+and Polish set (tests/task_fixtures.py, contexts longer than a block). Reported: train samples/s,
+peak memory (max RSS of the process on CPU), trainable/total parameters, size of the saved
+model/ (LoRA: adapter and head only, which is also all its checkpoints hold) and the eval metric.
 """
 
 from __future__ import annotations
@@ -85,6 +93,67 @@ def ours(work: Path, config: dict) -> dict:
             "macro_f1": sum(m["macro_f1"] for m in evals) / len(evals), "steps": result["steps"]}
 
 
+def separate_process(work: Path, config: dict, name: str, threads: int) -> dict:
+    """Run a trial with ``python -m finetune.compute.trainer`` (its own process: its own peak memory)."""
+    import subprocess
+
+    from finetune import layout
+
+    trial = work / name
+    trial.mkdir()
+    layout.config_file(trial).write_text(json.dumps({**config, "id": name}))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "SLURM_CPUS_PER_TASK": str(threads),
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "finetune.compute.trainer", str(trial)], env=env,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = layout.read_result(trial)
+    size = sum(f.stat().st_size for f in layout.model_dir(trial).rglob("*")
+               if f.is_file() and "tokenizer" not in f.name and f.suffix in (".safetensors", ".json")
+               and f.name != "special_tokens_map.json")
+    return {"samples_per_s": result["timing"]["samples_per_s"], "wall_s": wall,
+            "peak_memory_mb": result["timing"]["peak_memory_mb"], "parameters": result["parameters"],
+            "model_mb": size / 2**20, "metrics": result["metrics"], "steps": result["steps"]}
+
+
+def lora_and_qa(work: Path, config: dict, args: argparse.Namespace) -> dict:
+    from task_fixtures import entry, write_squad
+
+    lora = {"lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r, "lora_dropout": 0.05,
+            "lora_targets": ["c_attn", "c_proj", "c_fc"]}
+    lora_lr = args.lr * args.lora_lr_factor
+    rows = {}
+    rows["classification, full"] = separate_process(work, config, "clf-full", args.threads)
+    rows[f"classification, LoRA r={args.lora_r}"] = separate_process(
+        work, {**config, "hyperparameters": {**config["hyperparameters"], **lora, "learning_rate": lora_lr}},
+        "clf-lora", args.threads)
+    qa = {**config, "task": "qa", "training": {**config["training"], "metric": "f1"},
+          "hyperparameters": {**config["hyperparameters"], "max_answer_length": 30, "top_k": 20, "doc_stride": 32,
+                              "epochs": args.qa_epochs},
+          "datasets": {lang: entry(write_squad(work / "squad" / lang, lang), "question-answering", lang)
+                       for lang in LANGS}}
+    rows["question answering, full"] = separate_process(work, qa, "qa-full", args.threads)
+    rows[f"question answering, LoRA r={args.lora_r}"] = separate_process(
+        work, {**qa, "hyperparameters": {**qa["hyperparameters"], **lora, "learning_rate": lora_lr}},
+        "qa-lora", args.threads)
+    return rows
+
+
+def print_lora_qa(rows: dict, args: argparse.Namespace) -> None:
+    print(f"\nthis trainer, fp32 CPU, {args.threads} threads, model {args.layers}x{args.dim}; classification "
+          f"{args.epochs:g} epochs lr {args.lr:g}; QA {args.qa_epochs:g} epochs; LoRA lr x{args.lora_lr_factor:g}")
+    print(f"{'':34} {'samples/s':>10} {'peak MB':>8} {'trainable':>10} {'total':>9} {'model MB':>9} {'metric':>16}")
+    for name, r in rows.items():
+        qa = name.startswith("question")
+        key = "f1" if qa else "macro_f1"
+        value = sum(m["eval"][key] for m in r["metrics"].values()) / len(r["metrics"])
+        p = r["parameters"]
+        print(f"{name:34} {r['samples_per_s']:10.1f} {r['peak_memory_mb']:8.0f} {p['trainable']:10,d} "
+              f"{p['total']:9,d} {r['model_mb']:9.2f} {key + ' ' + format(100 * value, '.1f') + '%':>16}")
+
+
 def hf_trainer(work: Path, config: dict, *, group_by_length: bool, max_steps: int = -1, name: str = "hf") -> dict:
     import numpy as np
     import torch
@@ -142,6 +211,10 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--pretrain-steps", type=int, default=150)
     p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("--lora-qa", action="store_true", help="LoRA vs full fine-tuning and a QA run (no HF Trainer)")
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-lr-factor", type=float, default=4.0, help="LoRA learning rate = --lr x this")
+    p.add_argument("--qa-epochs", type=float, default=3)
     args = p.parse_args()
 
     import torch
@@ -157,6 +230,12 @@ def main() -> None:
         from finetune.compute.tokenizer import load_tokenizer
 
         prepare_trial_data(config, load_tokenizer(str(tokenizer)), 128)  # warm the cache for everyone
+        if args.lora_qa:
+            rows = lora_and_qa(work, config, args)
+            print_lora_qa(rows, args)
+            if args.json:
+                Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+            return
         # The Trainer imports much of transformers/accelerate lazily inside its first steps; a
         # 2-step warm-up run keeps that one-time cost out of its samples/s.
         hf_trainer(work, config, group_by_length=False, max_steps=2, name="warmup")
