@@ -127,3 +127,81 @@ def test_status_and_collect_understand_trials_without_a_folder(tmp_path, stubs):
     assert rows[ids[0]].state == "finished" and all(rows[i].state == "missing" for i in ids[1:])
     assert sorted(map(str, _files(out))) == before  # reading wrote nothing, made no folder
     assert sorted(p.name for p in layout.trials_dir(out).iterdir()) == [ids[0]]
+
+
+def _bundle_plan(tmp_path: Path, trials: int, per_task: int, count_to: int, sleep_s: float) -> tuple[Path, list[str]]:
+    cfg = _layers(tmp_path)
+    out = tmp_path / "plan"
+    overrides = ["training.workload=count", f"training.count_to={count_to}", f"training.count_sleep_s={sleep_s}",
+                 "slurm.cpus_per_task=1", f"slurm.trials_per_task={per_task}"]
+    write_plan(build_plan([str(cfg / n) for n in LAYERS], overrides, grid_config=str(_grid(tmp_path, 1, trials)),
+                          model_types=("normal",)), out)
+    return out, [t.id for t in load_plan(out).trials]
+
+
+def _count_at(trial: Path) -> int:
+    try:
+        return json.loads((layout.checkpoints_dir(trial) / "count.json").read_text())["count"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_a_bundle_resumes_at_the_trial_and_step_where_usr2_stopped_it(tmp_path, stubs):
+    import signal
+    import time
+
+    out, ids = _bundle_plan(tmp_path, 3, 3, count_to=40, sleep_s=0.05)
+    report = submit(out, executor="slurm")
+    (job,) = report.arrays
+    assert job.per_task == 3 and job.array_spec == "0-0" and "--array=0-0" in stubs.calls("sbatch")[0]
+    assert {e["array_index"] for e in json.loads(layout.manifest_file(out).read_text())["submissions"]} == {0}
+    assert "--per-task 3" in job.script
+    trials = [layout.trial_dir(out, t) for t in ids]
+    argv = [sys.executable, "-m", "finetune", "array-task", str(job.index_path), "--task-id", "0", "--per-task", "3"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while _count_at(trials[1]) < 5 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGUSR2)  # in the middle of the bundle's second trial
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == layout.EXIT_REQUEUE, output
+    assert layout.is_finished(trials[0]) and not layout.is_finished(trials[1]) and not trials[2].exists()
+    stopped_at = _count_at(trials[1])
+    assert 5 <= stopped_at < 40
+    first = layout.result_file(trials[0]).read_bytes()
+
+    proc = subprocess.run(argv, env={**env, "SLURM_RESTART_COUNT": "1"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert layout.result_file(trials[0]).read_bytes() == first  # not run again
+    assert f"{ids[0]} already done; skipped" in proc.stdout
+    second = json.loads(layout.result_file(trials[1]).read_text())
+    assert second["count"] == 40 and [r["start"] for r in second["runs"]] == [0, stopped_at]  # resumed exactly
+    assert [r["restart_count"] for r in second["runs"]] == [0, 1]
+    assert layout.is_finished(trials[2])
+    assert "count: finished at 40" in layout.log_file(trials[1]).read_text()  # each trial logs to its own file
+
+
+def test_bundles_run_on_the_local_executor(tmp_path):
+    out, ids = _bundle_plan(tmp_path, 5, 2, count_to=2, sleep_s=0)
+    report = submit(out, executor="local", parallel=2)
+    (job,) = report.arrays
+    assert job.tasks == 3 and report.submitted == ids
+    assert all(layout.is_finished(layout.trial_dir(out, t)) for t in ids)
+    assert len(list(layout.job_logs_dir(out).glob("*.out"))) == 3  # one process per array task
+    assert submit(out, executor="local").submitted == []
+
+
+def test_bundles_need_single_task_jobs(tmp_path):
+    from finetune.errors import ConfigError
+
+    out, _ = _bundle_plan(tmp_path, 2, 2, count_to=2, sleep_s=0)
+    plan = load_plan(out)
+    for group in plan.groups.values():
+        group["config"]["slurm"]["nodes"] = 2
+    from finetune.login.plan import _dump
+
+    layout.plan_file(out).write_text(_dump(plan))
+    with pytest.raises(ConfigError, match=r"\$\.slurm\.trials_per_task"):
+        submit(out, executor="slurm", dry_run=True, max_array_size=10)

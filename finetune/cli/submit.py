@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from finetune.cli.plan import GUARD, add_submit_arguments
+from finetune.cli.plan import GUARD, add_submit_arguments, positive_int
 
 SUBMIT_EPILOG = """examples:
   finetune submit runs/rus-pol
@@ -55,7 +55,9 @@ Runs the trial on line $SLURM_ARRAY_TASK_ID + 1 of the index file (trial id, a t
 record; the plan directory is the index file's grandparent's parent): makes the trial's folder
 and frozen config.json from the record and the batch's groups.json, then runs it with output
 appended to its log.txt. --prepare: only make the folder and config.json (the shipped template
-does this before it starts the trial's ranks).
+does this before it starts the trial's ranks). --per-task K (slurm.trials_per_task): task N runs
+the trials on lines N*K+1 .. N*K+K one after another in this process, skipping finished ones;
+SIGUSR2 checkpoints the running one and exits 75 (requeue: the next run resumes it).
 """
 
 
@@ -95,6 +97,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("index_file", metavar="INDEX_FILE")
     p.add_argument("--task-id", type=int, default=None, help="the array task (default: $SLURM_ARRAY_TASK_ID)")
     p.add_argument("--prepare", action="store_true", help="make the trial folder and config.json; run nothing")
+    p.add_argument("--per-task", type=positive_int, default=1, metavar="K",
+                   help="a bundle (slurm.trials_per_task): run the trials on lines task*K+1 .. task*K+K, one after another")
     p.set_defaults(func=_array_task)
 
 
@@ -179,13 +183,23 @@ def _train(args: argparse.Namespace) -> int:
 def _array_task(args: argparse.Namespace) -> int:
     from finetune import layout
     from finetune.compute.trial import run_trial
-    from finetune.errors import UsageError
+    from finetune.errors import Problem, UsageError
     from finetune.login.batch import prepare_trial
 
     index = Path(args.index_file).resolve()
     task = args.task_id if args.task_id is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
     if task is None:
         raise UsageError("array-task: no --task-id and no $SLURM_ARRAY_TASK_ID")
+    if args.per_task > 1:
+        if args.prepare:
+            raise UsageError(problems=[Problem("--prepare", "", "prepares one trial: not with --per-task")])
+        from finetune.compute.bundle import run_bundle
+
+        try:
+            number = int(task)
+        except ValueError:
+            raise UsageError(f"array-task: task {task!r} is not a number") from None
+        return run_bundle(index, number, args.per_task)
     trial_dir = prepare_trial(index, task)
     if args.prepare:
         return 0

@@ -47,12 +47,13 @@ def next_batch(manifest: dict[str, Any]) -> str:
 
 
 def record(plan_dir: str | os.PathLike[str], manifest: dict[str, Any], *, executor: str, job_id: str,
-           trial_ids: tuple[str, ...] | list[str], batch: str, script: Path) -> None:
-    """Add one array's tasks to ``manifest`` and write it (atomically)."""
+           trial_ids: tuple[str, ...] | list[str], batch: str, script: Path, per_task: int = 1) -> None:
+    """Add one array's tasks to ``manifest`` and write it (atomically). ``per_task``: trials
+    per array task (trial i runs in task i // per_task)."""
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rel = str(Path(script).relative_to(plan_dir))
     manifest["submissions"].extend(
-        {"job_id": job_id, "array_index": i, "trial_id": tid, "executor": executor, "submitted": stamp,
+        {"job_id": job_id, "array_index": i // per_task, "trial_id": tid, "executor": executor, "submitted": stamp,
          "batch": batch, "script": rel}
         for i, tid in enumerate(trial_ids)
     )

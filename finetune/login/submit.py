@@ -37,7 +37,7 @@ DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 TIME_RE = re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$")
 MEM_RE = re.compile(r"^[0-9]+[KMGT]?$")
 FLAG_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
-INT_KEYS = {"cpus_per_task": 1, "gpus": 0, "nodes": 1, "ntasks_per_node": 1, "signal_grace_s": 0}
+INT_KEYS = {"cpus_per_task": 1, "gpus": 0, "nodes": 1, "ntasks_per_node": 1, "signal_grace_s": 0, "trials_per_task": 1}
 STR_KEYS = ("account", "partition", "qos", "output")
 LAUNCHERS = ("srun", "torchrun")
 # After the first rank of a multi-task step ends, srun waits this long for the others before it
@@ -247,6 +247,11 @@ def slurm_problems(slurm: Any, config_file: str, provenance: dict[str, str] | No
                 out.append(problem("must be a string, number or boolean", "extra", k))
             elif line_breaks(v):
                 out.append(problem("must not contain a line break", "extra", k))
+    per_task = slurm.get("trials_per_task")
+    if isinstance(per_task, int) and per_task > 1 and not any(p.path.endswith(("nodes", "ntasks_per_node")) for p in out):
+        if (slurm.get("nodes") or 1) * (slurm.get("ntasks_per_node") or 1) > 1:
+            out.append(problem("must be 1 for a job of several tasks (a bundle runs its trials one after another "
+                               "in one process)", "trials_per_task"))
     return out
 
 
@@ -377,7 +382,9 @@ def script_context(job_name: str, plan_dir: Path, index_file: Path, slurm: dict[
         "nodes": slurm["nodes"],
         "ntasks_per_node": slurm["ntasks_per_node"],
         "output": slurm["output"] or log_pattern,
-        "args": join(["-m", "finetune", "array-task", str(index_file)]),
+        "args": join(["-m", "finetune", "array-task", str(index_file)]
+                     + (["--per-task", str(slurm["trials_per_task"])] if slurm["trials_per_task"] > 1 else [])),
+        "per_task": int(slurm["trials_per_task"]),
         "temp_config_name": str(index_file),
     }
 
@@ -403,14 +410,16 @@ def plan_arrays(plan_dir: Path, trials: list[tuple[str, dict[str, Any]]], *, bat
     jobs: list[ArrayJob] = []
     folder = layout.batch_dir(plan_dir, batch)
     for key, (slurm, time, ids) in groups.items():
-        for n, part in enumerate(chunks(ids, max_array_size)):
+        per_task = int(slurm["trials_per_task"])
+        for n, part in enumerate(chunks(ids, max_array_size * per_task)):
             name = job_name(plan_dir, key)
             index = folder / f"{key}-{n}.index"
             text = render(template, script_context(name, plan_dir, index, slurm, time, python))
             jobs.append(ArrayJob(name=name, plan_dir=plan_dir, script_path=folder / f"{key}-{n}.sbatch",
                                  index_path=index, script=text, trial_ids=tuple(part), slurm=slurm,
                                  time=time, throttle=throttle,
-                                 records=tuple(records.get(t) for t in part) if records else ()))
+                                 records=tuple(records.get(t) for t in part) if records else (),
+                                 per_task=per_task))
     return jobs
 
 
@@ -562,7 +571,7 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
                         + queued
                     ) from e
                 manifest.record(plan_dir, submissions, executor=name, job_id=job_id, trial_ids=job.trial_ids,
-                                batch=batch, script=job.script_path)
+                                batch=batch, script=job.script_path, per_task=job.per_task)
             report.job_ids.append(job_id)
             report.submitted.extend(job.trial_ids)
         return report

@@ -39,10 +39,19 @@ class ArrayJob:
     time: str | None = None  # the group's time limit (slurm.time or --timeout)
     throttle: int | None = None
     records: tuple[str | None, ...] = ()  # plan.json record of each trial (one-line JSON), None: frozen by hand
+    per_task: int = 1  # array task k runs trials k*per_task .. (k+1)*per_task - 1, one after another
+
+    @property
+    def tasks(self) -> int:
+        return -(-len(self.trial_ids) // self.per_task)
+
+    def task_of(self, i: int) -> int:
+        """The array task that runs trial ``trial_ids[i]``."""
+        return i // self.per_task
 
     @property
     def array_spec(self) -> str:
-        spec = f"0-{len(self.trial_ids) - 1}"
+        spec = f"0-{self.tasks - 1}"
         return f"{spec}%{self.throttle}" if self.throttle else spec
 
     def trial_dir(self, trial_id: str) -> Path:

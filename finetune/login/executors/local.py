@@ -43,8 +43,13 @@ class LocalExecutor:
         workers = job.throttle or self.parallel or max(1, (os.cpu_count() or 2) // 2)
         env = trial_env(workers)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            codes = list(pool.map(lambda i: run_local_trial(prepare_trial(job.index_path, i), env),
-                                  range(len(job.trial_ids))))
+            if job.per_task > 1:  # bundles: one process per array task, as on SLURM
+                by_task = list(pool.map(lambda k: run_local_bundle(job.index_path, k, job.per_task, env),
+                                        range(job.tasks)))
+                codes = [by_task[job.task_of(i)] for i in range(len(job.trial_ids))]
+            else:
+                codes = list(pool.map(lambda i: run_local_trial(prepare_trial(job.index_path, i), env),
+                                      range(len(job.trial_ids))))
         self.exit_codes.update(zip(job.trial_ids, codes, strict=True))
         return f"local-{os.getpid()}-{job.index_path.stem}"
 
@@ -72,6 +77,22 @@ def trial_env(workers: int) -> dict[str, str]:
     if "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, workers)))
     return env
+
+
+def run_local_bundle(index_file: Path, task: int, per_task: int, env: dict[str, str] | None = None) -> int:
+    """``python -m finetune array-task INDEX --task-id K --per-task N`` (each trial logs to its own
+    log.txt; the bundle's own lines go to jobs/logs/); again while it exits 75."""
+    argv = [sys.executable, "-m", "finetune", "array-task", str(index_file), "--task-id", str(task),
+            "--per-task", str(per_task)]
+    logs = layout.job_logs_dir(layout.plan_dir_of_index(index_file))
+    logs.mkdir(parents=True, exist_ok=True)
+    rc = 0
+    for _ in range(MAX_REQUEUES + 1):
+        with open(logs / f"{Path(index_file).stem}_{task}.out", "ab") as log:
+            rc = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+        if rc != layout.EXIT_REQUEUE:
+            return rc
+    return rc
 
 
 def run_local_trial(trial_dir: Path, env: dict[str, str] | None = None) -> int:

@@ -18,11 +18,13 @@ from finetune import layout
 from finetune.login.batch import prepare_trial
 from finetune.login.executors import slurm as slurm_tools
 from finetune.login.executors.base import ArrayJob, TaskState, write_job_files
-from finetune.login.executors.local import run_local_trial
+from finetune.login.executors.local import run_local_bundle, run_local_trial
 from finetune.login.executors.resources import resolve_slurm
 
 
-def _task(index_file: str, task: int) -> int:
+def _task(index_file: str, task: int, per_task: int = 1) -> int:
+    if per_task > 1:
+        return run_local_bundle(Path(index_file), task, per_task)
     return run_local_trial(prepare_trial(Path(index_file), task))
 
 
@@ -56,7 +58,7 @@ def submitit_parameters(job: ArrayJob) -> dict[str, Any]:
         "cpus_per_task": s["cpus_per_task"],
         "nodes": s["nodes"],
         "tasks_per_node": s["ntasks_per_node"],
-        "slurm_array_parallelism": job.throttle or len(job.trial_ids),
+        "slurm_array_parallelism": job.throttle or job.tasks,
         "slurm_signal_delay_s": s["signal_grace_s"],
     }
     if s["gpus"]:
@@ -95,8 +97,8 @@ class SubmititExecutor:
         if executor.cluster != "slurm":
             params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
         executor.update_parameters(**params)
-        n = len(job.trial_ids)
-        jobs = executor.map_array(_task, [str(job.index_path)] * n, list(range(n)))
+        n = job.tasks
+        jobs = executor.map_array(_task, [str(job.index_path)] * n, list(range(n)), [job.per_task] * n)
         return str(jobs[0].job_id).split("_")[0]
 
     def state(self, job_ids: list[str]) -> dict[str, TaskState]:
