@@ -1,0 +1,76 @@
+"""Bundles (slurm.trials_per_task) on the real single-node test cluster: USR2 in the middle of the
+second trial of a bundle; the requeued task does not rerun the first and resumes the second exactly."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from finetune import layout
+from finetune.login.plan import build_plan, load_plan, write_plan
+from finetune.login.status import plan_status
+from finetune.login.submit import submit
+
+REPO = Path(__file__).resolve().parent.parent
+LAYERS = ["config/finetune-rus-pol.json", "config/finetune-rus-pol-topic.json", "config/data-local.json"]
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
+
+
+def _count_at(trial: Path) -> int:
+    try:
+        return json.loads((layout.checkpoints_dir(trial) / "count.json").read_text())["count"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _wait(check, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_usr2_in_the_second_trial_of_a_bundle(slurm_cluster, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"parameters": {"seed": [1, 2, 3]}}))
+    target = 40
+    overrides = ["training.workload=count", f"training.count_to={target}", "training.count_sleep_s=0.05",
+                 "slurm.cpus_per_task=1", "slurm.mem=500M", "slurm.time=00:10:00", "slurm.signal_grace_s=30",
+                 "slurm.trials_per_task=3"]
+    out = tmp_path / "plan"
+    write_plan(build_plan(LAYERS, overrides, grid_config=str(grid), model_types=("normal",)), out)
+    ids = [t.id for t in load_plan(out).trials]
+    trials = [layout.trial_dir(out, t) for t in ids]
+    report = submit(out, executor="slurm")
+    (job,) = report.job_ids
+    assert report.arrays[0].array_spec == "0-0" and not layout.trials_dir(out).exists()
+
+    at = random.randint(3, 15)
+    _wait(lambda: _count_at(trials[1]) >= at, 180, f"count {at} in the second trial")
+    sig = subprocess.run(["scancel", "--signal=USR2", "--batch", f"{job}_0"], capture_output=True, text=True)
+    assert sig.returncode == 0, sig.stderr
+    _wait(lambda: all(layout.is_finished(t) for t in trials), 180, "the requeued bundle to finish")
+
+    first, second, third = (json.loads(layout.result_file(t).read_text()) for t in trials)
+    assert [r["restart_count"] for r in first["runs"]] == [0]  # finished before the signal: not rerun
+    assert [r["restart_count"] for r in second["runs"]] == [0, 1]
+    assert second["count"] == target and second["runs"][1]["start"] >= at  # resumed where it stopped
+    assert second["runs"][1]["start"] == _resumed_at(trials[1])
+    assert [r["restart_count"] for r in third["runs"]] == [1]
+    _wait(lambda: plan_status(out).counts.get("finished") == 3, 60, "status: three finished")
+    logs = "".join(p.read_text() for p in layout.job_logs_dir(out).glob("*.out"))
+    assert "requeueing job" in logs and f"{ids[0]} already done; skipped" in logs
+
+
+def _resumed_at(trial: Path) -> int:
+    """The count the second run started from, as the trial's own log says."""
+    lines = [line for line in layout.log_file(trial).read_text().splitlines() if line.startswith("count: starting at")]
+    return int(lines[1].split()[3])
