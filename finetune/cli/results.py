@@ -60,7 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plots", action="store_true", help="also draw the transfer heatmaps and learning curves")
     p.add_argument("--metric", default="macro_f1",
                    help="metric that picks the best hyperparameters on eval and is reported on test "
-                        "(macro_f1, accuracy, macro_precision, macro_recall, loss; default: macro_f1)")
+                        "(classification: macro_f1, accuracy, macro_precision, macro_recall, loss; question answering: "
+                        "f1, exact_match; causal LM: loss, perplexity (lower is better); default: macro_f1)")
     p.add_argument("--selection", choices=("train-languages", "each-language"), default=None,
                    help="how hyperparameters are chosen (default: the plan's training.selection, else train-languages)")
     p.add_argument("--alpha", type=float, default=0.05,
