@@ -5,13 +5,19 @@ nanoGPT, SIB-200 data, ``finetune submit`` with the default template to a cluste
 slurmd live in their own network namespaces (ftnode1, ftnode2). The ranks start through ``srun``
 (rank, world size and master address from SLURM) or through one torchrun per node (c10d
 rendezvous), talk gloo over the bridge, and must end where one process ends: the same
-evaluations, metrics and weights (no dropout; within 1e-6).
+evaluations, metrics and weights (no dropout; within 1e-6). The same trials interrupted with
+SIGUSR2 at a random step (``scancel --signal=USR2 --batch``: the batch script forwards it to srun,
+srun to every rank on both nodes, or to each node's torchrun, which forwards it to its workers)
+checkpoint at one agreed step, exit 75, requeue and resume bit-exact.
+
+All jobs of the module are submitted at once (``two_node_runs``) and then checked by the tests.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -21,16 +27,17 @@ from pathlib import Path
 
 import pytest
 from nanogpt_fixtures import tiny_pretrained  # noqa: F401
-from test_trainer import same_run
+from test_trainer import metric_lines, same_run
 
 from finetune.login.plan import build_plan, write_plan
 from finetune.login.submit import submit
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_FILES = ("config/finetune-rus-pol.json", "config/finetune-rus-pol-topic.json", "config/data-local.json")
-STEPS = 8
+STEPS = 40  # a few seconds of training: the signal lands mid-training
+STEP_LINE = re.compile(rf"\] step (\d+)/{STEPS} ")
 
-pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +58,7 @@ def plan_trial(plan_dir: Path, models: Path, cache: Path, *, strategy: str, laun
                  f"hyperparameters.max_steps={STEPS}", "hyperparameters.batch_size=16",
                  "hyperparameters.micro_batch_size=8", "hyperparameters.dropout=0.0",
                  "hyperparameters.learning_rate=1e-3", f"training.strategy={strategy}",
-                 "training.eval_interval=4", "training.checkpoint_interval=100", "training.max_eval_samples=32",
+                 "training.eval_interval=10", "training.checkpoint_interval=100", "training.max_eval_samples=32",
                  "training.device=cpu", "training.log_interval=1", *extra]
     plan = build_plan([str(REPO / f) for f in CONFIG_FILES], overrides, model_types=("normal",))
     assert len(plan.trials) == 1
@@ -93,36 +100,96 @@ def one_process_reference(config: Path, parent: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_two_node_ddp_fsdp_and_torchrun_trials_equal_one_process(
-        slurm_multinode, tiny_pretrained, sib200_dir, tmp_path):  # noqa: F811
+def last_step(trial: Path) -> int:
+    log = trial / "log.txt"
+    return max((int(m) for m in STEP_LINE.findall(log.read_text(errors="replace"))), default=0) if log.exists() else 0
+
+
+# name -> (strategy, launcher, interrupted)
+RUNS = {"ddp": ("ddp", "srun", False), "fsdp": ("fsdp", "srun", False),
+        "ddp-usr2": ("ddp", "srun", True), "fsdp-usr2": ("fsdp", "srun", True),
+        "torchrun-usr2": ("ddp", "torchrun", True)}
+
+
+@pytest.fixture(scope="module")
+def two_node_runs(_slurm_multinode_session, tiny_pretrained, sib200_dir, tmp_path_factory):  # noqa: F811
+    """Every 2-node job of this module and the 1-process reference, run to the end.
+
+    The interrupted ones go first (the cluster runs two such jobs at a time); each gets SIGUSR2
+    once, when its log shows a random training step."""
     _, prefix = tiny_pretrained
-    cache = tmp_path / "cache"
-    runs = {"ddp": ("ddp", "srun"), "fsdp": ("fsdp", "srun"), "torchrun": ("ddp", "torchrun")}
-    trials, jobs = {}, {}
-    for name, (strategy, launcher) in runs.items():
-        plan = tmp_path / name
-        tid = plan_trial(plan, prefix.parent, cache, strategy=strategy, launcher=launcher)
-        report = submit(plan, executor="slurm")
-        assert report.submitted == [tid]
-        trials[name], jobs[name] = plan / "trials" / tid, report.job_ids[0]
-    # strategy and launcher are not part of the trial id: one reference serves all three
-    assert len({t.name for t in trials.values()}) == 1
-    reference = one_process_reference(trials["ddp"] / "config.json", tmp_path / "reference")
+    root = tmp_path_factory.mktemp("multinode")
+    out: dict[str, dict] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", str(_slurm_multinode_session / "etc" / "slurm.conf"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("HF_DATASETS_OFFLINE", "1")
+        for name in sorted(RUNS, key=lambda n: not RUNS[n][2]):
+            strategy, launcher, interrupted = RUNS[name]
+            plan = root / name
+            tid = plan_trial(plan, prefix.parent, root / "cache", strategy=strategy, launcher=launcher)
+            report = submit(plan, executor="slurm")
+            assert report.submitted == [tid]
+            out[name] = {"trial": plan / "trials" / tid, "job": report.job_ids[0],
+                         "at": random.randint(3, 15) if interrupted else None}
+        # strategy and launcher are not part of the trial id: one reference serves every run
+        assert len({r["trial"].name for r in out.values()}) == 1
+        reference = one_process_reference(out["ddp"]["trial"] / "config.json", root / "reference")
+        signalled: set[str] = set()
+        end = time.monotonic() + 840
+        while time.monotonic() < end and not all(job_ended(r["trial"]) for r in out.values()):
+            for name, r in out.items():
+                if r["at"] is not None and name not in signalled and last_step(r["trial"]) >= r["at"]:
+                    sig = subprocess.run(["scancel", "--signal=USR2", "--batch", f"{r['job']}_0"],
+                                         capture_output=True, text=True)
+                    assert sig.returncode == 0, sig.stderr
+                    signalled.add(name)
+            time.sleep(0.2)
+        wait_all([r["trial"] for r in out.values()], 1)
+        stdout, _ = reference.communicate(timeout=600)
+        assert reference.returncode == 0, stdout[-4000:]
+    out["reference"] = {"trial": root / "reference" / out["ddp"]["trial"].name}
+    return out
 
-    wait_all(list(trials.values()), 600)
-    out, _ = reference.communicate(timeout=600)
-    assert reference.returncode == 0, out[-4000:]
-    ref = tmp_path / "reference" / trials["ddp"].name
+
+def check_two_nodes(run: dict, strategy: str) -> str:
+    trial, job = run["trial"], run["job"]
+    log = (trial / "log.txt").read_text(errors="replace")
+    assert "exited with 0" in log, log[-4000:]
+    assert re.search(r"2 nodes \(ftnode\[1-2\]\), rendezvous at ftnode1:\d+", log), log[-4000:]
+    assert f"{strategy} on 2 x cpu" in log, log[-4000:]
+    result = json.loads((trial / "result.json").read_text())
+    assert (result["world_size"], result["strategy"], result["steps"]) == (2, strategy, STEPS)
+    # the ranks' step ran on both nodes (for torchrun: one agent per node)
+    assert step_nodes(job).get(f"{job}_0.0") == "ftnode[1-2]", step_nodes(job)
+    return log
+
+
+def test_two_node_ddp_and_fsdp_trials_equal_one_process(two_node_runs, slurm_multinode):
+    ref = two_node_runs["reference"]["trial"]
     assert json.loads((ref / "result.json").read_text())["world_size"] == 1
+    for name in ("ddp", "fsdp"):
+        check_two_nodes(two_node_runs[name], RUNS[name][0])
+        same_run(ref, two_node_runs[name]["trial"], atol=1e-6)
 
-    for name, trial in trials.items():
-        strategy, launcher = runs[name]
-        log = (trial / "log.txt").read_text(errors="replace")
-        assert "exited with 0" in log, log[-4000:]
-        assert re.search(r"2 nodes \(ftnode\[1-2\]\), rendezvous at ftnode1:\d+", log), log[-4000:]
-        assert f"{strategy} on 2 x cpu" in log, log[-4000:]
-        result = json.loads((trial / "result.json").read_text())
-        assert (result["world_size"], result["strategy"], result["steps"]) == (2, strategy, STEPS)
-        # the ranks' step ran on both nodes (for torchrun: one agent per node)
-        assert step_nodes(jobs[name]).get(f"{jobs[name]}_0.0") == "ftnode[1-2]", step_nodes(jobs[name])
-        same_run(ref, trial, atol=1e-6)
+
+@pytest.mark.parametrize("name", ["ddp-usr2", "fsdp-usr2", "torchrun-usr2"])
+def test_usr2_on_both_nodes_checkpoints_requeues_and_resumes_bit_exact(two_node_runs, slurm_multinode, name):
+    strategy, launcher, _ = RUNS[name]
+    run = two_node_runs[name]
+    trial, at = run["trial"], run["at"]
+    log = check_two_nodes(run, strategy)
+    assert "USR2: asking trial" in log and "requeueing job" in log and "restart 1 on ftnode1" in log, log[-4000:]
+    if launcher == "torchrun":  # each node's torchrun passed the signal on to its worker
+        assert "SIGUSR2 forwarded to the workers on ftnode1" in log, log[-4000:]
+        assert "SIGUSR2 forwarded to the workers on ftnode2" in log, log[-4000:]
+    resumed = [int(s) for s in re.findall(r"resumed from \S+ at step (\d+)", log)]
+    assert len(resumed) == 1 and at <= resumed[0] < STEPS, (at, resumed)
+    state = json.loads((trial / "state.json").read_text())
+    result = json.loads((trial / "result.json").read_text())
+    assert state["state"] == "finished" and state["restart_count"] == 1 and result["restart_count"] == 1
+    keys = [(x["step"], x["language"]) for x in metric_lines(trial)]
+    assert len(keys) == len(set(keys))  # nothing evaluated twice across the restart
+    # bit-exact: the same 2-rank run without the interruption (torchrun's ranks do DDP's sums)
+    same_run(two_node_runs[strategy]["trial"], trial, atol=0)
+    same_run(two_node_runs["reference"]["trial"], trial, atol=1e-6)

@@ -256,3 +256,51 @@ def barrier(env: DistEnv) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+# --- sharded evaluation ------------------------------------------------------------------------------
+
+
+def shard(items: list[Any], env: DistEnv, *, even: bool = False) -> list[Any | None]:
+    """This rank's share of ``items``: every ``world_size``-th one, starting at its rank.
+
+    Whole items (evaluation batches) are dealt out, never split, so each is computed exactly as
+    one process computes it. ``even``: every rank gets the same number of entries, ``None``
+    standing in where it has none left (under FSDP every rank must run every forward: a rank
+    with a ``None`` runs a throw-away batch).
+    """
+    mine: list[Any | None] = list(items[env.rank::env.world_size])
+    if even:
+        per_rank = -(-len(items) // env.world_size)
+        mine += [None] * (per_rank - len(mine))
+    return mine
+
+
+def gather_rows(parts: list[tuple[Any, Any]], env: DistEnv, *, n_rows: int, tail: tuple[int, ...] = (),
+                dtype: Any = "float32") -> Any:
+    """Put the rows every rank computed back together, on every rank.
+
+    ``parts``: this rank's ``(row indices, values)`` pairs (values shaped ``(len(indices), *tail)``).
+    Returns an ``(n_rows, *tail)`` array in row order, each row exactly as the rank that computed it
+    had it (one all_gather_object; no communication for one process). Every row must come from
+    exactly one rank.
+    """
+    import numpy as np
+
+    every = [parts]
+    if env.distributed:
+        import torch.distributed as dist
+
+        every = [None] * env.world_size
+        dist.all_gather_object(every, parts)
+    out = np.zeros((n_rows, *tail), dtype=dtype)
+    seen = np.zeros(n_rows, dtype=np.int64)
+    for rank_parts in every:
+        for idx, values in rank_parts:
+            idx = np.asarray(idx, dtype=np.int64)
+            out[idx] = values
+            seen[idx] += 1
+    if (seen != 1).any():
+        raise ValueError(f"gather_rows: {int((seen == 0).sum())} rows computed by no rank, "
+                         f"{int((seen > 1).sum())} by several")
+    return out
