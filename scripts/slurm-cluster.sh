@@ -9,6 +9,9 @@
 #   scripts/slurm-cluster.sh status DIR              sinfo + whether each daemon is alive
 #   scripts/slurm-cluster.sh stop DIR                cancels all jobs, ends everything this cluster started,
 #                                                    removes its namespaces and links
+#   scripts/slurm-cluster.sh kill-node DIR I         (--nodes N) node I is lost: SIGKILL to every process in
+#                                                    its namespace (slurmd, slurmstepd, the job's tasks)
+#   scripts/slurm-cluster.sh start-node DIR I        (--nodes N) starts node I's slurmd again
 #
 # DIR may also come from $FINETUNE_SLURM_DIR. `start` prints `export ...` lines (SLURM_CONF) to
 # eval; the same lines are in DIR/env.sh. Ports are picked free at start, so two clusters (two
@@ -35,19 +38,29 @@
 # disappears asynchronously after its namespace is deleted (so we delete it explicitly and wait).
 set -euo pipefail
 
-usage() { echo "usage: $0 start|stop|status DIR [--nodes N] (DIR may come from FINETUNE_SLURM_DIR)" >&2; exit 2; }
+usage() { echo "usage: $0 start|stop|status DIR [--nodes N] | kill-node|start-node DIR I (DIR may come from FINETUNE_SLURM_DIR)" >&2; exit 2; }
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 DIR=${FINETUNE_SLURM_DIR:-}
 NODES=
+positional=()
 while [ $# -gt 0 ]; do
   case $1 in
     --nodes) [ $# -ge 2 ] || usage; NODES=$2; shift 2 ;;
     --nodes=*) NODES=${1#--nodes=}; shift ;;
     -*) usage ;;
-    *) DIR=$1; shift ;;
+    *) positional+=("$1"); shift ;;
   esac
 done
+NODE=
+case $cmd in
+  kill-node|start-node)
+    [ ${#positional[@]} -ge 1 ] || usage
+    NODE=${positional[-1]}; unset 'positional[-1]'
+    case $NODE in ''|*[!0-9]*) echo "slurm-cluster: $cmd: the node number, not '$NODE'" >&2; exit 2 ;; esac ;;
+esac
+[ ${#positional[@]} -le 1 ] || usage
+[ ${#positional[@]} -eq 0 ] || DIR=${positional[0]}
 [ -n "$cmd" ] && [ -n "$DIR" ] || usage
 if [ -n "$NODES" ]; then
   case $NODES in ''|*[!0-9]*) echo "slurm-cluster: --nodes must be a number from 1 to 200, not '$NODES'" >&2; exit 2 ;; esac
@@ -283,6 +296,36 @@ fresh_database() {  # fresh_database DATADIR: a copy of a cached empty MariaDB d
   cp -a "$cache/mariadb-$key" "$1"
 }
 
+start_slurmd() {  # start_slurmd I: node I's slurmd in its own network, UTS and mount namespace
+  mkdir -p "$DIR/spool/ftnode$1"
+  # (nsenter, not `ip netns exec`, which remounts /sys without the cgroup mounts slurmd reads)
+  spawn "slurmd-ftnode$1" nsenter --net="/run/netns/ft-$HASH-node$1" unshare -u -m --propagation private \
+    bash -c 'mount --bind "$1" /etc/hosts && hostname "$2" && exec slurmd -D -N "$2" -f "$3"' \
+    _ "$DIR/etc/hosts" "ftnode$1" "$CONF"
+}
+
+node_check() {  # node_check I: I names a node of this multi-node cluster
+  local n; n=$(node_count)
+  if [ "$n" -le 1 ] || [ "$1" -lt 1 ] || [ "$1" -gt "$n" ]; then
+    echo "slurm-cluster: $cmd: no node $1 (this cluster has $n node(s); kill-node and start-node need --nodes N)" >&2
+    exit 2
+  fi
+}
+
+kill_node() {  # a node lost at once: every process in its network namespace, SIGKILL
+  node_check "$1"
+  local pid
+  for pid in $(ip netns pids "ft-$HASH-node$1" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+  echo "slurm-cluster: killed node ftnode$1 (every process in its namespace)" >&2
+}
+
+start_node() {  # its slurmd again (outside the keeper: stop still ends it, by pid file and namespace)
+  node_check "$1"
+  if alive "slurmd-ftnode$1"; then echo "slurm-cluster: ftnode$1 is running" >&2; return 0; fi
+  start_slurmd "$1"
+  echo "slurm-cluster: started slurmd of ftnode$1" >&2
+}
+
 boot() {  # run by the keeper: start the daemons (they stay the keeper's descendants) and wait for them
   local n; n=$(node_count)
   local sock=$DIR/munge/munge.socket.2 db_port i
@@ -305,14 +348,7 @@ boot() {  # run by the keeper: start the daemons (they stay the keeper's descend
   spawn slurmctld slurmctld -D -i -f "$CONF"
   wait_for 30 slurmctld scontrol ping
   if [ "$n" -gt 1 ]; then
-    for i in $(seq "$n"); do
-      mkdir -p "$DIR/spool/ftnode$i"
-      # its own network (the namespace), hostname (UTS) and /etc/hosts (mount namespace)
-      # (nsenter, not `ip netns exec`, which remounts /sys without the cgroup mounts slurmd reads)
-      spawn "slurmd-ftnode$i" nsenter --net="/run/netns/ft-$HASH-node$i" unshare -u -m --propagation private \
-        bash -c 'mount --bind "$1" /etc/hosts && hostname "$2" && exec slurmd -D -N "$2" -f "$3"' \
-        _ "$DIR/etc/hosts" "ftnode$i" "$CONF"
-    done
+    for i in $(seq "$n"); do start_slurmd "$i"; done
   else
     spawn slurmd slurmd -D -f "$CONF"
   fi
@@ -393,5 +429,7 @@ case $cmd in
   stop) stop ;;
   status) status ;;
   _boot) boot ;;
+  kill-node) kill_node "$NODE" ;;
+  start-node) start_node "$NODE" ;;
   *) usage ;;
 esac

@@ -193,3 +193,78 @@ def test_usr2_on_both_nodes_checkpoints_requeues_and_resumes_bit_exact(two_node_
     # bit-exact: the same 2-rank run without the interruption (torchrun's ranks do DDP's sums)
     same_run(two_node_runs[strategy]["trial"], trial, atol=0)
     same_run(two_node_runs["reference"]["trial"], trial, atol=1e-6)
+
+
+def wait_until(check, timeout: float, what: str, trial: Path):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    log = (trial / "log.txt").read_text(errors="replace")[-4000:] if (trial / "log.txt").exists() else ""
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; log.txt:\n{log}")
+
+
+def latest_step(trial: Path) -> int | None:
+    pointer = trial / "checkpoints" / "latest.json"
+    try:
+        return json.loads(pointer.read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def test_node_failure_requeues_and_resumes_from_the_last_complete_checkpoint(
+        two_node_runs, slurm_multinode, tiny_pretrained, tmp_path):  # noqa: F811
+    """ftnode2 is lost mid-trial (every process in its namespace killed, slurmd included): SLURM
+    ends the run with NODE_FAIL and requeues the job (#SBATCH --requeue); `finetune status` says so,
+    `finetune submit` does not queue the trial a second time, and once the node is back the trial
+    resumes from its last complete checkpoint (a half-written one is ignored) and ends bit-exact."""
+    from conftest import SLURM_CLUSTER
+
+    from finetune.login.status import plan_status
+
+    _, prefix = tiny_pretrained
+    plan = tmp_path / "plan"
+    tid = plan_trial(plan, prefix.parent, tmp_path / "cache", strategy="ddp",
+                     extra=("training.checkpoint_interval=5",))
+    job = submit(plan, executor="slurm").job_ids[0]
+    trial = plan / "trials" / tid
+    at = random.randint(5, 15)
+    wait_until(lambda: (latest_step(trial) or 0) >= at, 300, f"a checkpoint at step {at} or later", trial)
+    kill = subprocess.run(["bash", str(SLURM_CLUSTER), "kill-node", str(slurm_multinode), "2"],
+                          capture_output=True, text=True, timeout=60)
+    assert kill.returncode == 0, kill.stderr
+    try:
+        status = wait_until(lambda: (t := plan_status(plan).trials[0]).state == "pending" and "NODE_FAIL" in t.reason
+                            and t, 180, "NODE_FAIL and SLURM's requeue", trial)
+        assert status.reason.startswith("requeued by SLURM after NODE_FAIL on ftnode[1-2]"), status.reason
+        cli = subprocess.run([sys.executable, "-m", "finetune", "status", str(plan)], capture_output=True,
+                             text=True, timeout=120)
+        assert "NODE_FAIL" in cli.stdout, cli.stdout + cli.stderr
+        again = submit(plan, executor="slurm")  # queued already: nothing twice
+        assert again.submitted == [] and again.active == [tid]
+        saved = latest_step(trial)
+        assert saved is not None and saved >= at
+        # what a save cut short by the failure leaves: a step folder that latest.json does not name
+        half = trial / "checkpoints" / f"step-{STEPS - 1:08d}"
+        half.mkdir()
+        (half / "rank0.pt").write_bytes(b"half-written")
+    finally:
+        start = subprocess.run(["bash", str(SLURM_CLUSTER), "start-node", str(slurm_multinode), "2"],
+                               capture_output=True, text=True, timeout=60)
+        assert start.returncode == 0, start.stderr
+    wait_until(lambda: "down" not in subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True,
+                                                    text=True).stdout, 120, "ftnode2 back in service", trial)
+    # SLURM's own requeue waits 120 s (BeginTime); start it now
+    subprocess.run(["scontrol", "update", f"jobid={job}_0", "StartTime=now"], capture_output=True)
+    wait_until(lambda: job_ended(trial), 600, "the requeued job to finish", trial)
+
+    log = (trial / "log.txt").read_text(errors="replace")
+    assert "restart 1 on ftnode1" in log and "exited with 0" in log, log[-4000:]
+    assert re.findall(r"resumed from \S+ at step (\d+)", log) == [str(saved)], log[-4000:]
+    accounting = subprocess.run(["sacct", "-j", job, "--duplicates", "-X", "-n", "-P", "-o", "State"],
+                                capture_output=True, text=True, check=True).stdout.split()
+    assert accounting == ["NODE_FAIL", "COMPLETED"], accounting
+    # the same as the run that never lost a node (other checkpoint interval, same computation)
+    same_run(two_node_runs["ddp"]["trial"], trial, atol=0)

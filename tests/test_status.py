@@ -44,6 +44,21 @@ def test_parse_sacct_skips_steps_and_keeps_exit_codes():
     assert "5_0.batch" not in got and len(got) == 6
 
 
+def test_a_task_slurm_requeued_after_a_node_failure_says_so(tmp_path):
+    """sacct --duplicates: one record per run, oldest first; status names the earlier failure."""
+    from finetune.login.status import classify
+
+    text = ("9_0|NODE_FAIL|0:0|ftnode[1-2]\n9_0.batch|CANCELLED|0:15|ftnode1\n9_0|PENDING|0:0|None assigned\n")
+    acct = parse_sacct(text)
+    assert acct["9_0"].state == "PENDING" and acct["9_0"].earlier == ("NODE_FAIL on ftnode[1-2]",)
+    entry = {"job_id": "9", "array_index": 0, "trial_id": "t", "executor": "slurm"}
+    (tmp_path / "t").mkdir()
+    got = classify("t", tmp_path / "t", entry, {"9_0": TaskState("PENDING", "BeginTime")}, acct)
+    assert (got.state, got.reason) == ("pending", "requeued by SLURM after NODE_FAIL on ftnode[1-2]; BeginTime")
+    got = classify("t", tmp_path / "t", entry, {"9_0": TaskState("RUNNING")}, acct)
+    assert (got.state, got.reason) == ("running", "requeued by SLURM after NODE_FAIL on ftnode[1-2]")
+
+
 def test_every_state_and_reason_from_one_squeue_and_one_sacct(tmp_path, stubs):
     plan = tmp_path / "plan"
     ids = make_plan(plan, 10)

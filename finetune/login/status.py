@@ -109,11 +109,15 @@ def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue
         return TrialStatus(trial_id, "failed", f"{layout.RESULT_FILE} unreadable or not finished", job, restart,
                            log_tail(trial_dir))
     q = queue.get(job) if job else None
+    a = acct.get(job) if (acct is not None and job) else None
     if q is not None and q.active:
         state = "running" if q.state in ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT") else "pending"
-        return TrialStatus(trial_id, state, reason=q.reason if state == "pending" else "", job=job,
-                           restart_count=restart)
-    a = acct.get(job) if (acct is not None and job) else None
+        reasons = [q.reason] if state == "pending" and q.reason else []
+        # SLURM requeued it itself (a node failed, ...): say so, the queue's reason alone ("BeginTime") does not
+        failures = [e for e in (a.earlier if a is not None else ()) if e.split(" ")[0] in FAILURE_STATES]
+        if failures:
+            reasons.insert(0, f"requeued by SLURM after {failures[-1]}")
+        return TrialStatus(trial_id, state, reason="; ".join(reasons), job=job, restart_count=restart)
     remote = entry is not None and executors.is_scheduler(entry.get("executor"))
     if remote and not queue_known and (a is None or a.state in ("PENDING", "RUNNING", "REQUEUED", "SUSPENDED")):
         return TrialStatus(trial_id, "unknown", "scheduler unreachable: it may still be queued or running", job,

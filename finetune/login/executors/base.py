@@ -65,6 +65,8 @@ class TaskState:
     state: str  # PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, OUT_OF_MEMORY, CANCELLED, ...
     reason: str = ""  # squeue's reason, or sacct's exit code "1:0"
     exit_code: str = ""
+    nodes: str = ""  # sacct's NodeList
+    earlier: tuple[str, ...] = ()  # sacct: how earlier runs of this task ended ("NODE_FAIL on n[1-2]"), oldest first
 
     @property
     def active(self) -> bool:

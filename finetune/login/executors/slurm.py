@@ -14,7 +14,7 @@ from typing import Any
 from finetune.login.executors.base import ArrayJob, SchedulerError, TaskState, write_job_files
 
 SQUEUE_FORMAT = "%i|%T|%r"  # "<array job>_<task>" (or "<job>") | state | reason
-SACCT_FIELDS = "JobID,State,ExitCode"
+SACCT_FIELDS = "JobID,State,ExitCode,NodeList"
 
 
 def _run(argv: Sequence[str], *, cwd: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -126,12 +126,15 @@ def _expand_tasks(task: str) -> list[str]:
 
 
 def accounting_state(job_ids: Sequence[str]) -> dict[str, TaskState] | None:
-    """One ``sacct`` for all ``job_ids``; None when accounting is off or unreachable."""
+    """One ``sacct`` for all ``job_ids``; None when accounting is off or unreachable.
+
+    ``--duplicates``: a task SLURM requeued itself (after NODE_FAIL, say) has one record per run;
+    the latest is its state, the earlier ones are kept in ``TaskState.earlier``."""
     ids = sorted({str(j) for j in job_ids}, key=_id_key)
     if not ids:
         return {}
     try:
-        proc = _run(["sacct", "--allocations", "--noheader", "--parsable2",
+        proc = _run(["sacct", "--allocations", "--duplicates", "--noheader", "--parsable2",
                      f"--format={SACCT_FIELDS}", f"--jobs={','.join(ids)}"], timeout=60)
     except SchedulerError:
         return None
@@ -153,8 +156,14 @@ def parse_sacct(text: str) -> dict[str, TaskState]:
             job, task = job_id.split("_", 1)
         else:
             job, task = job_id, "N/A"
+        nodes = parts[3] if len(parts) > 3 else ""
         for t in _expand_tasks(task):
-            out[f"{job}_{t}"] = TaskState(state=state, reason=exit_code, exit_code=exit_code)
+            key = f"{job}_{t}"
+            earlier: tuple[str, ...] = ()
+            if key in out:  # an earlier run of a requeued task (records come oldest first)
+                prev = out[key]
+                earlier = (*prev.earlier, prev.state + (f" on {prev.nodes}" if prev.nodes else ""))
+            out[key] = TaskState(state=state, reason=exit_code, exit_code=exit_code, earlier=earlier, nodes=nodes)
     return out
 
 
