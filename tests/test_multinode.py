@@ -195,6 +195,22 @@ def test_usr2_on_both_nodes_checkpoints_requeues_and_resumes_bit_exact(two_node_
     same_run(two_node_runs["reference"]["trial"], trial, atol=1e-6)
 
 
+def test_sharded_evaluation_on_two_nodes_equals_unsharded(slurm_multinode, tiny_pretrained, tmp_path):  # noqa: F811
+    """Each rank predicts its share of the evaluation batches; the gathered logits and metrics are
+    exactly those of every rank predicting everything (plain model and FSDP2, lockstep)."""
+    ckpt, _ = tiny_pretrained
+    out = tmp_path / "out"
+    proc = subprocess.run(["srun", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=10",
+                           sys.executable, str(REPO / "tests" / "sharded_eval_check.py"), str(ckpt), str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(r["rank"], r["world_size"], r["host"]) for r in reports] == [(0, 2, "ftnode1"), (1, 2, "ftnode2")]
+    assert sum(r["computed"] for r in reports) == reports[0]["rows"] and all(r["computed"] < r["rows"] for r in reports)
+    for r in reports:
+        assert r["equal"] and r["equal_fsdp"] and r["metrics_equal"] and r["fsdp_matches_plain"], r
+
+
 def wait_until(check, timeout: float, what: str, trial: Path):
     end = time.monotonic() + timeout
     while time.monotonic() < end:

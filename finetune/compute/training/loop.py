@@ -299,12 +299,16 @@ class Trainer:
 
     # --- evaluate -----------------------------------------------------------------------------------
     def score(self, sets: dict[str, Rows]) -> dict[str, tuple[dict[str, float], Any, Any]]:
-        """language -> (metrics, predictions, labels) of the current model."""
+        """language -> (metrics, predictions, labels) of the current model.
+
+        Sharded: each rank predicts its share of the batches; the gathered logits (and so the
+        metrics) are exactly one process's."""
         model = dist_env.unwrap(self.model) if self.s.strategy == "ddp" else self.model
         model.eval()
         scored = {}
         for lang, rows in sets.items():
-            predictions, labels = self.task.predict(model, rows, device=self.device, autocast=self._autocast)
+            predictions, labels = self.task.predict(model, rows, device=self.device, autocast=self._autocast,
+                                                    env=self.env, lockstep=self.s.strategy == "fsdp")
             scored[lang] = (self.task.metrics(predictions, labels), predictions, labels)
         return scored
 

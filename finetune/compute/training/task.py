@@ -113,22 +113,35 @@ class ClassificationTask:
         return F.cross_entropy(output.float(), batch["labels"], reduction="sum")
 
     # --- evaluate ---------------------------------------------------------------------------------
-    def predict(self, model: Any, rows: Rows, *, device: Any, autocast: Any) -> tuple[Any, Any]:
-        """Logits ``(n, classes)`` in row order and labels; every rank runs every batch (FSDP needs it)."""
+    def predict(self, model: Any, rows: Rows, *, device: Any, autocast: Any, env: Any = None,
+                lockstep: bool = False) -> tuple[Any, Any]:
+        """Logits ``(n, classes)`` in row order and labels, on every rank.
+
+        The rows are cut into length-grouped batches (always the same ones); with ``env`` (a
+        :class:`~finetune.compute.distributed.DistEnv` of several processes) each rank runs every
+        ``world_size``-th batch and the logits are gathered, so every row's logits are exactly those
+        one process computes. ``lockstep`` (FSDP, whose forward is collective): every rank runs the
+        same number of forwards, a rank without a batch left running the first one again and
+        dropping its output.
+        """
         import numpy as np
         import torch
 
+        from finetune.compute import distributed as dist_env
         from finetune.compute.batching import LengthGroupedBatchSampler
 
+        env = env or dist_env.DistEnv()
         collate = self.collate_fn()
-        out = np.zeros((len(rows), len(self.label_names)), dtype=np.float32)
-        order = LengthGroupedBatchSampler(rows.lengths(), self.s.eval_batch_size, shuffle=False)
+        batches = LengthGroupedBatchSampler(rows.lengths(), self.s.eval_batch_size, shuffle=False).batches()
+        parts = []
         with torch.inference_mode():
-            for idx in order.batches():
-                batch = collate([rows[i] for i in idx])
+            for idx in dist_env.shard(batches, env, even=lockstep):
+                batch = collate([rows[i] for i in (idx if idx is not None else batches[0])])
                 with autocast():
                     logits = self.forward(model, {k: v.to(device) for k, v in batch.items()})
-                out[idx] = logits.float().cpu().numpy()
+                if idx is not None:
+                    parts.append((np.asarray(idx, dtype=np.int64), logits.float().cpu().numpy()))
+        out = dist_env.gather_rows(parts, env, n_rows=len(rows), tail=(len(self.label_names),), dtype=np.float32)
         return out, np.asarray(rows.labels, dtype=np.int64)
 
     def metrics(self, predictions: Any, labels: Any) -> dict[str, float]:
