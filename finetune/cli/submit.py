@@ -136,7 +136,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     described = _trial_descriptions(args.plan_dir) if args.all else {}
     for t in report.trials:
-        if not args.all and t.state not in ("failed", "cancelled", "preempted"):
+        requeued = t.reason.startswith("requeued by SLURM")  # after a node failure, say: worth a line
+        if not args.all and t.state not in ("failed", "cancelled", "preempted") and not requeued:
             continue
         extra = "".join([f" [{t.reason}]" if t.reason else "", f" job {t.job}" if t.job else "",
                          f" restarts {t.restart_count}" if t.restart_count else ""])
