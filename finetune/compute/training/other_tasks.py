@@ -133,8 +133,12 @@ class QATask(_Base):
         return (F.cross_entropy(start.float(), labels[:, 0], reduction="sum")
                 + F.cross_entropy(end.float(), labels[:, 1], reduction="sum")) / 2
 
-    def predict(self, model: Any, rows: QARows, *, device: Any, autocast: Any) -> tuple[Any, Any]:
-        """(answers per example and the mean window loss, gold answers per example)."""
+    def predict(self, model: Any, rows: QARows, *, device: Any, autocast: Any, env: Any = None,
+                lockstep: bool = False) -> tuple[Any, Any]:
+        """(answers per example and the mean window loss, gold answers per example).
+
+        Not sharded: every rank predicts every example (``env`` and ``lockstep`` are accepted for
+        the loop's call and ignored; FSDP's forwards line up because every rank runs them all)."""
         import torch
 
         from finetune.compute.batching import LengthGroupedBatchSampler
@@ -231,8 +235,12 @@ class CausalLMTask(_Base):
         sums, counts = self.token_losses(output, batch)
         return (sums / counts.clamp(min=1)).sum()
 
-    def predict(self, model: Any, rows: Rows, *, device: Any, autocast: Any) -> tuple[Any, Any]:
-        """(loss sum per chunk, predicted tokens per chunk), float64, in row order."""
+    def predict(self, model: Any, rows: Rows, *, device: Any, autocast: Any, env: Any = None,
+                lockstep: bool = False) -> tuple[Any, Any]:
+        """(loss sum per chunk, predicted tokens per chunk), float64, in row order.
+
+        Not sharded: every rank predicts every chunk (``env`` and ``lockstep`` are accepted for the
+        loop's call and ignored)."""
         import numpy as np
         import torch
 
