@@ -20,6 +20,8 @@ heavy: the standard library, ``finetune.fileio`` and nothing else. ::
         checkpoints/            resume state (removed once finished)
         model/                  the fine-tuned model (save_pretrained)
         logits/<id>-<language>-<split>.npz   logits dumps (training.dump_logits)
+        wandb/                  Weights & Biases run files (offline runs for `wandb sync`), last_step.json
+        tensorboard/            TensorBoard event files (tensorboard: true)
 
 A trial is **finished** when its ``result.json`` is readable JSON whose ``"state"`` is
 ``"finished"``; nothing else counts (a truncated, foreign or state-less file does not), so a
@@ -56,6 +58,9 @@ CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
 LOGITS_DIR = "logits"
 EVALUATIONS_FILE = "evaluations.json"  # `finetune evaluate`: languages scored later from model/
+WANDB_DIR = "wandb"
+WANDB_LAST_STEP_FILE = "last_step.json"  # under wandb/: the highest step logged, across requeues
+TENSORBOARD_DIR = "tensorboard"
 
 # --- exit codes of a trial process (``finetune train DIR``) --------------------------------------
 
@@ -155,6 +160,18 @@ def evaluations_file(trial: PathLike) -> Path:
 
 def logits_dir(trial: PathLike) -> Path:
     return Path(trial) / LOGITS_DIR
+
+
+def wandb_dir(trial: PathLike) -> Path:
+    return Path(trial) / WANDB_DIR
+
+
+def wandb_last_step_file(trial: PathLike) -> Path:
+    return wandb_dir(trial) / WANDB_LAST_STEP_FILE
+
+
+def tensorboard_dir(trial: PathLike) -> Path:
+    return Path(trial) / TENSORBOARD_DIR
 
 
 def logits_name(trial_id: str, language: str, split: str) -> str:

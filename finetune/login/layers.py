@@ -38,7 +38,7 @@ SHIPPED_DEFAULT = shipped.config_file(shipped.DEFAULT_CONFIG)  # config/default.
 DATABASE_FILE = "language-database.json"
 # JSON paths of path-valued keys; "*" matches any key of that object.
 PATH_KEYS = ("$.database", "$.checkpoints.prefix", "$.tokenizers.prefix", "$.data.mirrors.*", "$.data.cache_dir",
-             "$.training.logit_directory")
+             "$.training.logit_directory", "$.tensorboard")
 
 def _parent(path: str) -> str | None:
     """The parent JSON path, or None for ``$``."""
