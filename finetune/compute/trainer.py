@@ -55,6 +55,8 @@ def run(
     if not layout.config_file(trial_dir).is_file():
         print(f"error: {layout.config_file(trial_dir)}: no such file (not a trial directory?)", file=sys.stderr)
         return EXIT_BAD_INPUT
+    trainer = None
+    code = EXIT_FAILED
     with Preemption() as preemption:
         try:
             from finetune.compute.training.loop import Trainer
@@ -66,22 +68,22 @@ def run(
                               logit_directory=logit_directory, threads=threads, on_step=on_step)
             trainer.train()
             trainer.finish()
-            return EXIT_FINISHED
+            code = EXIT_FINISHED
         except Preempted as e:
             if env.is_main:
                 write_state(trial_dir, "preempted", reason=str(e))
-            return EXIT_REQUEUE
+            code = EXIT_REQUEUE
         except Pruned as e:  # a search's pruner stopped it: a result, not a failure
             if env.is_main:
                 atomic_write_json(layout.result_file(trial_dir), pruned_result(config, e.step, e.rows))
                 write_state(trial_dir, "pruned", reason=str(e), step=e.step)
                 trainer.checkpoints.remove()
-            return EXIT_FINISHED
+            code = EXIT_FINISHED
         except FinetuneError as e:
             print(f"error: {e}", file=sys.stderr)
             if env.is_main:
                 write_state(trial_dir, "failed", reason=str(e))
-            return EXIT_BAD_INPUT
+            code = EXIT_BAD_INPUT
         except KeyboardInterrupt:
             if env.is_main:
                 write_state(trial_dir, "failed", reason="interrupted (SIGINT)")
@@ -90,9 +92,12 @@ def run(
             traceback.print_exc()
             if env.is_main:
                 write_state(trial_dir, "failed", reason=f"{type(e).__name__}: {e}")
-            return EXIT_FAILED
+            code = EXIT_FAILED
         finally:
+            if trainer is not None:
+                trainer.close(code)  # the trackers end their runs (W&B: finished, preempted or failed)
             dist_env.destroy_process_group()
+    return code
 
 
 if __name__ == "__main__":  # python -m finetune.compute.trainer TRIAL_DIR (e.g. under torchrun)

@@ -135,7 +135,7 @@ class Plan:
             "training": cfg["training"],
             "slurm": cfg.get("slurm", {}),
             "wandb": cfg.get("wandb", {}),
-            "tensorboard": cfg.get("tensorboard"),
+            **({"tensorboard": cfg["tensorboard"]} if cfg.get("tensorboard") else {}),  # only when on
             "data": cfg.get("data", {}),
             "checkpoint": g["checkpoints"][trial.model_type],
             "tokenizer": g["tokenizers"][trial.model_type],

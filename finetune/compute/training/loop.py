@@ -423,6 +423,14 @@ class Trainer:
                 tracker.finish(result)
         dist_env.barrier(self.env)
 
+    def close(self, exit_code: int) -> None:
+        """Let every tracker end its run (finished 0, preempted 75, failed); never masks the outcome."""
+        for tracker in self.trackers:
+            try:
+                tracker.close(exit_code)
+            except Exception as e:  # a tracker that cannot close must not turn a result into a failure
+                print(f"warning: {type(tracker).__name__} did not close: {type(e).__name__}: {e}", file=sys.stderr)
+
     def _save_model(self) -> None:
         """save_pretrained (safetensors) with the tokenizer, into model/ via a temporary folder."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
