@@ -205,3 +205,26 @@ def test_bundles_need_single_task_jobs(tmp_path):
     layout.plan_file(out).write_text(_dump(plan))
     with pytest.raises(ConfigError, match=r"\$\.slurm\.trials_per_task"):
         submit(out, executor="slurm", dry_run=True, max_array_size=10)
+
+
+def test_slurm_max_queued_caps_what_is_queued_and_a_rerun_tops_up(tmp_path, stubs):
+    from submit_helpers import make_plan
+
+    stubs.set("sacctmgr", "#!/bin/bash\necho \"sacctmgr $*\" >> " + str(stubs.dir / "calls.log") + "\n")
+    (stubs.dir / "sacctmgr").chmod(0o755)
+    plan = tmp_path / "plan"
+    ids = make_plan(plan, 5, slurm={"max_queued": 2})
+    report = submit(plan, executor="slurm")
+    assert report.submitted == ids[:2] and report.deferred == ids[2:] and report.queue_limit == 2
+    assert "--array=0-1" in stubs.calls("sbatch")[0] and "left for later" in report.summary()
+    assert [e["trial_id"] for e in json.loads(layout.manifest_file(plan).read_text())["submissions"]] == ids[:2]
+
+    stubs.set("squeue.txt", "100_0|PENDING|None\n100_1|PENDING|None\n")  # both still queued: no room
+    again = submit(plan, executor="slurm")
+    assert again.submitted == [] and again.deferred == ids[2:] and sorted(again.active) == sorted(ids[:2])
+    assert len(stubs.calls("sbatch")) == 1
+
+    stubs.set("squeue.txt", "100_1|RUNNING|None\n")  # one left the queue (finished): room for one more
+    (layout.trial_dir(plan, ids[0]) / "result.json").write_text(json.dumps({"state": "finished"}))
+    third = submit(plan, executor="slurm")
+    assert third.submitted == ids[2:3] and third.deferred == ids[3:]

@@ -74,3 +74,37 @@ def _resumed_at(trial: Path) -> int:
     """The count the second run started from, as the trial's own log says."""
     lines = [line for line in layout.log_file(trial).read_text().splitlines() if line.startswith("count: starting at")]
     return int(lines[1].split()[3])
+
+
+def test_a_qos_submit_limit_caps_the_queue(slurm_cluster, tmp_path):
+    import getpass
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from submit_helpers import make_plan
+
+    def queued() -> int:
+        out = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"], capture_output=True, text=True)
+        return len(out.stdout.split())
+
+    def set_limit(value: int) -> None:
+        proc = subprocess.run(["sacctmgr", "-i", "modify", "qos", "where", "name=normal", "set",
+                               f"MaxSubmitJobsPerUser={value}"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+
+    subprocess.run(["scancel", "-u", getpass.getuser()], capture_output=True)
+    _wait(lambda: queued() == 0, 60, "an empty queue")
+    plan = tmp_path / "plan"
+    ids = make_plan(plan, 7, slurm={"extra": {"hold": True}})  # held: nothing runs, the queue stays full
+    set_limit(3)
+    try:
+        report = submit(plan, executor="slurm")
+        assert report.submitted == ids[:3] and report.deferred == ids[3:] and queued() == 3
+        again = submit(plan, executor="slurm")  # no room: nothing more, nothing twice
+        assert again.submitted == [] and sorted(again.active) == sorted(ids[:3]) and queued() == 3
+        set_limit(5)
+        top_up = submit(plan, executor="slurm")
+        assert top_up.submitted == ids[3:5] and top_up.deferred == ids[5:] and queued() == 5
+    finally:
+        set_limit(-1)
+        subprocess.run(["scancel", "-u", getpass.getuser()], capture_output=True)

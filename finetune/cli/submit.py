@@ -15,11 +15,15 @@ SUBMIT_EPILOG = """examples:
   finetune submit runs/rus-pol --throttle 8 --timeout 02:00:00
   finetune submit runs/rus-pol --executor local --parallel 2
   finetune submit runs/rus-pol --template jobs/templates/old-style.sbatch --dry-run
+  finetune submit runs/rus-pol --follow --follow-interval 120
 
 Submits every trial of the plan that is neither finished (result.json) nor queued or running
 (one squeue call): one job array per resource group (the trials' `slurm` sections), split at
 the cluster's MaxArraySize. Job ids go into DIR/manifest.json after every sbatch. Running it
 again sends only failed, cancelled, timed-out and never-submitted trials: zero duplicates.
+Queue limits: at most as many array tasks are queued as MaxJobCount, the QOS's
+MaxSubmitJobsPerUser (sacctmgr) and slurm.max_queued leave room for; run it again, or with
+--follow (waits and tops up), to queue the rest. slurm.trials_per_task K: each array task runs K trials.
 Templates: *.j2 = jinja2 (StrictUndefined), any other file = old-style str.format fields.
 """
 
@@ -69,6 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               epilog=SUBMIT_EPILOG, formatter_class=HelpFormatter)
     p.add_argument("plan_dir", metavar="DIR", help="the plan directory (with plan.json)")
     add_submit_arguments(p)
+    p.add_argument("--follow", action="store_true",
+                   help="when a queue limit leaves trials for later, wait and top up until every trial is queued")
+    p.add_argument("--follow-interval", type=positive_int, default=60, metavar="S",
+                   help="seconds between two top-ups with --follow (default 60)")
     p.set_defaults(func=_submit)
 
     p = subparsers.add_parser("status", help="where every trial of a plan stands",
@@ -103,11 +111,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
+    import time
+
     from finetune.login.submit import submit
 
-    report = submit(args.plan_dir, executor=args.executor, template=args.template, timeout=args.timeout,
-                    throttle=args.throttle, dry_run=args.dry_run, max_array_size=args.max_array_size,
-                    parallel=args.parallel, max_trials=None if args.yes else GUARD)
+    def once():
+        return submit(args.plan_dir, executor=args.executor, template=args.template, timeout=args.timeout,
+                      throttle=args.throttle, dry_run=args.dry_run, max_array_size=args.max_array_size,
+                      parallel=args.parallel, max_trials=None if args.yes else GUARD)
+
+    report = once()
+    while getattr(args, "follow", False) and report.deferred and not args.dry_run:
+        print(report.summary(), flush=True)
+        time.sleep(args.follow_interval)
+        report = once()
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.dry_run:

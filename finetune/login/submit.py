@@ -37,7 +37,8 @@ DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
 TIME_RE = re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$")
 MEM_RE = re.compile(r"^[0-9]+[KMGT]?$")
 FLAG_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
-INT_KEYS = {"cpus_per_task": 1, "gpus": 0, "nodes": 1, "ntasks_per_node": 1, "signal_grace_s": 0, "trials_per_task": 1}
+INT_KEYS = {"cpus_per_task": 1, "gpus": 0, "nodes": 1, "ntasks_per_node": 1, "signal_grace_s": 0, "trials_per_task": 1,
+            "max_queued": 1}
 STR_KEYS = ("account", "partition", "qos", "output")
 LAUNCHERS = ("srun", "torchrun")
 # After the first rank of a multi-task step ends, srun waits this long for the others before it
@@ -56,6 +57,8 @@ class SubmitReport:
     finished: list[str] = field(default_factory=list)  # skipped: finished (finetune.layout.is_finished)
     active: list[str] = field(default_factory=list)  # skipped: queued or running
     superseded: list[str] = field(default_factory=list)  # skipped: a newer trial replaced it (inputs changed)
+    deferred: list[str] = field(default_factory=list)  # not queued now: the queue limit is reached (submit again)
+    queue_limit: int | None = None  # array tasks that could still be queued when this submit started
     dry_run: bool = False
     manifest: Path | None = None
     warnings: list[Problem] = field(default_factory=list)  # dry run: missing inputs, listed not refused
@@ -72,6 +75,9 @@ class SubmitReport:
         skipped = f"{len(self.finished)} finished, {len(self.active)} queued or running"
         if self.superseded:
             skipped += f", {len(self.superseded)} superseded"
+        if self.deferred:
+            skipped += (f"; {len(self.deferred)} left for later (queue limit: room for {self.queue_limit} more "
+                        "array tasks; run submit again, or submit --follow)")
         if self.dry_run:
             tasks = sum(len(j.trial_ids) for j in self.arrays)
             return (f"dry run ({self.executor}): would submit {tasks} trials in {len(self.arrays)} arrays; "
@@ -553,6 +559,11 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
                 write_job_files(job)
             return report
 
+        ask = getattr(ex, "queue_room", None)  # the cluster's and the config's limits on queued jobs
+        room = ask([job.slurm for job in report.arrays]) if ask is not None and ex.scheduler else None
+        if room is not None:
+            report.queue_limit = room
+            report.arrays, report.deferred = cap_arrays(report.arrays, room)
         layout.job_logs_dir(plan_dir).mkdir(parents=True, exist_ok=True)
         for n, job in enumerate(report.arrays):
             ex.write(job)
@@ -575,6 +586,25 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
             report.job_ids.append(job_id)
             report.submitted.extend(job.trial_ids)
         return report
+
+
+def cap_arrays(arrays: list[ArrayJob], room: int) -> tuple[list[ArrayJob], list[str]]:
+    """The arrays cut to ``room`` array tasks in all (in order), and the trial ids left for later."""
+    import dataclasses
+
+    kept: list[ArrayJob] = []
+    deferred: list[str] = []
+    for job in arrays:
+        if room >= job.tasks:
+            kept.append(job)
+            room -= job.tasks
+            continue
+        n = room * job.per_task
+        if n:
+            kept.append(dataclasses.replace(job, trial_ids=job.trial_ids[:n], records=job.records[:n]))
+        deferred += job.trial_ids[n:]
+        room = 0
+    return kept, deferred
 
 
 def _trial_folders(plan_dir: Path) -> set[str]:

@@ -25,7 +25,8 @@ SLURM_DEFAULTS: dict[str, Any] = {
     "setup": [],
     "launcher": "srun",  # how a job of several tasks starts its ranks: srun or torchrun
     "signal_grace_s": 120,
-    "trials_per_task": 1,  # an array task runs this many trials one after another, in one process
+    "trials_per_task": 1,
+    "max_queued": None,  # queue at most this many array tasks at once (besides the cluster's own limits)  # an array task runs this many trials one after another, in one process
     "extra": {},
 }
 

@@ -62,6 +62,9 @@ class SlurmExecutor:
     def max_array_size(self) -> int | None:
         return max_array_size()
 
+    def queue_room(self, slurms: list[dict[str, Any]]) -> int | None:
+        return queue_room(slurms)
+
     def cluster(self):
         from finetune.login.nodes import query_cluster
 
@@ -165,6 +168,53 @@ def parse_sacct(text: str) -> dict[str, TaskState]:
                 earlier = (*prev.earlier, prev.state + (f" on {prev.nodes}" if prev.nodes else ""))
             out[key] = TaskState(state=state, reason=exit_code, exit_code=exit_code, earlier=earlier, nodes=nodes)
     return out
+
+
+def queue_limits(slurms: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """The limits on jobs queued that apply to these slurm sections: ``slurm.max_queued``,
+    MaxJobCount (``scontrol show config``) and each QOS's MaxSubmitJobsPerUser (``sacctmgr``,
+    where accounting exists; the QOS is ``slurm.qos``, else ``normal``). An array task counts as
+    one job, as SLURM counts it."""
+    limits: dict[str, int] = {}
+    for s in slurms:
+        mine = s.get("max_queued")
+        if isinstance(mine, int) and not isinstance(mine, bool) and mine >= 1:
+            limits["slurm.max_queued"] = min(mine, limits.get("slurm.max_queued", mine))
+    try:
+        proc = _run(["scontrol", "show", "config"], timeout=30)
+        m = re.search(r"^MaxJobCount\s*=\s*(\d+)", proc.stdout, re.MULTILINE) if proc.returncode == 0 else None
+        if m:
+            limits["MaxJobCount"] = int(m.group(1))
+    except SchedulerError:
+        pass
+    wanted = {str(s.get("qos") or "normal") for s in slurms}
+    try:  # one sacctmgr for every QOS
+        proc = _run(["sacctmgr", "-nP", "show", "qos", "format=Name,MaxSubmitPU"], timeout=30)
+    except SchedulerError:
+        return limits  # no accounting here
+    for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
+        name, _, value = line.strip().partition("|")
+        if name in wanted and value.strip().isdigit():
+            limits[f"QOS {name} MaxSubmitJobsPerUser"] = int(value)
+    return limits
+
+
+def queued_jobs() -> int:
+    """Jobs (array tasks one by one) this user has in the queue now: one squeue."""
+    import getpass
+
+    proc = _run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"])
+    if proc.returncode != 0:
+        raise SchedulerError(f"squeue failed (exit {proc.returncode}): {proc.stderr.strip()}")
+    return len(proc.stdout.split())
+
+
+def queue_room(slurms: Sequence[dict[str, Any]]) -> int | None:
+    """How many more array tasks may be queued now (None: no limit known)."""
+    limits = queue_limits(slurms)
+    if not limits:
+        return None
+    return max(0, min(limits.values()) - queued_jobs())
 
 
 def max_array_size() -> int | None:

@@ -11,6 +11,7 @@ job that died, so ``submit`` here never waits on results.
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,9 @@ class SubmititExecutor:
 
     def max_array_size(self) -> int | None:
         return slurm_tools.max_array_size()
+
+    def queue_room(self, slurms: list[dict[str, Any]]) -> int | None:
+        return slurm_tools.queue_room(slurms) if shutil.which("sbatch") else None
 
     def cluster(self):
         from finetune.login.nodes import query_cluster
