@@ -9,6 +9,7 @@ report says so and uses squeue plus the trial files alone.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,20 +93,25 @@ def _failure_reason(acct: TaskState) -> str:
 
 
 def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue: dict[str, TaskState],
-             acct: dict[str, TaskState] | None, *, queue_known: bool = True, search: bool = False) -> TrialStatus:
+             acct: dict[str, TaskState] | None, *, queue_known: bool = True, search: bool = False,
+             folder: bool = True) -> TrialStatus:
     """One trial's status from the files, its latest manifest entry and the scheduler's answers.
+
+    ``folder=False``: the trial has no folder yet (its array task has not started it), so no
+    file is read: a big plan's status costs one directory listing, not reads per trial.
 
     ``queue_known=False`` (squeue could not be asked): a trial SLURM may still hold is "unknown",
     never guessed cancelled or failed from its absence in an empty answer."""
-    saved = layout.read_state(trial_dir)
+    saved = layout.read_state(trial_dir) if folder else {}
     restart = saved.get("restart_count")
     job = f"{entry['job_id']}_{entry['array_index']}" if entry else ""
-    if is_finished(trial_dir):
+    if not folder:
+        pass
+    elif is_finished(trial_dir):
         return TrialStatus(trial_id, "finished", job=job, restart_count=restart)
-    step = layout.pruned_step(trial_dir)
-    if step is not False:
+    elif (step := layout.pruned_step(trial_dir)) is not False:
         return TrialStatus(trial_id, "pruned", f"at step {step}", job=job, restart_count=restart)
-    if layout.result_file(trial_dir).exists():
+    elif layout.result_file(trial_dir).exists():
         return TrialStatus(trial_id, "failed", f"{layout.RESULT_FILE} unreadable or not finished", job, restart,
                            log_tail(trial_dir))
     q = queue.get(job) if job else None
@@ -176,6 +182,11 @@ def plan_status(plan_dir: str | Path) -> StatusReport:
     from finetune.login.search import is_search
 
     search = is_search(plan_dir)
+    try:  # one listing: trials the array tasks have not started yet have no folder, nothing to read
+        started = set(os.listdir(layout.trials_dir(plan_dir)))
+    except OSError:
+        started = set()
     trials = [classify(t.id, layout.trial_dir(plan_dir, t.id), entries.get(t.id), queue, acct,
-                       queue_known=scheduler or not remote, search=search) for t in plan.trials]
+                       queue_known=scheduler or not remote, search=search, folder=t.id in started)
+              for t in plan.trials]
     return StatusReport(plan_dir, trials, accounting=acct is not None, scheduler=scheduler, notes=notes)
