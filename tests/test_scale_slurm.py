@@ -108,3 +108,33 @@ def test_a_qos_submit_limit_caps_the_queue(slurm_cluster, tmp_path):
     finally:
         set_limit(-1)
         subprocess.run(["scancel", "-u", getpass.getuser()], capture_output=True)
+
+
+def test_submit_follow_tops_up_until_every_trial_is_queued(slurm_cluster, tmp_path):
+    import getpass
+    import os
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from submit_helpers import make_plan
+
+    def set_limit(value: int) -> None:
+        proc = subprocess.run(["sacctmgr", "-i", "modify", "qos", "where", "name=normal", "set",
+                               f"MaxSubmitJobsPerUser={value}"], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+
+    plan = tmp_path / "plan"
+    ids = make_plan(plan, 5, count_to=2, count_sleep_s=0.01)
+    set_limit(2)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "finetune", "submit", str(plan), "--executor", "slurm",
+                               "--follow", "--follow-interval", "1"], capture_output=True, text=True, timeout=240,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "left for later" in proc.stdout  # it had to wait at least once
+        sent = [e["trial_id"] for e in json.loads(layout.manifest_file(plan).read_text())["submissions"]]
+        assert sorted(sent) == sorted(ids)  # every trial queued, none twice
+        _wait(lambda: plan_status(plan).counts.get("finished") == 5, 120, "five finished")
+    finally:
+        set_limit(-1)
+        subprocess.run(["scancel", "-u", getpass.getuser()], capture_output=True)
