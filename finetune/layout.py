@@ -61,6 +61,7 @@ EVALUATIONS_FILE = "evaluations.json"  # `finetune evaluate`: languages scored l
 WANDB_DIR = "wandb"
 WANDB_LAST_STEP_FILE = "last_step.json"  # under wandb/: the highest step logged, across requeues
 TENSORBOARD_DIR = "tensorboard"
+TRIAL_LOCK = ".trial.lock"  # held by the process running the trial: never two writers
 
 # --- exit codes of a trial process (``finetune train DIR``) --------------------------------------
 
@@ -158,6 +159,10 @@ def evaluations_file(trial: PathLike) -> Path:
     return Path(trial) / EVALUATIONS_FILE
 
 
+def trial_lock_file(trial: PathLike) -> Path:
+    return Path(trial) / TRIAL_LOCK
+
+
 def logits_dir(trial: PathLike) -> Path:
     return Path(trial) / LOGITS_DIR
 
@@ -227,9 +232,27 @@ def read_result(trial: PathLike) -> Any:
         return None
 
 
+def result_problem(trial: PathLike, result: Any) -> str:
+    """What makes a parsed ``result.json`` not this trial's own ("" when nothing): another trial's
+    id in ``"trial"`` (a copied or moved file), or fields of the wrong type. Such a result is
+    "invalid": never finished, never scored."""
+    if not isinstance(result, dict):
+        return ""
+    path = result_file(trial)
+    owner = result.get("trial")
+    if owner is not None and owner != Path(trial).name:
+        return f"{path}: $.trial is {owner!r}, not this trial ({Path(trial).name}): the result of another trial"
+    if "state" in result and not isinstance(result["state"], str):
+        return f"{path}: $.state: expected a string"
+    if "metrics" in result and not isinstance(result["metrics"], dict):
+        return f"{path}: $.metrics: expected an object"
+    return ""
+
+
 def is_finished(trial: PathLike) -> bool:
-    """Is this trial done (``says_finished`` on its ``result.json``)? Submit skips it, collect scores it."""
-    return says_finished(read_result(trial))
+    """Is this trial done (``says_finished`` on its own ``result.json``)? Submit skips it, collect scores it."""
+    result = read_result(trial)
+    return says_finished(result) and not result_problem(trial, result)
 
 
 def says_pruned(result: Any) -> bool:
@@ -241,7 +264,7 @@ def says_pruned(result: Any) -> bool:
 def pruned_step(trial: PathLike) -> int | None | bool:
     """The step the trial was pruned at (None when not recorded); False when it was not pruned."""
     result = read_result(trial)
-    if not says_pruned(result):
+    if not says_pruned(result) or result_problem(trial, result):
         return False
     step = result.get("pruned_step")
     return step if isinstance(step, int) and not isinstance(step, bool) else None
@@ -250,4 +273,4 @@ def pruned_step(trial: PathLike) -> int | None | bool:
 def is_done(trial: PathLike) -> bool:
     """Nothing left to run: finished, or pruned (submit does not run a pruned trial again)."""
     result = read_result(trial)
-    return says_finished(result) or says_pruned(result)
+    return (says_finished(result) or says_pruned(result)) and not result_problem(trial, result)

@@ -326,6 +326,10 @@ def _read_outcome(row: TrialRow, tdir: Path) -> None:
     if why:
         row.state, row.reason = "invalid", why
         return
+    wrong = layout.result_problem(tdir, result)
+    if wrong:  # another trial's result.json: its metrics and hyperparameters are not this trial's
+        row.state, row.reason = "invalid", wrong
+        return
     if layout.says_pruned(result):
         row.state, row.pruned_step = "pruned", result.get("pruned_step")
         row.reason = f"at step {row.pruned_step}"

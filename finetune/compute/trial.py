@@ -25,6 +25,10 @@ def run_trial(trial_dir: str | Path) -> int:
     if layout.is_finished(trial_dir):  # before anything is read or written: no state.json, no log line
         print(f"{trial_dir}: already finished ({layout.RESULT_FILE} says so); nothing to do", file=sys.stderr)
         return layout.EXIT_FINISHED
+    if not _hold_trial_lock(trial_dir):
+        print(f"{trial_dir}: another process is running this trial ({layout.TRIAL_LOCK} is held); "
+              "not starting a second writer", file=sys.stderr)
+        return layout.EXIT_FAILED
     path = layout.config_file(trial_dir)
     if not path.is_file():
         raise ConfigError(problems=[Problem(str(path), "", "no trial config here (submit writes it)")])
@@ -41,6 +45,30 @@ def run_trial(trial_dir: str | Path) -> int:
         return int(run(trial_dir))
     raise ConfigError(problems=[Problem(str(path), "$.training.workload",
                                         f"unknown workload {workload!r}; choose one of {', '.join(WORKLOADS)}")])
+
+
+_LOCKS: list = []  # the lock files stay open (and locked) as long as the process lives
+
+
+def _hold_trial_lock(trial_dir: Path) -> bool:
+    """Lock ``trial_dir/.trial.lock`` for the life of this process (rank 0 only: the ranks of one
+    distributed trial are one writer). False when another process holds it."""
+    import fcntl
+    import os
+
+    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
+    if rank not in ("0", ""):
+        return True
+    if not trial_dir.is_dir():
+        return True  # nothing to guard; the config check below says what is wrong
+    f = open(layout.trial_lock_file(trial_dir), "a")  # noqa: SIM115 - held until the process ends
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return False
+    _LOCKS.append(f)
+    return True
 
 
 def _refuse_untrainable(config: dict, path: str) -> None:

@@ -74,6 +74,9 @@ def count(trial_dir: str | Path, config: dict[str, Any]) -> int:
         stop["requested"] = True
 
     previous = signal.signal(signal.SIGUSR2, on_usr2)
+    from finetune import usr2
+
+    stop["requested"] = usr2.received()  # USR2 before this handler existed (finetune/__main__.py)
     started = time.monotonic()
     try:
         write_state(trial_dir, "running", count=n)

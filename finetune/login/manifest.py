@@ -33,7 +33,7 @@ def load(plan_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def latest(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """trial id -> its most recent submission."""
-    return {e["trial_id"]: e for e in manifest["submissions"]}
+    return {e["trial_id"]: e for e in manifest["submissions"] if isinstance(e, dict) and "trial_id" in e}
 
 
 def task_key(entry: dict[str, Any]) -> str:
@@ -43,7 +43,9 @@ def task_key(entry: dict[str, Any]) -> str:
 
 def next_batch(manifest: dict[str, Any]) -> str:
     """The name of the next submission's folder under jobs/: 0001, 0002, ..."""
-    return f"{len({e.get('batch') for e in manifest['submissions']}) + 1:04d}"
+    batches = {str(e.get("batch")) for e in manifest["submissions"] if isinstance(e, dict)}
+    highest = max((int(b) for b in batches if b.isdigit()), default=0)
+    return f"{max(len(batches), highest) + 1:04d}"
 
 
 def record(plan_dir: str | os.PathLike[str], manifest: dict[str, Any], *, executor: str, job_id: str,

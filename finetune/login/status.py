@@ -18,10 +18,10 @@ from typing import Any
 from finetune import layout
 from finetune.errors import UsageError
 from finetune.layout import is_finished
-from finetune.login import executors, manifest
+from finetune.login import executors, manifest, reconcile
 from finetune.login.executors.base import SchedulerError, TaskState
 
-STATES = ("finished", "pruned", "running", "pending", "preempted", "failed", "cancelled", "unsubmitted")
+STATES = ("finished", "pruned", "running", "pending", "preempted", "failed", "cancelled", "invalid", "unsubmitted")
 FAILURE_STATES = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
 LOG_TAIL_LINES = 10
 
@@ -105,8 +105,11 @@ def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue
     saved = layout.read_state(trial_dir) if folder else {}
     restart = saved.get("restart_count")
     job = f"{entry['job_id']}_{entry['array_index']}" if entry else ""
+    wrong = layout.result_problem(trial_dir, layout.read_result(trial_dir)) if folder else ""
     if not folder:
         pass
+    elif wrong:  # another trial's result (or a malformed one): never counted finished
+        return TrialStatus(trial_id, "invalid", wrong, job=job, restart_count=restart)
     elif is_finished(trial_dir):
         return TrialStatus(trial_id, "finished", job=job, restart_count=restart)
     elif (step := layout.pruned_step(trial_dir)) is not False:
@@ -158,15 +161,24 @@ def plan_status(plan_dir: str | Path) -> StatusReport:
     if not layout.plan_file(plan_dir).is_file():
         raise UsageError(f"{plan_dir}: no plan here ({layout.PLAN_FILE} missing; run `finetune plan` first)")
     plan = load_plan(plan_dir)
-    entries = manifest.latest(manifest.load(plan_dir))
+    submissions = manifest.load(plan_dir)
+    notes: list[str] = []
+    made: dict[str, Any] = {}
+    if reconcile.may_have_arrays(plan_dir, submissions):
+        made["slurm"] = executors.make_executor("slurm")  # its one squeue answers state below too
+        try:  # queued arrays the manifest misses (a SIGKILLed submitter): counted, not written here
+            submissions["submissions"] = submissions["submissions"] + reconcile.unrecorded(
+                plan_dir, submissions, ex=made["slurm"])
+        except SchedulerError:
+            pass  # the queue is asked again below, and its failure reported there
+    entries = manifest.latest(submissions)
     groups = {name: group for name, group in manifest.by_executor(entries).items() if executors.is_scheduler(name)}
     remote = bool(groups)
-    notes: list[str] = []
     queue: dict[str, TaskState] = {}
     acct: dict[str, TaskState] | None = {} if remote else None
     scheduler = remote
     for name, group in groups.items():  # one state and one accounting call per executor
-        ex = executors.make_executor(name)
+        ex = made.get(name) or executors.make_executor(name)
         job_ids = sorted({str(e["job_id"]) for e in group.values()})
         try:
             queue.update(ex.state(job_ids))

@@ -25,7 +25,7 @@ from typing import Any
 
 from finetune import layout
 from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
-from finetune.login import executors, manifest, shipped
+from finetune.login import executors, manifest, reconcile, shipped
 from finetune.login.batch import write_groups
 from finetune.login.check import check_trials
 from finetune.login.executors.base import ArrayJob, SchedulerError, write_job_files
@@ -158,7 +158,7 @@ def todo_trials(plan_dir: Path, plan: Any, trials: list[Any]) -> Todo:
 # what the schedulers still hold
 
 
-def queued_trials(entries: dict[str, dict[str, Any]]) -> set[str]:
+def queued_trials(entries: dict[str, dict[str, Any]], made: dict[str, Any] | None = None) -> set[str]:
     """Trials whose latest submission a scheduler still holds (one ``state`` call per executor).
 
     Asked whatever executor submits now: a trial queued by ``slurm`` or ``submitit`` must not go
@@ -169,7 +169,8 @@ def queued_trials(entries: dict[str, dict[str, Any]]) -> set[str]:
         if not executors.is_scheduler(name):
             continue
         try:
-            states = executors.make_executor(name).state(sorted({str(e["job_id"]) for e in group.values()}))
+            ex = (made or {}).get(name) or executors.make_executor(name)
+            states = ex.state(sorted({str(e["job_id"]) for e in group.values()}))
         except SchedulerError as e:
             raise FinetuneError(f"{len(group)} trials were submitted to {name} before, and it cannot say "
                                 f"whether they are still queued: {e}") from None
@@ -177,9 +178,28 @@ def queued_trials(entries: dict[str, dict[str, Any]]) -> set[str]:
     return out
 
 
+def adopt_unrecorded(plan_dir: Path, submissions: dict[str, Any], executor: str) -> dict[str, Any]:
+    """Record the plan's queued arrays that the manifest misses (a SIGKILLed submitter, a deleted
+    manifest.json): one squeue by the plan's job names (finetune.login.reconcile). Asked when the
+    plan has (or may have had) SLURM arrays; a scheduler that cannot answer stops a SLURM submit."""
+    if not reconcile.may_have_arrays(plan_dir, submissions, executor):
+        return {}
+    made = {"slurm": executors.make_executor("slurm")}  # its one squeue answers queued_trials too
+    try:
+        reconcile.adopt(plan_dir, submissions, made["slurm"])
+    except SchedulerError as e:
+        if executor == "slurm" or any(isinstance(x, dict) and x.get("executor") == "slurm"
+                                      for x in submissions["submissions"]):
+            raise FinetuneError(f"cannot ask SLURM which arrays of this plan are queued: {e}") from None
+    return made
+
+
 @contextlib.contextmanager
-def _locked(plan_dir: Path) -> Iterator[None]:
-    """One submit (or cancel) at a time per plan: two at once could queue a trial twice."""
+def _locked(plan_dir: Path) -> Iterator[Any]:
+    """One submit (or cancel) at a time per plan: two at once could queue a trial twice.
+
+    Yields the lock file: sbatch inherits it, so the lock outlives a SIGKILLed submitter until its
+    last sbatch has returned (and that array is then found by its job name)."""
     import fcntl
 
     with open(layout.submit_lock_file(plan_dir), "a") as f:
@@ -188,7 +208,7 @@ def _locked(plan_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise UsageError(f"{plan_dir}: another submit or cancel is running on this plan") from None
         try:
-            yield
+            yield f
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -353,8 +373,7 @@ def resource_key(slurm: dict[str, Any], time: str | None) -> str:
 
 
 def job_name(plan_dir: Path, key: str) -> str:
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "-", plan_dir.name).strip("-.")[:40] or "plan"
-    return f"ft-{base}-{key}"
+    return f"{reconcile.job_prefix(plan_dir)}{key}"
 
 
 def script_context(job_name: str, plan_dir: Path, index_file: Path, slurm: dict[str, Any],
@@ -418,7 +437,7 @@ def plan_arrays(plan_dir: Path, trials: list[tuple[str, dict[str, Any]]], *, bat
     for key, (slurm, time, ids) in groups.items():
         per_task = int(slurm["trials_per_task"])
         for n, part in enumerate(chunks(ids, max_array_size * per_task)):
-            name = job_name(plan_dir, key)
+            name = reconcile.array_job_name(plan_dir, batch, key, n)  # unique per plan and array
             index = folder / f"{key}-{n}.index"
             text = render(template, script_context(name, plan_dir, index, slurm, time, python))
             jobs.append(ArrayJob(name=name, plan_dir=plan_dir, script_path=folder / f"{key}-{n}.sbatch",
@@ -509,11 +528,14 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
     if is_search(plan_dir):
         raise UsageError(problems=[Problem(str(spec_path(plan_dir)), "", "this folder is a search: its trials are "
                                            "asked by search workers; run `finetune search` again to continue it")])
-    with _locked(plan_dir):
+    with _locked(plan_dir) as lock:
+        if hasattr(ex, "pass_fds"):
+            ex.pass_fds = (lock.fileno(),)
         submissions = manifest.load(plan_dir)
+        made = adopt_unrecorded(plan_dir, submissions, name)
         entries = manifest.latest(submissions)
         finished, active, todo, superseded = [], [], [], []
-        queued = queued_trials(entries)
+        queued = queued_trials(entries, made)
         started = _trial_folders(plan_dir)  # one listing: most trials of a big plan have no folder yet
         for t in plan.trials:
             if t.superseded_by and t.id not in queued:  # its input files changed: the newer trial runs
@@ -646,13 +668,15 @@ def cancel(plan_dir: str | Path) -> CancelReport:
     plan_dir = Path(plan_dir).resolve()
     if not layout.plan_file(plan_dir).is_file():
         raise UsageError(problems=[Problem(str(plan_dir), "", f"no plan here ({layout.PLAN_FILE} missing)")])
-    entries = manifest.latest(manifest.load(plan_dir))
-    remote = {t: e for t, e in entries.items() if executors.is_scheduler(e.get("executor"))}
-    if not remote:
-        return CancelReport([], [])
     tasks: list[str] = []
     with _locked(plan_dir):
-        queued = queued_trials(remote)
+        submissions = manifest.load(plan_dir)
+        made = adopt_unrecorded(plan_dir, submissions, "")
+        entries = manifest.latest(submissions)
+        remote = {t: e for t, e in entries.items() if executors.is_scheduler(e.get("executor"))}
+        if not remote:
+            return CancelReport([], [])
+        queued = queued_trials(remote, made)
         for name, group in manifest.by_executor({t: remote[t] for t in queued}).items():
             keys = sorted({manifest.task_key(e) for e in group.values()})
             executors.make_executor(name).cancel(keys)

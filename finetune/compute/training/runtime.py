@@ -68,6 +68,9 @@ class Preemption:
     def __enter__(self) -> Preemption:
         try:
             self._previous = signal.signal(signal.SIGUSR2, self._handler)
+            from finetune import usr2
+
+            self.requested = self.requested or usr2.received()  # USR2 before this handler existed
         except ValueError:  # not the main thread: no signals, checkpoint intervals still apply
             self._previous = None
         return self

@@ -9,9 +9,12 @@ that exits 75 (checkpointed after SIGUSR2) is started again, as SLURM would requ
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,6 +25,7 @@ from finetune.login.batch import prepare_trial
 from finetune.login.executors.base import ArrayJob, TaskState, write_job_files
 
 MAX_REQUEUES = 20
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class LocalExecutor:
@@ -79,6 +83,20 @@ def trial_env(workers: int) -> dict[str, str]:
     return env
 
 
+def _die_with(parent: int) -> Callable[[], None]:
+    """For the child: SIGKILL when the submitter dies (PR_SET_PDEATHSIG), however it dies (even
+    SIGKILL), so a rerun never meets an orphan still writing the trial. The trial's own lock
+    (finetune.compute.trial) guards what this cannot (another machine, another submitter)."""
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the submitter died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
 def run_local_bundle(index_file: Path, task: int, per_task: int, env: dict[str, str] | None = None) -> int:
     """``python -m finetune array-task INDEX --task-id K --per-task N`` (each trial logs to its own
     log.txt; the bundle's own lines go to jobs/logs/); again while it exits 75."""
@@ -89,8 +107,9 @@ def run_local_bundle(index_file: Path, task: int, per_task: int, env: dict[str, 
     rc = 0
     for _ in range(MAX_REQUEUES + 1):
         with open(logs / f"{Path(index_file).stem}_{task}.out", "ab") as log:
-            rc = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        if rc != layout.EXIT_REQUEUE:
+            rc = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                 preexec_fn=_die_with(os.getpid()))
+        if rc not in (layout.EXIT_REQUEUE, -signal.SIGUSR2):
             return rc
     return rc
 
@@ -104,7 +123,9 @@ def run_local_trial(trial_dir: Path, env: dict[str, str] | None = None) -> int:
             stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
             log.write(f"== {stamp} local run of {trial_dir.name}\n".encode())
             log.flush()
-            rc = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-        if rc != layout.EXIT_REQUEUE:
+            rc = subprocess.call(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                 preexec_fn=_die_with(os.getpid()))
+        # 75: checkpointed after USR2; killed by USR2 itself: it came before any handler, nothing was written
+        if rc not in (layout.EXIT_REQUEUE, -signal.SIGUSR2):
             return rc
     return rc

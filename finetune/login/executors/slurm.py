@@ -13,13 +13,15 @@ from typing import Any
 
 from finetune.login.executors.base import ArrayJob, SchedulerError, TaskState, write_job_files
 
-SQUEUE_FORMAT = "%i|%T|%r"  # "<array job>_<task>" (or "<job>") | state | reason
+SQUEUE_FORMAT = "%i|%T|%r|%j"  # "<array job>_<task>" (or "<job>") | state | reason | job name
 SACCT_FIELDS = "JobID,State,ExitCode,NodeList"
 
 
-def _run(argv: Sequence[str], *, cwd: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(argv: Sequence[str], *, cwd: str | None = None, timeout: float = 120,
+         pass_fds: Sequence[int] = ()) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run(list(argv), capture_output=True, text=True, cwd=cwd, timeout=timeout)
+        return subprocess.run(list(argv), capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                              pass_fds=tuple(pass_fds))
     except FileNotFoundError:
         raise SchedulerError(f"{argv[0]}: command not found (is SLURM installed and on PATH?)") from None
     except subprocess.TimeoutExpired:
@@ -31,7 +33,11 @@ class SlurmExecutor:
     scheduler = True
 
     def __init__(self, **options: Any):
-        pass  # nothing to choose: sbatch takes everything from the script
+        # nothing to choose: sbatch takes everything from the script. ``pass_fds``: descriptors
+        # sbatch inherits (the plan's submit lock): if the submitter is SIGKILLed, sbatch still
+        # holds the lock until it has queued the array, so no rerun can miss that array.
+        self.pass_fds: tuple[int, ...] = tuple(options.get("pass_fds") or ())
+        self._listing: str | None = None  # one squeue per instance answers state and named_jobs
 
     @classmethod
     def available(cls) -> bool:
@@ -42,7 +48,8 @@ class SlurmExecutor:
 
     def submit(self, job: ArrayJob) -> str:
         argv = ["sbatch", "--parsable", f"--array={job.array_spec}", str(job.script_path)]
-        proc = _run(argv, cwd=str(job.plan_dir))
+        self._listing = None
+        proc = _run(argv, cwd=str(job.plan_dir), pass_fds=self.pass_fds)
         if proc.returncode != 0:
             raise SchedulerError(f"sbatch {job.script_path} failed (exit {proc.returncode}): {proc.stderr.strip()}")
         job_id = proc.stdout.strip().split(";")[0]
@@ -50,13 +57,30 @@ class SlurmExecutor:
             raise SchedulerError(f"sbatch {job.script_path}: unexpected output {proc.stdout.strip()!r}")
         return job_id
 
+    def _squeue(self) -> str:
+        if self._listing is None:
+            self._listing = squeue_listing()
+        return self._listing
+
     def state(self, job_ids: list[str]) -> dict[str, TaskState]:
-        return queue_state(job_ids)
+        wanted = {str(j) for j in job_ids}
+        return parse_squeue(self._squeue(), wanted) if wanted else {}
 
     def accounting(self, job_ids: list[str]) -> dict[str, TaskState] | None:
         return accounting_state(job_ids)
 
+    def named_jobs(self, prefix: str) -> dict[str, str]:
+        """job id -> job name of the user's queued jobs whose name starts with ``prefix`` (one squeue)."""
+        out: dict[str, str] = {}
+        for line in self._squeue().splitlines():
+            parts = line.strip().split("|", 3)
+            job = parts[0].partition("_")[0]
+            if len(parts) == 4 and job.isdigit() and parts[3].startswith(prefix):
+                out[job] = parts[3]
+        return out
+
     def cancel(self, job_ids: list[str]) -> None:
+        self._listing = None
         cancel(job_ids)
 
     def max_array_size(self) -> int | None:
@@ -90,16 +114,21 @@ def queue_state(job_ids: Sequence[str]) -> dict[str, TaskState]:
     wanted = {str(j) for j in job_ids}
     if not wanted:
         return {}
+    return parse_squeue(squeue_listing(), wanted)
+
+
+def squeue_listing() -> str:
+    """The user's queued tasks, one per line (``SQUEUE_FORMAT``): one squeue call."""
     proc = _run(["squeue", "--me", "--array", "--noheader", f"--format={SQUEUE_FORMAT}"])
     if proc.returncode != 0:
         raise SchedulerError(f"squeue failed (exit {proc.returncode}): {proc.stderr.strip()}")
-    return parse_squeue(proc.stdout, wanted)
+    return proc.stdout
 
 
 def parse_squeue(text: str, wanted: set[str] | None = None) -> dict[str, TaskState]:
     out: dict[str, TaskState] = {}
     for line in text.splitlines():
-        parts = line.strip().split("|")
+        parts = line.strip().split("|", 3)
         if len(parts) < 2:
             continue
         # %i, not %A/%K: a running array task's %A is its own job id on some versions (22.05)

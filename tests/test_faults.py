@@ -1,0 +1,139 @@
+"""Issue 14 without a cluster: kills, signals and foreign files never give a trial two writers,
+a lost requeue or a wrong result (random moments drawn with fixed seeds)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from finetune.analysis.results import collect
+from finetune.login.status import plan_status
+
+sys.path.insert(0, str(Path(__file__).parent))
+from submit_helpers import make_plan  # noqa: E402
+
+REPO = str(Path(__file__).resolve().parent.parent)
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": REPO}
+
+
+def trial_processes(trial: Path) -> list[int]:
+    """Our own processes whose command line names ``trial`` (the trial processes)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if str(trial).encode() in cmd and b"train" in cmd:
+                out.append(int(pid))
+    return out
+
+
+def wait_for(check, timeout: float = 30.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def test_killed_local_submitter_takes_its_trials_with_it(tmp_path):
+    rng = random.Random(142)
+    for attempt, sig in enumerate([signal.SIGKILL, signal.SIGTERM]):
+        plan = tmp_path / f"plan{attempt}"
+        tid = make_plan(plan, 1, count_to=40, count_sleep_s=0.05)[0]
+        trial = plan / "trials" / tid
+        proc = subprocess.Popen([sys.executable, "-m", "finetune", "submit", str(plan), "--executor", "local"],
+                                env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: (trial / "checkpoints" / "count.json").exists())  # noqa: B023
+        time.sleep(rng.uniform(0.0, 0.5))
+        proc.send_signal(sig)
+        proc.wait()
+        wait_for(lambda: not trial_processes(trial), timeout=5)  # noqa: B023 - the child died with it
+        again = subprocess.run([sys.executable, "-m", "finetune", "submit", str(plan), "--executor", "local"],
+                               env=env(), capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        result = json.loads((trial / "result.json").read_text())
+        assert result["count"] == 40 and len(result["runs"]) == 2
+        lines = (trial / "log.txt").read_text().splitlines()
+        counts = [line for line in lines if line.startswith("count: finished")]
+        assert counts == ["count: finished at 40"]
+
+
+def test_a_trial_held_by_another_process_is_not_started_twice(tmp_path):
+    plan = tmp_path / "plan"
+    tid = make_plan(plan, 1, count_to=3)[0]
+    trial = plan / "trials" / tid
+    with open(trial / ".trial.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = subprocess.run([sys.executable, "-m", "finetune", "train", str(trial)], env=env(),
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "another process is running this trial" in proc.stderr
+    assert not (trial / "state.json").exists() and not (trial / "checkpoints").exists()
+    assert subprocess.run([sys.executable, "-m", "finetune", "train", str(trial)], env=env(),
+                          timeout=60).returncode == 0
+
+
+def test_a_result_of_another_trial_is_invalid_in_status_and_collect(tmp_path):
+    plan = tmp_path / "plan"
+    ids = make_plan(plan, 2, count_to=2)
+    for tid in ids[:1]:
+        assert subprocess.run([sys.executable, "-m", "finetune", "train", str(plan / "trials" / tid)],
+                              env=env(), timeout=60).returncode == 0
+    shutil.copy(plan / "trials" / ids[0] / "result.json", plan / "trials" / ids[1] / "result.json")
+    report = plan_status(plan)
+    states = {t.trial_id: (t.state, t.reason) for t in report.trials}
+    assert states[ids[0]][0] == "finished"
+    assert states[ids[1]][0] == "invalid" and f"not this trial ({ids[1]})" in states[ids[1]][1]
+    assert report.counts == {"finished": 1, "invalid": 1}
+    rows = {r.trial_id: r for r in collect(plan).rows}
+    assert rows[ids[1]].state == "invalid" and ids[0] in rows[ids[1]].reason and rows[ids[1]].metrics == {}
+    # and submit runs it again
+    again = subprocess.run([sys.executable, "-m", "finetune", "submit", str(plan), "--executor", "local"],
+                           env=env(), capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((plan / "trials" / ids[1] / "result.json").read_text())["trial"] == ids[1]
+
+
+def test_usr2_at_any_moment_of_a_local_trial_ends_in_an_exact_resume(tmp_path):
+    rng = random.Random(144)
+    plan = tmp_path / "plan"
+    tid = make_plan(plan, 1, count_to=30, count_sleep_s=0.02)[0]
+    trial = plan / "trials" / tid
+    proc = subprocess.Popen([sys.executable, "-m", "finetune", "submit", str(plan), "--executor", "local"],
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    sent = 0
+    while proc.poll() is None and sent < 6:  # each run of the trial gets USR2 at a random moment
+        pids = trial_processes(trial)
+        if not pids:
+            time.sleep(0.005)
+            continue
+        time.sleep(rng.uniform(0.0, 1.2))
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGUSR2)
+            except ProcessLookupError:
+                pass
+        sent += 1
+        wait_for(lambda: set(trial_processes(trial)).isdisjoint(pids) or proc.poll() is not None)  # noqa: B023
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    assert sent >= 3
+    result = json.loads((trial / "result.json").read_text())
+    assert result["count"] == 30
+    starts = [r["start"] for r in result["runs"]]
+    assert starts == sorted(starts)  # every run resumed where the last one stopped
+    assert (trial / "log.txt").read_text().count("local run of") >= 2  # USR2 led to runs again
