@@ -137,3 +137,75 @@ def test_usr2_at_any_moment_of_a_local_trial_ends_in_an_exact_resume(tmp_path):
     starts = [r["start"] for r in result["runs"]]
     assert starts == sorted(starts)  # every run resumed where the last one stopped
     assert (trial / "log.txt").read_text().count("local run of") >= 2  # USR2 led to runs again
+
+
+def _plan_record_edit(plan: Path, edit) -> None:
+    data = json.loads((plan / "plan.json").read_text())
+    edit(data["trials"])
+    (plan / "plan.json").write_text(json.dumps(data))
+
+
+def test_hand_edited_plan_json_is_refused_before_anything_is_written(tmp_path, capsys):
+    from finetune.cli import main
+
+    cases = {
+        "escape": (lambda t: t[0].update(id="../../evil"), "$.trials[0].id", "not a trial id"),
+        "duplicate": (lambda t: t[1].update(id=t[0]["id"]), "$.trials[1].id", "appears twice"),
+        "learning_rate": (lambda t: t[0]["hyperparameters"].update(learning_rate="fast"),
+                          "$.trials[0].hyperparameters.learning_rate", "number"),
+        "model_type": (lambda t: t[0].pop("model_type"), "$.trials[0].model_type", "missing"),
+        "seed": (lambda t: t[0]["hyperparameters"].update(seed=2 ** 70), "$.trials[0].hyperparameters.seed", ""),
+        "batch_size": (lambda t: t[0]["hyperparameters"].update(batch_size=1e23),
+                       "$.trials[0].hyperparameters.batch_size", ""),
+    }
+    for name, (edit, path, words) in cases.items():
+        plan = tmp_path / name
+        make_plan(plan, 2)
+        _plan_record_edit(plan, edit)
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        for args in (["submit", str(plan), "--executor", "local"], ["status", str(plan)],
+                     ["submit", str(plan), "--executor", "local", "--dry-run"]):
+            assert main(args) == 2, (name, args)
+            err = capsys.readouterr().err
+            assert str(plan / "plan.json") in err and path in err and words in err, (name, err)
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before, name
+        assert not (tmp_path.parent / "evil").exists()
+
+
+def test_a_huge_grid_is_refused_from_its_counts_before_expanding(tmp_path, capsys, monkeypatch):
+    from finetune.cli import main
+    from finetune.login import grid as grid_module
+
+    def no_expansion(grid):
+        raise AssertionError("the grid was expanded")
+
+    monkeypatch.setattr(grid_module, "expand", no_expansion)
+    big = {"parameters": {"learning_rate": [1e-5 * (i + 1) for i in range(1000)],
+                          "batch_size": list(range(1, 1001)), "seed": list(range(1000))}}  # 10**9 points
+    medium = {"parameters": {"learning_rate": [1e-5 * (i + 1) for i in range(30)], "seed": list(range(30))},
+              "exclude": [{"seed": [0, 1]}]}  # 900 - 60 >= 840 > 500
+    for name, grid, args, words in [("big", big, ["--yes"], "at most"), ("big", big, ["--dry-run"], "at most"),
+                                    ("medium", medium, [], "at least 840 trials")]:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(grid))
+        code = main(["plan", f"{REPO}/config/finetune-rus-pol.json", f"{REPO}/config/finetune-rus-pol-topic.json",
+                     "--grid-config", str(path), "--output-dir", str(tmp_path / "out"), *args])
+        err = capsys.readouterr().err
+        assert code == 2 and words in err, err
+        assert not (tmp_path / "out").exists()
+
+
+def test_the_grid_count_is_a_lower_bound_of_the_expansion():
+    from finetune.login.grid import Grid, excluded, expand, min_count
+
+    rng = random.Random(146)
+    for _ in range(200):
+        params = {f"p{i}": list(range(rng.randint(1, 4))) for i in range(rng.randint(1, 4))}
+        rules = [{k: rng.sample(v, rng.randint(1, len(v))) for k, v in params.items() if rng.random() < 0.5}
+                 for _ in range(rng.randint(0, 3))]
+        rules = [r for r in rules if r]
+        grid = Grid(parameters=params, exclude=rules)
+        kept = [p for p in expand(grid) if not excluded(p, "normal", rules)]
+        assert min_count(grid) <= len(kept)
+        if not rules:
+            assert min_count(grid) == len(kept)

@@ -158,6 +158,29 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise UsageError(problems=problems)
 
 
+MAX_PLAN_TRIALS = 10_000_000  # more cannot be expanded in memory: refused, --yes or not
+
+
+def _guard_before_expanding(args: argparse.Namespace, search: bool) -> None:
+    """Refuse in milliseconds, from the grid's counts alone, what the guard would refuse after
+    expanding: more than GUARD trials without --yes (when submitting), more than MAX_PLAN_TRIALS
+    at all. The count is a lower bound (exclude rules subtracted at their most)."""
+    from finetune.errors import Problem, UsageError
+    from finetune.login.plan import grid_lower_bound
+
+    if search or not getattr(args, "grid_config", None):
+        return
+    n = grid_lower_bound(args.grid_config)
+    if n is None:
+        return
+    if n > MAX_PLAN_TRIALS:
+        raise UsageError(problems=[Problem(args.grid_config, "$.parameters", f"this grid makes at least {n} trials; "
+                                           f"one plan holds at most {MAX_PLAN_TRIALS} (split the grid)")])
+    if n > GUARD and not args.yes and not (args.dry_run or args.no_submit):
+        raise UsageError(problems=[Problem("--yes", "", f"this plan has at least {n} trials (more than {GUARD}); "
+                                           "add --yes to submit them, or --dry-run to look first")])
+
+
 def run(args: argparse.Namespace, *, matrix: bool, search: bool = False) -> int:
     """Validate flags and configs, plan, guard, write the plan, submit (or dry-run).
     A grid config with a search block starts the search instead (``run_search``)."""
@@ -166,6 +189,7 @@ def run(args: argparse.Namespace, *, matrix: bool, search: bool = False) -> int:
 
     _check_flags(args)
     out = output_dir(args, matrix=matrix)
+    _guard_before_expanding(args, search)
     plan = build_plan(args.config, args.set, grid_config=args.grid_config, model_types=args.model_type,
                       matrix=matrix, default=args.default)
     for w in plan.warnings:

@@ -171,6 +171,29 @@ def count(grid: Grid) -> int:
     return n
 
 
+def min_count(grid: Grid) -> int:
+    """At least this many points survive the exclude rules, counted without expanding anything
+    (milliseconds for a 10**9 grid): the product of the axis lengths minus, for each rule, the
+    most points it can match (per axis, the value tuples agreeing with the rule; a ``model_type``
+    key is taken to match every point)."""
+    ax = axes(grid)
+    total = 1
+    for _, values in ax:
+        total *= len(values)
+    removable = 0
+    for rule in grid.exclude:
+        matched = 1
+        for names, values in ax:
+            keys = [(i, n) for i, n in enumerate(names) if n in rule]
+            if keys:
+                wants = {n: [_key(w) for w in (rule[n] if isinstance(rule[n], list) else [rule[n]])] for _, n in keys}
+                matched *= sum(all(_key(tup[i]) in wants[n] for i, n in keys) for tup in values)
+            else:
+                matched *= len(values)
+        removable += matched
+    return max(0, total - removable)
+
+
 def excluded(point: dict[str, Any], model_type: str, rules: Sequence[dict[str, Any]]) -> bool:
     """True when ``point`` (with its model type) matches every key of some rule."""
     for rule in rules:

@@ -36,6 +36,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -221,6 +222,22 @@ def _load_grid(grid_config: str | None):
     if problems:
         return None, problems
     return parse_grid(data, source), []
+
+
+def grid_lower_bound(grid_config: str | None) -> int | None:
+    """How many trials a grid config makes at least (``grid.min_count``: nothing expanded);
+    None when there is no grid or it is invalid (planning reports why)."""
+    from finetune.login.grid import min_count
+
+    if grid_config is None:
+        return None
+    grid, problems = _load_grid(grid_config)
+    if grid is None or problems or grid.search is not None:  # a search samples: nothing to expand
+        return None
+    try:
+        return min_count(grid)
+    except (ValueError, TypeError):  # zip groups of unequal length and the like: planning says so
+        return None
 
 
 def build_plan(
@@ -809,6 +826,55 @@ def _dump(plan: Plan) -> str:
     return head[:-2] + ',\n  "trials": [\n    ' + body + "\n  ]\n}\n"
 
 
+TRIAL_ID_RE = re.compile(r"^[0-9a-f]{12}$")
+
+
+def plan_record_problems(path: str, records: Any) -> list[Problem]:
+    """Everything wrong with plan.json's trial records, before anything is built from them: the
+    id format (a trial id names a folder: ``"../../evil"`` must never become a path), unique ids,
+    the fields every record has, and each hyperparameter against the schema."""
+    from finetune.login.schema import hyperparameter_names, validate_hyperparameter
+
+    if not isinstance(records, list):
+        return [Problem(path, "$.trials", "must be a list of trial records")]
+    known = set(hyperparameter_names())
+    out: list[Problem] = []
+    seen: dict[str, int] = {}
+    checked: dict[tuple[str, str], list[str]] = {}
+    for i, r in enumerate(records):
+        where = f"$.trials[{i}]"
+        if not isinstance(r, dict):
+            out.append(Problem(path, where, "must be a trial record (an object)"))
+            continue
+        tid = r.get("id")
+        if not isinstance(tid, str) or not TRIAL_ID_RE.match(tid):
+            out.append(Problem(path, f"{where}.id", f"{tid!r} is not a trial id (12 lowercase hex digits)"))
+        elif tid in seen:
+            out.append(Problem(path, f"{where}.id", f"{tid} appears twice (also $.trials[{seen[tid]}])"))
+        else:
+            seen[tid] = i
+        for key, kind, ok in (("model_type", "a string", lambda v: isinstance(v, str)),
+                              ("group", "a string", lambda v: isinstance(v, str)),
+                              ("train_languages", "a list of strings",
+                               lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+                              ("eval_languages", "a list of strings",
+                               lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+                              ("hyperparameters", "an object", lambda v: isinstance(v, dict))):
+            if key not in r:
+                out.append(Problem(path, f"{where}.{key}", "missing"))
+            elif not ok(r[key]):
+                out.append(Problem(path, f"{where}.{key}", f"must be {kind}"))
+        hyper = r.get("hyperparameters")
+        if isinstance(hyper, dict):
+            for name, value in hyper.items():
+                if name in known:
+                    key = (name, json.dumps(value, sort_keys=True, default=str))
+                    if key not in checked:  # a grid repeats few values many times
+                        checked[key] = validate_hyperparameter(name, value)
+                    out.extend(Problem(path, f"{where}.hyperparameters.{name}", msg) for msg in checked[key])
+    return out
+
+
 def load_plan(out_dir: str | os.PathLike[str]) -> Plan:
     """The plan in ``out_dir``; raises ConfigError when there is none or it is unreadable."""
     from finetune.fileio import read_json
@@ -820,6 +886,9 @@ def load_plan(out_dir: str | os.PathLike[str]) -> Plan:
     data = read_json(path)
     if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
         raise ConfigError(problems=[Problem(str(path), "$.version", f"unsupported plan version (expected {PLAN_VERSION})")])
+    problems = plan_record_problems(str(path), data.get("trials", []))
+    if problems:  # a hand-edited plan.json: nothing may be written or run from it
+        raise ConfigError("invalid plan:", problems=problems)
     trials = [Trial.from_record(r) for r in data.get("trials", [])]
     return Plan(trials=trials, groups=data.get("groups", {}), sources=data.get("sources", []),
                 version=data["version"], out_dir=out)
