@@ -70,6 +70,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise ConfigError(
             problems=[Problem(str(path), "", f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}")]
         ) from None
+    except RecursionError:
+        raise ConfigError(problems=[Problem(str(path), "", TOO_DEEP)]) from None
 
 
 def read_json5(path: str | os.PathLike[str]) -> Any:
@@ -82,14 +84,53 @@ def read_json5(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     text = _read_text(path)
     try:
-        return json5.loads(text)
+        data = json5.loads(text)
+    except RecursionError:
+        raise ConfigError(problems=[Problem(str(path), "", TOO_DEEP)]) from None
     except ValueError as e:
         raise ConfigError(problems=[Problem(str(path), "", f"invalid JSON: {_json5_position(text, e)}")]) from None
+    check_config_values(data, str(path))
+    return data
+
+
+TOO_DEEP = "nested too deeply to be a config"
+MAX_DEPTH = 100
+
+
+def config_value_problems(data: Any, source: str, root: str = "$") -> list[Problem]:
+    """What a human-written config value must not hold: NaN or Infinity (JSON has neither; the plan
+    and its ids cannot hold them), nesting deeper than ``MAX_DEPTH``. Iterative: any depth is safe."""
+    import math
+
+    out: list[Problem] = []
+    stack: list[tuple[Any, str, int]] = [(data, root, 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            out.append(Problem(source, where, f"{value} is not a number JSON allows (NaN and Infinity are not)"))
+        elif isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                out.append(Problem(source, where, TOO_DEEP + f" (more than {MAX_DEPTH} levels)"))
+                continue
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for k, v in items:
+                child = f"{where}[{k}]" if isinstance(k, int) else (
+                    f"{where}.{k}" if str(k).isidentifier() else f"{where}[{json.dumps(k)}]")
+                stack.append((v, child, depth + 1))
+    return out
+
+
+def check_config_values(data: Any, source: str, root: str = "$") -> None:
+    problems = config_value_problems(data, source, root)
+    if problems:
+        raise ConfigError(problems=problems)
 
 
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(problems=[Problem(str(path), "", f"not UTF-8 text: {e.reason} at byte {e.start}")]) from None
     except OSError as e:
         raise ConfigError(problems=[Problem(str(path), "", f"cannot read: {e.strerror or e}")]) from None
 

@@ -209,3 +209,67 @@ def test_the_grid_count_is_a_lower_bound_of_the_expansion():
         assert min_count(grid) <= len(kept)
         if not rules:
             assert min_count(grid) == len(kept)
+
+
+CONFIGS = [f"{REPO}/config/finetune-rus-pol.json", f"{REPO}/config/finetune-rus-pol-topic.json"]
+
+
+def test_hostile_config_values_exit_2_with_file_and_json_path(tmp_path, capsys):
+    from finetune.cli import main
+
+    (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
+    (tmp_path / "deep.json").write_text('{"a": ' + "[" * 5000 + "]" * 5000 + "}")
+    (tmp_path / "nan.json").write_text('{"hyperparameters": {"learning_rate": NaN}}')
+    (tmp_path / "grid.json").write_text('{"parameters": {"learning_rate": [Infinity, 1e-3]}}')
+    cases = [([str(tmp_path / "loop.json")], "loop.json: cannot read"),
+             ([str(tmp_path / "deep.json")], "deep.json: nested too deeply"),
+             ([str(tmp_path / "nan.json")], "nan.json: $.hyperparameters.learning_rate: nan is not a number"),
+             (["--grid-config", str(tmp_path / "grid.json")], "grid.json: $.parameters.learning_rate[0]: inf"),
+             (["--set", "hyperparameters.learning_rate=NaN"], "--set: $.hyperparameters.learning_rate: nan"),
+             (["--set", "hyperparameters.seed=1180591620717411303424"], "$.hyperparameters.seed"),
+             (["--set", "hyperparameters.batch_size=1e23"], "$.hyperparameters.batch_size")]
+    for extra, words in cases:
+        code = main(["plan", *CONFIGS, *extra, "--no-submit", "--output-dir", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert code == 2 and words in err, (extra, err)
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_manifest_exits_2_naming_the_entry(tmp_path, capsys):
+    from finetune.cli import main
+
+    plan = tmp_path / "plan"
+    ids = make_plan(plan, 2)
+    (plan / "manifest.json").write_text(json.dumps({"version": 1, "submissions": [
+        {"job_id": "7", "array_index": 0, "trial_id": ids[0], "executor": "local"},
+        {"job_id": "7", "array_index": 1, "executor": "local"}]}))
+    for args in (["status", str(plan)], ["submit", str(plan), "--executor", "local"], ["cancel", str(plan)]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert "manifest.json: $.submissions[1].trial_id: missing" in err, err
+
+
+def test_an_unwritable_plan_folder_exits_2_naming_it(tmp_path):
+    """As an unprivileged user (root writes anywhere): plan, submit, submit --dry-run, collect."""
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="ft-ro-", dir="/tmp"))  # pytest's tmp is root-only
+    try:
+        os.chmod(root, 0o755)
+        plan = root / "plan"
+        make_plan(plan, 2)
+        for p in [plan, *plan.rglob("*")]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        e = {**env(), "HOME": str(root), "MPLCONFIGDIR": str(root)}
+        runs = [["plan", *CONFIGS, "--no-submit", "--output-dir", str(plan)],
+                ["submit", str(plan), "--executor", "local"],
+                ["submit", str(plan), "--executor", "local", "--dry-run"],
+                ["collect", str(plan)]]
+        for args in runs:
+            proc = subprocess.run([*nobody, sys.executable, "-m", "finetune", *args], env=e, capture_output=True,
+                                  text=True, timeout=120)
+            assert proc.returncode == 2 and "Traceback" not in proc.stderr, (args, proc.stderr)
+            assert str(plan) in proc.stderr, (args, proc.stderr)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -67,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except PermissionError as e:  # an unwritable plan folder or output file: say which, no traceback
+        where = e.filename or "?"
+        print(f"error: {where}: cannot write or read: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 def run_script(argv_parser: argparse.ArgumentParser, handler, argv: Sequence[str] | None = None) -> int:

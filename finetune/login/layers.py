@@ -118,8 +118,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UsageError(problems=[Problem(SET_SOURCE, "", f"expected KEY.PATH=VALUE, got {text!r}")])
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         value = raw
+    from finetune.fileio import check_config_values
+
+    where = "$"
+    for part in parts:
+        where = join_path(where, part)
+    check_config_values(value, SET_SOURCE, where)
     return parts, value
 
 
@@ -167,13 +173,15 @@ def read_config_file(path: str | os.PathLike[str]) -> Any:
     Strict JSON (generated grids, large files) takes the fast standard parser; anything else
     goes to json5, which reports syntax errors with file, line and column.
     """
-    from finetune.fileio import read_json5
+    from finetune.fileio import check_config_values, read_json5
 
     try:
         with open(path, encoding="utf-8") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError):
-        return read_json5(path)
+            data = json.loads(f.read())
+    except (OSError, ValueError, RecursionError):
+        return read_json5(path)  # says what is wrong, with file, line and column
+    check_config_values(data, str(path))
+    return data
 
 
 def read_layer(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -182,6 +190,13 @@ def read_layer(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(problems=[Problem(str(path), "$", f"must be a JSON object (got {type(data).__name__})")])
     return data
+
+
+def _resolved(path: str | os.PathLike[str]) -> Path:
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):  # a symlink loop: reading it reports the problem
+        return Path(os.path.abspath(path))
 
 
 def load_config(files: Sequence[str], overrides: Sequence[str] = (), *, default: str | None = None,
@@ -197,7 +212,7 @@ def load_config(files: Sequence[str], overrides: Sequence[str] = (), *, default:
     if default is not None and not Path(default).is_file():
         raise ConfigError(problems=[Problem(str(default), "", "default config not found")])
     user_default = Path(default) if default is not None else find_default(files)
-    given = {Path(f).resolve() for f in files}
+    given = {_resolved(f) for f in files}
     ordered: list[str] = []
     base_name = None
     if base is not None and Path(base).is_file() and Path(base).resolve() not in given:

@@ -28,6 +28,20 @@ def load(plan_dir: str | os.PathLike[str]) -> dict[str, Any]:
     data = read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("submissions"), list):
         raise ConfigError(problems=[Problem(str(path), "$.submissions", "not a submission list")])
+    problems = []
+    for i, e in enumerate(data["submissions"]):
+        if not isinstance(e, dict):
+            problems.append(Problem(str(path), f"$.submissions[{i}]", "not a submission entry (an object)"))
+            continue
+        for key, types in (("trial_id", (str,)), ("job_id", (str, int)), ("array_index", (int,)),
+                           ("executor", (str,))):
+            if key not in e:
+                problems.append(Problem(str(path), f"$.submissions[{i}].{key}", "missing"))
+            elif not isinstance(e[key], types) or isinstance(e[key], bool):
+                problems.append(Problem(str(path), f"$.submissions[{i}].{key}", f"has the wrong type ({e[key]!r})"))
+    if problems:
+        raise ConfigError(f"{path} is damaged; fix or remove these entries (queued arrays of this plan "
+                          "are found again by their job names):", problems=problems)
     return data
 
 

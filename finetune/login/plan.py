@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune import layout
-from finetune.errors import ConfigError, FinetuneError, Problem
+from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
 from finetune.layout import PLAN_FILE, config_file, plan_file, plan_lock_file, trial_dir
 from finetune.login.layers import Layered, join_path, load_config, resolved_paths
 
@@ -718,7 +718,12 @@ def _locked(out_dir: Path) -> Iterator[None]:
     from finetune.fileio import ensure_directory
 
     ensure_directory(out_dir, "--output-dir")
-    with open(plan_lock_file(out_dir), "a") as f:
+    try:
+        f = open(plan_lock_file(out_dir), "a")  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise UsageError(problems=[Problem(str(out_dir), "", f"cannot write in the plan folder: "
+                                           f"{e.strerror or e}")]) from None
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

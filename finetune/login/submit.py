@@ -202,7 +202,12 @@ def _locked(plan_dir: Path) -> Iterator[Any]:
     last sbatch has returned (and that array is then found by its job name)."""
     import fcntl
 
-    with open(layout.submit_lock_file(plan_dir), "a") as f:
+    try:
+        f = open(layout.submit_lock_file(plan_dir), "a")  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise UsageError(problems=[Problem(str(plan_dir), "", f"cannot write in the plan folder: "
+                                           f"{e.strerror or e}")]) from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
