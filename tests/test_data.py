@@ -403,3 +403,17 @@ def test_batches_from_prepared_data(reference, tokenizer):
             assert (batch["input_ids"][row, lengths[i]:] == pad).all()
         seen += len(idx)
     assert seen == len(train)
+
+
+def test_a_dollar_in_a_dataset_path_is_literal(tsv_root, tokenizer, tmp_path, reference, monkeypatch):
+    """Issue 14: ``/x/cost$HOME/sib`` is that folder, never ``/x/cost/root/sib``."""
+    import shutil
+
+    monkeypatch.setenv("FT_I14_VAR", "elsewhere")
+    odd = tmp_path / "cost$FT_I14_VAR" / "sib~1"
+    shutil.copytree(tsv_root, odd)
+    (tmp_path / "costelsewhere").mkdir()  # where an expansion would look: nothing there
+    t = trial(odd, train=("russian",), evals=("russian",))
+    t["datasets"]["russian"].update(dataset=str(odd / "rus_Cyrl"), path=None)
+    d = fdata.prepare_trial_data(t, tokenizer, 256, cache_dir=tmp_path / "cache")
+    assert as_rows(d.eval["russian"]) == as_rows(reference.eval["russian"])

@@ -78,6 +78,28 @@ def _quiet_datasets() -> None:
         datasets.disable_progress_bars()
 
 
+def literal_path(file: Path, cache: str) -> str:
+    """``file`` as ``datasets`` will read it literally: it expands ``$VAR`` and ``~`` in data file
+    paths (``relative_to_absolute_path``), so a path holding either is reached through a symlink
+    named by its hash, under the cache (or the temp folder when the cache path has them too)."""
+    text = str(Path(file).absolute())
+    if "$" not in text and "~" not in text:
+        return text
+    import hashlib
+    import tempfile
+
+    base = Path(cache) if "$" not in cache and "~" not in cache else Path(tempfile.gettempdir())
+    links = base / "literal-paths"
+    links.mkdir(parents=True, exist_ok=True)
+    link = links / (hashlib.sha256(text.encode()).hexdigest()[:16] + Path(file).suffix)
+    if not (link.is_symlink() and os.readlink(link) == text):
+        tmp = links / f".{link.name}.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(text)
+        os.replace(tmp, link)
+    return str(link)
+
+
 def load_splits(
     entry: dict[str, Any],
     roles: Iterable[str] = ROLES,
@@ -111,7 +133,8 @@ def load_splits(
             if builder == "csv":
                 kwargs = {**kwargs, "na_filter": False}  # keep "NA", "null", "" as text
             try:
-                loaded = datasets.load_dataset(builder, data_files={"data": str(file)}, cache_dir=hf_cache, **kwargs)
+                loaded = datasets.load_dataset(builder, data_files={"data": literal_path(file, hf_cache)},
+                                               cache_dir=hf_cache, **kwargs)
             except Exception as e:  # the builders raise many kinds; the message is what matters
                 raise DataError(problems=[Problem(str(file), f"{where}.splits.{role}", f"cannot read: {e}")]) from None
             out[role] = loaded["data"]
