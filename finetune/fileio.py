@@ -74,7 +74,7 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise ConfigError(problems=[Problem(str(path), "", TOO_DEEP)]) from None
 
 
-def read_json5(path: str | os.PathLike[str]) -> Any:
+def read_json5(path: str | os.PathLike[str], object_pairs_hook: Any = None) -> Any:
     """Read a human-written config: JSON plus // and /* */ comments and trailing commas.
 
     Uses the maintained ``json5`` package; a syntax error names the file, line and column.
@@ -84,7 +84,7 @@ def read_json5(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     text = _read_text(path)
     try:
-        data = json5.loads(text)
+        data = json5.loads(text, object_pairs_hook=object_pairs_hook) if object_pairs_hook else json5.loads(text)
     except RecursionError:
         raise ConfigError(problems=[Problem(str(path), "", TOO_DEEP)]) from None
     except ValueError as e:
@@ -94,6 +94,32 @@ def read_json5(path: str | os.PathLike[str]) -> Any:
 
 
 TOO_DEEP = "nested too deeply to be a config"
+
+
+class DuplicateKeys:
+    """``object_pairs_hook`` that records keys given twice in one object (JSON merges them silently)."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                self.keys.append(k)
+            seen.add(k)
+        return dict(pairs)
+
+    def problems(self, path: str, text: str) -> list[Problem]:
+        import re
+
+        out = []
+        for key in dict.fromkeys(self.keys):
+            hits = [m.start() for m in re.finditer(r'(["\']?)' + re.escape(key) + r"\1\s*:", text)]
+            line = text.count("\n", 0, hits[1]) + 1 if len(hits) > 1 else None
+            where = f"line {line}: " if line else ""
+            out.append(Problem(path, "", f"{where}key {key!r} appears twice in one object (say it once)"))
+        return out
 MAX_DEPTH = 100
 
 

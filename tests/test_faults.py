@@ -273,3 +273,55 @@ def test_an_unwritable_plan_folder_exits_2_naming_it(tmp_path):
             assert str(plan) in proc.stderr, (args, proc.stderr)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_messages_slurm_down_garbage_restart_count_malformed_result(tmp_path, monkeypatch, capsys):
+    from submit_helpers import SlurmStubs
+
+    from finetune.cli import main
+    from finetune.login.submit import submit
+
+    stubs = SlurmStubs(tmp_path)
+    monkeypatch.setenv("PATH", f"{stubs.dir}:{os.environ['PATH']}")
+    plan = tmp_path / "plan"
+    ids = make_plan(plan, 3)
+    submit(plan, executor="slurm")
+    (stubs.dir / "squeue").write_text("#!/bin/bash\necho 'squeue: error: slurmctld down' >&2; exit 1\n")
+    (stubs.dir / "sacct.off").write_text("")
+    (plan / "trials" / ids[1] / "state.json").write_text(json.dumps({"state": "preempted", "restart_count": "lots"}))
+    assert main(["status", str(plan), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["counts"] == {"unknown": 3}  # not {}: the queue could not say
+    assert all(t["restart_count"] is None for t in report["trials"])
+    assert main(["status", str(plan)]) == 0
+    out = capsys.readouterr().out
+    assert "unknown 3" in out and "lots" not in out
+    # a result.json that is not an object: collect says what is wrong
+    (plan / "trials" / ids[0] / "result.json").write_text("null")
+    (plan / "trials" / ids[0] / "state.json").write_text(json.dumps({"state": "finished"}))
+    rows = {r.trial_id: r for r in collect(plan).rows}
+    assert rows[ids[0]].state == "invalid" and "not a result (a JSON object), but NoneType" in rows[ids[0]].reason
+
+
+def test_an_empty_config_of_an_unfinished_trial_is_written_again(tmp_path):
+    from finetune.login.plan import build_plan, materialize_trials, write_plan
+    from finetune.login.submit import submit
+
+    plan_dir = tmp_path / "plan"
+    write_plan(build_plan(CONFIGS, ["training.workload=count", "training.count_to=1"]), plan_dir)
+    materialize_trials(plan_dir)
+    trials = sorted((plan_dir / "trials").iterdir())
+    (trials[0] / "config.json").write_text("")
+    report = submit(plan_dir, executor="local", dry_run=True)
+    assert report.dry_run and json.loads((trials[0] / "config.json").read_text())["id"] == trials[0].name
+
+
+def test_duplicate_keys_in_a_config_are_reported_with_line_and_key(tmp_path, capsys):
+    from finetune.cli import main
+
+    (tmp_path / "dup.json").write_text('{\n "hyperparameters": {"learning_rate": 1e-3,\n   "learning_rate": 2e-3}\n}\n')
+    (tmp_path / "dup5.json").write_text('// c\n{\n "hyperparameters": {learning_rate: 1e-3,\n "learning_rate": 2e-3,}\n}\n')
+    for name, line in (("dup.json", 3), ("dup5.json", 4)):
+        code = main(["plan", *CONFIGS, str(tmp_path / name), "--no-submit", "--output-dir", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{name}: line {line}: key 'learning_rate' appears twice" in err, err

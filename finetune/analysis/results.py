@@ -326,6 +326,10 @@ def _read_outcome(row: TrialRow, tdir: Path) -> None:
     if why:
         row.state, row.reason = "invalid", why
         return
+    if not isinstance(result, dict) and (result is not None or layout.result_file(tdir).is_file()):
+        row.state, row.reason = "invalid", (f"{layout.result_file(tdir)}: not a result (a JSON object), "
+                                            f"but {type(result).__name__}")
+        return
     wrong = layout.result_problem(tdir, result)
     if wrong:  # another trial's result.json: its metrics and hyperparameters are not this trial's
         row.state, row.reason = "invalid", wrong

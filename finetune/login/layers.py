@@ -173,14 +173,23 @@ def read_config_file(path: str | os.PathLike[str]) -> Any:
     Strict JSON (generated grids, large files) takes the fast standard parser; anything else
     goes to json5, which reports syntax errors with file, line and column.
     """
-    from finetune.fileio import check_config_values, read_json5
+    from finetune.fileio import DuplicateKeys, check_config_values, read_json5
 
+    dups = DuplicateKeys()
+    text = None
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.loads(f.read())
+            text = f.read()
+        data = json.loads(text, object_pairs_hook=dups)
     except (OSError, ValueError, RecursionError):
-        return read_json5(path)  # says what is wrong, with file, line and column
-    check_config_values(data, str(path))
+        dups = DuplicateKeys()
+        data = read_json5(path, object_pairs_hook=dups)  # says what is wrong, with file, line and column
+    else:
+        check_config_values(data, str(path))
+    if dups.keys:
+        if text is None:
+            text = Path(path).read_text(encoding="utf-8")
+        raise ConfigError(problems=dups.problems(str(path), text))
     return data
 
 

@@ -938,9 +938,19 @@ def frozen_config(out_dir: str | os.PathLike[str], trial_id: str, *, plan: Plan 
         # frozen by hand or by an older tool: nothing in plan.json to refresh it from
         return path, read_json(path), False
     config = plan.trial_config(trial_id)
-    if path.is_file() and read_json(path) == config:
+    if path.is_file() and _readable(path) == config:
         return path, config, False
-    return path, config, True
+    return path, config, True  # also an empty or damaged file of a trial about to run: written again
+
+
+def _readable(path: Path) -> Any:
+    """The frozen config, or None when it is empty or damaged (it is then written again)."""
+    from finetune.fileio import read_json
+
+    try:
+        return read_json(path)
+    except FinetuneError:
+        return None
 
 
 def materialize_trials(out_dir: str | os.PathLike[str], trial_ids: Sequence[str] | None = None,

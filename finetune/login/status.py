@@ -21,7 +21,7 @@ from finetune.layout import is_finished
 from finetune.login import executors, manifest, reconcile
 from finetune.login.executors.base import SchedulerError, TaskState
 
-STATES = ("finished", "pruned", "running", "pending", "preempted", "failed", "cancelled", "invalid", "unsubmitted")
+STATES = ("finished", "pruned", "running", "pending", "preempted", "failed", "cancelled", "invalid", "unknown", "unsubmitted")
 FAILURE_STATES = {"FAILED", "TIMEOUT", "OUT_OF_MEMORY", "PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
 LOG_TAIL_LINES = 10
 
@@ -104,6 +104,8 @@ def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue
     never guessed cancelled or failed from its absence in an empty answer."""
     saved = layout.read_state(trial_dir) if folder else {}
     restart = saved.get("restart_count")
+    if not isinstance(restart, int) or isinstance(restart, bool) or restart < 0:
+        restart = None  # a hand-edited or damaged state.json: not shown as a count
     job = f"{entry['job_id']}_{entry['array_index']}" if entry else ""
     wrong = layout.result_problem(trial_dir, layout.read_result(trial_dir)) if folder else ""
     if not folder:
