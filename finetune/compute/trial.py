@@ -25,21 +25,22 @@ def run_trial(trial_dir: str | Path) -> int:
     if layout.is_finished(trial_dir):  # before anything is read or written: no state.json, no log line
         print(f"{trial_dir}: already finished ({layout.RESULT_FILE} says so); nothing to do", file=sys.stderr)
         return layout.EXIT_FINISHED
-    if not _hold_trial_lock(trial_dir):
-        print(f"{trial_dir}: another process is running this trial ({layout.TRIAL_LOCK} is held); "
-              "not starting a second writer", file=sys.stderr)
-        return layout.EXIT_FAILED
     path = layout.config_file(trial_dir)
     if not path.is_file():
         raise ConfigError(problems=[Problem(str(path), "", "no trial config here (submit writes it)")])
     config = read_json(path)
     workload = (config.get("training") or {}).get("workload", "finetune")
+    if workload == "finetune":
+        _refuse_untrainable(config, str(path))
+    if workload in WORKLOADS and not _hold_trial_lock(trial_dir):  # before the first write
+        print(f"{trial_dir}: another process is running this trial ({layout.TRIAL_LOCK} is held); "
+              "not starting a second writer", file=sys.stderr)
+        return layout.EXIT_FAILED
     if workload == "count":
         from finetune.compute.workloads import count
 
         return count(trial_dir, config)
     if workload == "finetune":
-        _refuse_untrainable(config, str(path))
         from finetune.compute.trainer import run
 
         return int(run(trial_dir))
