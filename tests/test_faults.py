@@ -312,8 +312,10 @@ def test_an_empty_config_of_an_unfinished_trial_is_written_again(tmp_path):
     materialize_trials(plan_dir)
     trials = sorted((plan_dir / "trials").iterdir())
     (trials[0] / "config.json").write_text("")
-    report = submit(plan_dir, executor="local", dry_run=True)
-    assert report.dry_run and json.loads((trials[0] / "config.json").read_text())["id"] == trials[0].name
+    report = submit(plan_dir, executor="local", parallel=2)
+    assert sorted(report.submitted) == sorted(t.name for t in trials)
+    assert json.loads((trials[0] / "config.json").read_text())["id"] == trials[0].name
+    assert json.loads((trials[0] / "result.json").read_text())["state"] == "finished"
 
 
 def test_duplicate_keys_in_a_config_are_reported_with_line_and_key(tmp_path, capsys):
