@@ -52,14 +52,20 @@ def trial_config(ckpt: Path, tokenizer: Path, cache: Path, args: argparse.Namesp
                "path": str(SIB200)}
         for lang, (subset, espeak) in LANGS.items()
     }
+    from finetune.fileio import read_json5
+
+    defaults = read_json5(REPO / "config" / "default.json")  # a frozen trial holds every key
     return {
         "id": "bench", "model_type": "normal", "task": "topic", "train_languages": list(LANGS),
         "eval_languages": list(LANGS),
-        "hyperparameters": {"learning_rate": args.lr, "batch_size": args.batch_size, "micro_batch_size": None,
+        "hyperparameters": {**defaults["hyperparameters"],
+                            "learning_rate": args.lr, "batch_size": args.batch_size, "micro_batch_size": None,
                             "epochs": args.epochs, "max_steps": None, "warmup_ratio": 0.1, "scheduler": "linear",
                             "weight_decay": 0.01, "gradient_clipping": 1.0, "seed": 42, "dropout": 0.1},
-        "training": {"strategy": "single", "precision": "fp32", "compile": False, "eval_interval": None,
+        "training": {**defaults["training"],
+                     "strategy": "single", "precision": "fp32", "compile": False, "eval_interval": None,
                      "checkpoint_interval": None, "metric": "macro_f1", "device": "cpu", "num_workers": 0},
+        "slurm": defaults["slurm"],
         "checkpoint": str(ckpt), "tokenizer": str(tokenizer), "datasets": datasets, "data": {"cache_dir": str(cache)},
     }
 
@@ -202,7 +208,7 @@ def hf_trainer(work: Path, config: dict, *, group_by_length: bool, max_steps: in
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--threads", type=int, default=2)

@@ -10,6 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from finetune.fileio import read_json5
+
+DEFAULTS = read_json5(Path(__file__).resolve().parent.parent / "config" / "default.json")
 SLURM = {"account": None, "partition": None, "qos": None, "cpus_per_task": 1, "gpus": 0, "mem": "100M",
          "time": "00:10:00", "nodes": 1, "ntasks_per_node": 1, "output": None, "setup": [],
          "signal_grace_s": 30, "extra": {}}
@@ -24,8 +27,9 @@ def make_plan(root: Path, n: int, *, count_to: int = 3, count_sleep_s: float = 0
         tid = hashlib.sha256(f"{root}-{i}".encode()).hexdigest()[:12]
         cfg: dict[str, Any] = {
             "id": tid, "model_type": "normal", "task": "topic", "train_languages": ["russian"],
-            "eval_languages": ["russian"], "hyperparameters": {"seed": i},
-            "training": {"workload": "count", "count_to": count_to, "count_sleep_s": count_sleep_s},
+            "eval_languages": ["russian"], "hyperparameters": {**DEFAULTS["hyperparameters"], "seed": i},
+            "training": {**DEFAULTS["training"], "workload": "count", "count_to": count_to,
+                         "count_sleep_s": count_sleep_s},
             "slurm": {**SLURM, **(slurm or {})}, "provenance": {}, "grid_point": {"seed": i},
         }
         for key, value in (per_trial or {}).get(i, {}).items():

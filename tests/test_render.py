@@ -145,7 +145,8 @@ def test_unknown_launcher_is_a_problem_with_its_path():
     from finetune.login.submit import slurm_problems
 
     problems = slurm_problems({"launcher": "mpirun"}, "trials/x/config.json")
-    assert [(p.path, p.message) for p in problems] == [("$.slurm.launcher", "must be one of srun, torchrun")]
+    assert [(p.path, p.message) for p in problems] == [
+        ("$.slurm.launcher", 'must be one of srun, torchrun (got "mpirun") (did you mean srun?)')]  # the schema's
 
 
 def test_cli_bad_template_exits_2_and_writes_nothing(tmp_path):

@@ -22,8 +22,10 @@ from nanogpt_fixtures import tiny_pretrained  # noqa: F401
 
 from finetune.compute.trainer import lr_factor, settings_from_config
 from finetune.errors import ConfigError
+from finetune.fileio import read_json5
 
 REPO = Path(__file__).resolve().parent.parent
+DEFAULTS = read_json5(REPO / "config" / "default.json")
 LABELS = ["science/technology", "travel", "politics", "sports", "health", "entertainment", "geography"]
 ROWS = {"train": 160, "dev": 40, "test": 40}
 
@@ -58,8 +60,10 @@ def trial_config(ckpt: Path, tokenizer: Path, data_root: Path, cache: Path, tria
                 "workload": "finetune", "max_eval_samples": None}
     hp.update(over.pop("hyperparameters", {}))
     training.update(over.pop("training", {}))
+    # a frozen trial holds every key: what the test does not set comes from default.json, as in a plan
     return {"id": trial_id, "model_type": "normal", "task": "topic", "train_languages": ["russian"],
-            "eval_languages": ["russian"], "hyperparameters": hp, "training": training,
+            "eval_languages": ["russian"], "hyperparameters": {**DEFAULTS["hyperparameters"], **hp},
+            "training": {**DEFAULTS["training"], **training}, "slurm": DEFAULTS["slurm"],
             "checkpoint": str(ckpt), "tokenizer": str(tokenizer), "datasets": {"russian": entry},
             "data": {"cache_dir": str(cache)}, **over}
 
@@ -137,13 +141,20 @@ def reference(setup) -> Path:
 # --- settings (pure) --------------------------------------------------------------------------------
 
 
+def settings_config(hp: dict, training: dict | None = None) -> dict:
+    """A complete trial config (no files behind it: settings only read it)."""
+    p = Path("/nonexistent")
+    return trial_config(p / "ckpt.pt", p / "tok", p / "data", p / "cache", hyperparameters=hp,
+                        training=training or {})
+
+
 def test_settings_split_global_batch_into_micro_batches():
-    cfg = {"hyperparameters": {"batch_size": 32, "micro_batch_size": 4, "epochs": 1}, "training": {}}
+    cfg = settings_config({"batch_size": 32, "micro_batch_size": 4, "epochs": 1})
     s = settings_from_config(cfg, world_size=2)
     assert (s.micro_batch_size, s.accumulation, s.virtual_ranks, s.strategy) == (4, 4, 8, "ddp")
-    s = settings_from_config({"hyperparameters": {"batch_size": 32, "max_steps": 3}}, world_size=4)
+    s = settings_from_config(settings_config({"batch_size": 32, "max_steps": 3}), world_size=4)
     assert (s.micro_batch_size, s.accumulation, s.strategy) == (8, 1, "ddp")
-    s = settings_from_config({"hyperparameters": {"batch_size": 8, "epochs": 1}, "training": {"strategy": "fsdp"}})
+    s = settings_from_config(settings_config({"batch_size": 8, "epochs": 1}, {"strategy": "fsdp"}))
     assert s.strategy == "single"  # one process never wraps
 
 
@@ -162,7 +173,7 @@ def test_settings_split_global_batch_into_micro_batches():
 )
 def test_settings_report_every_problem_with_file_and_path(hp, training, world, paths):
     with pytest.raises(ConfigError) as err:
-        settings_from_config({"hyperparameters": hp, "training": training}, world, file="trials/x/config.json")
+        settings_from_config(settings_config(hp, training), world, file="trials/x/config.json")
     assert sorted(p.path for p in err.value.problems) == sorted(paths)
     assert all(p.file == "trials/x/config.json" for p in err.value.problems)
 
@@ -348,6 +359,13 @@ def test_exception_fails_nonzero_and_state_says_why(setup, tmp_path):
 def test_not_a_trial_directory(tmp_path):
     assert run_in_process(tmp_path / "missing") == 2
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_metric_of_another_task_is_refused(setup, tmp_path):
+    trial = make_trial(tmp_path, config_for(setup, "qa-metric", training={"metric": "exact_match"}))
+    assert run_in_process(trial) == 2
+    reason = json.loads((trial / "state.json").read_text())["reason"]
+    assert "$.training.metric" in reason and "exact_match" in reason
 
 
 def test_fp16_on_cpu_is_refused(setup, tmp_path):

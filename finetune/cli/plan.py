@@ -4,14 +4,12 @@ matrix, = scripts/finetuning-generator.py): plan into DIR, then submit through f
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 from finetune.login import executors
 
 GUARD = 500  # above this many trials, submitting needs --yes
-_TIME = re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$")
 
 PLAN_EPILOG = """examples:
   {prog} config/finetune-rus-pol.json config/finetune-rus-pol-topic.json --grid-config config/grid-search.json --output-dir runs/rus-pol
@@ -146,12 +144,14 @@ def output_dir(args: argparse.Namespace, *, matrix: bool) -> Path:
 
 def _check_flags(args: argparse.Namespace) -> None:
     from finetune.errors import Problem, UsageError
+    from finetune.login.schema import field_error
 
     problems = []
     if args.template is not None and not Path(args.template).is_file():
         problems.append(Problem("--template", "", f"template not found: {args.template}"))
-    if args.timeout is not None and not _TIME.match(args.timeout):
-        problems.append(Problem("--timeout", "", f"must be a SLURM time such as 04:00:00, 90 or 1-12:00:00 (got {args.timeout!r})"))
+    bad_time = field_error("config", ("slurm", "time"), args.timeout) if args.timeout is not None else None
+    if bad_time:
+        problems.append(Problem("--timeout", "", f"{bad_time} (got {args.timeout!r})"))
     if args.dry_run and args.no_submit:
         problems.append(Problem("--no-submit", "", "use either --dry-run or --no-submit"))
     if problems:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Callable, Iterable
-from functools import cache
+from collections.abc import Callable, Iterable, Sequence
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ from finetune.errors import Problem
 from finetune.login.layers import join_path, path_of
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
-SCHEMAS = {"config": "config.schema.json", "database": "database.schema.json", "grid": "grid.schema.json"}
+SCHEMAS = {"config": "config.schema.json", "database": "database.schema.json", "grid": "grid.schema.json",
+           "trial": "trial.schema.json"}
 
 
 def schema_path(kind: str) -> Path:
@@ -32,10 +33,43 @@ def load_schema(kind: str) -> dict[str, Any]:
 
 
 @cache
+def _registry():
+    """The shipped schemas by ``$id``, so one may ``$ref`` another (the trial schema reuses the config's)."""
+    from referencing import Registry, Resource
+
+    return Registry().with_resources(
+        (load_schema(kind)["$id"], Resource.from_contents(load_schema(kind))) for kind in SCHEMAS
+    )
+
+
+@cache
 def _validator(kind: str):
     import jsonschema
 
-    return jsonschema.Draft202012Validator(_layer_schema() if kind == "layer" else load_schema(kind))
+    return jsonschema.Draft202012Validator(_layer_schema() if kind == "layer" else load_schema(kind),
+                                           registry=_registry())
+
+
+def field_schema(kind: str, *keys: str) -> dict[str, Any]:
+    """The schema of one field, e.g. ``field_schema("config", "slurm", "time")``."""
+    schema = load_schema(kind)
+    for key in keys:
+        schema = schema["properties"][key]
+    return schema
+
+
+def field_error(kind: str, keys: Sequence[str], value: Any) -> str | None:
+    """None when ``value`` is valid for the field at ``keys``; else what it must be (for flags that
+    set the same thing as a config key, e.g. ``--timeout`` and ``slurm.time``)."""
+    import jsonschema
+
+    schema = field_schema(kind, *keys)
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(value))
+    if not errors:
+        return None
+    if "errorMessage" in schema:
+        return str(schema["errorMessage"])
+    return _message(errors[0])[0][1]
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -158,6 +192,112 @@ def _layer_schema() -> dict[str, Any]:
         return node
 
     return strip(load_schema("config"))
+
+
+def validate_field(kind: str, keys: Sequence[str], value: Any, source: str | Callable[[str], str]) -> list[Problem]:
+    """All problems of one section (e.g. ``("slurm",)``) against its part of the ``kind`` schema;
+    paths are from the root, as in a whole config."""
+    where = source if callable(source) else (lambda _p: source)
+    return sorted({Problem(where(path), path, message) for path, message in _field_messages(kind, tuple(keys), value)})
+
+
+_PLAIN_OBJECT_KEYS = {"type", "properties", "required", "additionalProperties", "description", "title", "$comment"}
+
+
+def _field_messages(kind: str, keys: tuple[str, ...], value: Any) -> tuple[tuple[str, str], ...]:
+    """(path, message) pairs of one field. Submitting many trials of one plan checks the same
+    sections and the same swept values again and again, so a plain object is checked as its key set
+    plus each value, and every distinct (field, value) is checked once (cached)."""
+    schema = _resolved(kind, keys)
+    extra = schema.get("additionalProperties", True)
+    if isinstance(value, dict) and "properties" in schema and set(schema) <= _PLAIN_OBJECT_KEYS \
+            and isinstance(extra, bool):
+        out = list(_structure_messages(kind, keys, tuple(sorted(value))))
+        for key, item in value.items():
+            if key in schema["properties"]:
+                out += _field_messages(kind, (*keys, key), item)
+        return tuple(out)
+    try:
+        text = json.dumps(value, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return _check(_wrapped(kind, keys, structure=False), keys, value)
+    return _field_messages_cached(kind, keys, text)
+
+
+@lru_cache(maxsize=65536)
+def _field_messages_cached(kind: str, keys: tuple[str, ...], text: str) -> tuple[tuple[str, str], ...]:
+    return _check(_wrapped(kind, keys, structure=False), keys, json.loads(text))
+
+
+@lru_cache(maxsize=4096)
+def _structure_messages(kind: str, keys: tuple[str, ...], present: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return _check(_wrapped(kind, keys, structure=True), keys, dict.fromkeys(present))
+
+
+def _check(validator, keys: tuple[str, ...], value: Any) -> tuple[tuple[str, str], ...]:
+    instance = value
+    for key in reversed(keys):
+        instance = {key: instance}
+    return tuple(pm for error in validator.iter_errors(instance) for sub in _leaf_errors(error) for pm in _message(sub))
+
+
+@cache
+def _resolved(kind: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The schema of a field, following ``$ref`` between the shipped schemas."""
+    from urllib.parse import urljoin
+
+    base, schema = load_schema(kind)["$id"], load_schema(kind)
+    for key in keys:
+        schema = schema["properties"][key]
+        while "$ref" in schema:
+            uri = urljoin(base, schema["$ref"])
+            base = uri.split("#")[0]
+            schema = _registry().resolver().lookup(uri).contents
+    return schema
+
+
+@cache
+def _wrapped(kind: str, keys: tuple[str, ...], *, structure: bool):
+    """A validator of ``{k1: {k2: value}}`` for the field at ``keys`` (so paths are from the root);
+    ``structure``: only the field's type, required and unknown keys, not its values."""
+    import jsonschema
+
+    schema = _resolved(kind, keys)
+    if structure:
+        schema = {**schema, "properties": dict.fromkeys(schema["properties"], True)}
+    for key in reversed(keys):
+        schema = {"type": "object", "properties": {key: schema}}
+    return jsonschema.Draft202012Validator(schema, registry=_registry())
+
+
+@cache
+def _top_validator(kind: str):
+    """The ``kind`` schema without its properties' own schemas: required keys, unknown keys, if/then."""
+    import jsonschema
+
+    schema = load_schema(kind)
+    return jsonschema.Draft202012Validator({**schema, "properties": {k: True for k in schema["properties"]}},
+                                           registry=_registry())
+
+
+def validate_trial(config: Any, file: str, provenance: dict[str, str] | None = None) -> list[Problem]:
+    """Problems of a frozen trial config (trials/<id>/config.json) against the trial schema.
+
+    Each problem names ``file``, or with ``provenance`` the layer that set the value. The same as
+    ``validate("trial", ...)``, section by section so that submitting many trials of one plan
+    checks each distinct section once.
+    """
+    provenance = provenance or {}
+    where = lambda path: provenance.get(path, file)  # noqa: E731
+    if not isinstance(config, dict):
+        return validate("trial", config, where)
+    problems = {Problem(where(path), path, message) for error in _top_validator("trial").iter_errors(config)
+                for sub in _leaf_errors(error) for path, message in _message(sub)}
+    known = load_schema("trial")["properties"]
+    for key, value in config.items():
+        if key in known:
+            problems.update(validate_field("trial", (key,), value, where))
+    return sorted(problems)
 
 
 def validate_config(layered) -> list[Problem]:

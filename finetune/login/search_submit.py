@@ -96,12 +96,14 @@ def start_search(plan, out_dir: str | Path, *, executor: str = "auto", timeout: 
     from finetune.login.executors import make_executor, resolve_name
     from finetune.login.executors.base import ArrayJob
     from finetune.login.render import render
-    from finetune.login.submit import TIME_RE, job_name, resource_key, script_context, slurm_problems
+    from finetune.login.schema import field_error
+    from finetune.login.submit import job_name, resource_key, script_context, slurm_problems
 
     if plan.search is None:
         raise UsageError("the grid config has no search block (use `finetune plan` for grids)")
-    if timeout is not None and not TIME_RE.match(str(timeout)):
-        raise UsageError(problems=[Problem("--timeout", "", f"{timeout!r} is not a SLURM time such as 04:00:00")])
+    bad_time = field_error("config", ("slurm", "time"), str(timeout)) if timeout is not None else None
+    if bad_time:
+        raise UsageError(problems=[Problem("--timeout", "", f"{bad_time} (got {str(timeout)!r})")])
     name = resolve_name(executor)
     if name == "submitit":
         raise UsageError(problems=[Problem("--executor", "", "searches run on slurm or local (submitit: not yet)")])

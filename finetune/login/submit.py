@@ -31,16 +31,12 @@ from finetune.login.check import check_trials
 from finetune.login.executors.base import ArrayJob, SchedulerError, write_job_files
 from finetune.login.executors.resources import resolve_slurm
 from finetune.login.render import ShellSafe, join, line_breaks, quote, render
+from finetune.login.schema import field_error, validate_field
 
 DEFAULT_TEMPLATE = shipped.template(shipped.ARRAY_TEMPLATE)  # jobs/templates/, or the wheel's copy
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's own default
-TIME_RE = re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$")
-MEM_RE = re.compile(r"^[0-9]+[KMGT]?$")
 FLAG_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]*$")
-INT_KEYS = {"cpus_per_task": 1, "gpus": 0, "nodes": 1, "ntasks_per_node": 1, "signal_grace_s": 0, "trials_per_task": 1,
-            "max_queued": 1}
 STR_KEYS = ("account", "partition", "qos", "output")
-LAUNCHERS = ("srun", "torchrun")
 # After the first rank of a multi-task step ends, srun waits this long for the others before it
 # ends them (a crashed rank must not leave the rest waiting in a collective until its timeout;
 # ranks that checkpointed after USR2 leave within moments of each other, and none is cut short).
@@ -132,7 +128,11 @@ def todo_trials(plan_dir: Path, plan: Any, trials: list[Any]) -> Todo:
                 cfg = plan.trial_config(t)
                 group_configs[t.group] = cfg
                 out.groups[t.group] = plan.groups[t.group]
-                out.problems += slurm_problems(cfg.get("slurm", {}), plan_path, cfg.get("provenance"))
+                out.problems += trial_problems(cfg, plan_path)
+            else:  # the group's trials differ in their hyperparameters only: check those (cached per value)
+                prov = group_configs[t.group].get("provenance") or {}
+                out.problems += validate_field("trial", ("hyperparameters",), t.hyperparameters,
+                                               lambda path, prov=prov: prov.get(path, plan_path))
             out.ids.append(t.id)
             out.configs.append(group_configs[t.group])
             out.records.append(record_text(t))
@@ -148,9 +148,10 @@ def todo_trials(plan_dir: Path, plan: Any, trials: list[Any]) -> Todo:
         out.ids.append(t.id)
         out.configs.append(cfg)
         out.records.append(None)
-        out.problems += slurm_problems(cfg.get("slurm", {}), str(path), cfg.get("provenance"))
+        out.problems += trial_problems(cfg, str(path))
         out.checks.append((str(path), cfg, [t.id]))
     out.checks += list(shared.values())
+    out.problems = sorted(set(out.problems))
     return out
 
 
@@ -229,57 +230,59 @@ def _path(*parts: str) -> str:
     return out
 
 
+def trial_problems(config: Any, config_file: str) -> list[Problem]:
+    """Everything wrong with a frozen trial config about to be submitted: the trial schema (types,
+    ranges, SLURM time and memory formats; one source with the planner and the trainer), then what
+    would break or endanger a script. Each problem names the layer that set the value, when known."""
+    from finetune.login.schema import validate_trial
+
+    provenance = config.get("provenance") if isinstance(config, dict) else None
+    provenance = provenance if isinstance(provenance, dict) else {}
+    if isinstance(config, dict) and isinstance(config.get("slurm"), dict):
+        config = {**config, "slurm": resolve_slurm(config["slurm"])}  # what every backend will use
+    problems = validate_trial(config, config_file, provenance)
+    if isinstance(config, dict):
+        problems += _shell_problems(config.get("slurm"), config_file, provenance)
+    return sorted(set(problems))
+
+
 def slurm_problems(slurm: Any, config_file: str, provenance: dict[str, str] | None = None) -> list[Problem]:
-    """Everything wrong with a trial's ``slurm`` section that would break or endanger a script."""
+    """Everything wrong with a ``slurm`` section: the config schema's rules, then :func:`_shell_problems`."""
+    from finetune.login.schema import validate_field
+
     provenance = provenance or {}
+    resolved = resolve_slurm(slurm) if isinstance(slurm, dict) else slurm
+    problems = validate_field("config", ("slurm",), resolved, lambda path: provenance.get(path, config_file))
+    return sorted(set(problems + _shell_problems(slurm, config_file, provenance)))
+
+
+def _shell_problems(slurm: Any, config_file: str, provenance: dict[str, str]) -> list[Problem]:
+    """Line breaks and flag names in a ``slurm`` section that would break or endanger a script
+    (types and formats are the schema's)."""
 
     def problem(message: str, *parts: str) -> Problem:
         path = _path("slurm", *parts)
         return Problem(provenance.get(path, config_file), path, message)
 
     if not isinstance(slurm, dict):
-        return [problem("must be an object")]
+        return []
     out: list[Problem] = []
-    for key, minimum in INT_KEYS.items():
-        v = slurm.get(key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < minimum):
-            out.append(problem(f"must be an integer >= {minimum}", key))
     for key in STR_KEYS:
-        v = slurm.get(key)
-        if v is not None and not isinstance(v, str):
-            out.append(problem("must be a string or null", key))
-        elif line_breaks(v):
+        if line_breaks(slurm.get(key)):
             out.append(problem("must not contain a line break", key))
-    mem = slurm.get("mem")
-    if mem is not None and not (isinstance(mem, str) and MEM_RE.match(mem)):
-        out.append(problem("must be a SLURM memory size such as 8G or 16000M", "mem"))
-    t = slurm.get("time")
-    if t is not None and not (isinstance(t, str) and TIME_RE.match(t)):
-        out.append(problem("must be a SLURM time such as 04:00:00, 90 or 1-12:00:00", "time"))
     setup = slurm.get("setup", [])
-    if not isinstance(setup, list):
-        out.append(problem("must be a list of shell lines", "setup"))
-    else:
-        for i, line in enumerate(setup):
-            if not isinstance(line, str) or line_breaks(line):
-                p = problem("must be one shell line (a string without line breaks)", "setup")
-                out.append(Problem(p.file, f"{p.path}[{i}]", p.message))
-    launcher = slurm.get("launcher")
-    if launcher is not None and launcher not in LAUNCHERS:
-        out.append(problem(f"must be one of {', '.join(LAUNCHERS)}", "launcher"))
+    for i, line in enumerate(setup if isinstance(setup, list) else []):
+        if isinstance(line, str) and line_breaks(line):
+            p = problem("must be one shell line (a string without line breaks)", "setup")
+            out.append(Problem(p.file, f"{p.path}[{i}]", p.message))
     extra = slurm.get("extra", {})
-    if not isinstance(extra, dict):
-        out.append(problem("must be an object of sbatch flags", "extra"))
-    else:
-        for k, v in extra.items():
-            if not FLAG_RE.match(k):
-                out.append(problem("is not an sbatch flag name (letters, digits, '-')", "extra", k))
-            elif not isinstance(v, (str, int, float, bool)) and v is not None:
-                out.append(problem("must be a string, number or boolean", "extra", k))
-            elif line_breaks(v):
-                out.append(problem("must not contain a line break", "extra", k))
+    for k, v in (extra.items() if isinstance(extra, dict) else ()):
+        if not FLAG_RE.match(k):
+            out.append(problem("is not an sbatch flag name (letters, digits, '-')", "extra", k))
+        elif line_breaks(v):
+            out.append(problem("must not contain a line break", "extra", k))
     per_task = slurm.get("trials_per_task")
-    if isinstance(per_task, int) and per_task > 1 and not any(p.path.endswith(("nodes", "ntasks_per_node")) for p in out):
+    if isinstance(per_task, int) and per_task > 1:
         if (slurm.get("nodes") or 1) * (slurm.get("ntasks_per_node") or 1) > 1:
             out.append(problem("must be 1 for a job of several tasks (a bundle runs its trials one after another "
                                "in one process)", "trials_per_task"))
@@ -497,8 +500,9 @@ def _check_flags(template: Path, timeout: str | None, throttle: int | None, max_
     problems = []
     if not template.is_file():
         problems.append(Problem("--template", "", f"no such template: {template}"))
-    if timeout is not None and not TIME_RE.match(str(timeout)):
-        problems.append(Problem("--timeout", "", f"{timeout!r} is not a SLURM time such as 04:00:00, 90 or 1-12:00:00"))
+    bad_time = field_error("config", ("slurm", "time"), str(timeout)) if timeout is not None else None
+    if bad_time:
+        problems.append(Problem("--timeout", "", f"{bad_time} (got {str(timeout)!r})"))
     if throttle is not None and throttle < 1:
         problems.append(Problem("--throttle", "", "must be at least 1"))
     if max_array_size is not None and max_array_size < 1:

@@ -54,11 +54,10 @@ class Trainer:
         self.on_step = on_step
         self.config_file = str(layout.config_file(trial_dir))
         self.s = settings_from_config(config, env.world_size, file=self.config_file)
-        training = config.get("training") or {}
-        self.dump_logits = bool(training.get("dump_logits", True)) if dump_logits is None else dump_logits
-        logdir = logit_directory if logit_directory is not None else training.get("logit_directory")
+        self.dump_logits = self.s.dump_logits if dump_logits is None else dump_logits
+        logdir = logit_directory if logit_directory is not None else self.s.logit_directory
         self.logit_dir = Path(logdir) if logdir else layout.logits_dir(trial_dir)
-        self.trial_id = str(config.get("id") or trial_dir.name)
+        self.trial_id = str(config["id"])
         from finetune.compute.training.lora import lora_settings
 
         self.lora = lora_settings(config, file=self.config_file)
@@ -402,9 +401,9 @@ class Trainer:
         self._save_model()
         train_s = max(state.train_s, 1e-9)
         result = {
-            "state": "finished", "trial": self.trial_id, "model_type": self.config.get("model_type"),
-            "train_languages": self.config.get("train_languages"), "eval_languages": self.config.get("eval_languages"),
-            "hyperparameters": self.config.get("hyperparameters"), "metrics": metrics,
+            "state": "finished", "trial": self.trial_id, "model_type": self.config["model_type"],
+            "train_languages": self.config["train_languages"], "eval_languages": self.config["eval_languages"],
+            "hyperparameters": self.config["hyperparameters"], "metrics": metrics,
             "best_step": state.best_step if state.best_step is not None else state.step,
             "selection": {"protocol": self.s.selection, "checkpoint_languages": self.selection_languages(),
                           **({"best_steps": best_steps} if oracle else {})},

@@ -79,7 +79,7 @@ class ClassificationTask:
         train = rows_of(data.train) if data.train is not None else Rows([], [])
         if not len(train):
             raise ConfigError(problems=[Problem(self.file, "$.train_languages", "no training rows")])
-        cap = self.config["training"].get("max_eval_samples")
+        cap = self.s.max_eval_samples
         return TaskData(train=train, eval={lang: rows_of(ds, cap) for lang, ds in data.eval.items()},
                         test={lang: rows_of(ds) for lang, ds in data.test.items()}, label_names=self.label_names)
 
