@@ -11,7 +11,11 @@ import pytest
 from nanogpt_fixtures import tiny_pretrained  # noqa: F401
 from task_fixtures import entry, write_squad, write_text
 
+from finetune.fileio import read_json5
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# a frozen trial holds every key: what a test does not set comes from default.json, as in a plan
+DEFAULTS = read_json5(Path(__file__).resolve().parent.parent / "config" / "default.json")
 HP = {"learning_rate": 2e-3, "batch_size": 8, "micro_batch_size": None, "epochs": 2, "max_steps": 8,
       "warmup_ratio": 0.1, "scheduler": "linear", "weight_decay": 0.01, "gradient_clipping": 1.0, "seed": 42,
       "dropout": 0.1, "max_answer_length": 30, "top_k": 20, "doc_stride": 16}
@@ -34,8 +38,9 @@ def config(data: dict, kind: str, trial_id: str, *, hp: dict | None = None, trai
     folder = "qa" if kind == "question-answering" else "text"
     metric = "f1" if kind == "question-answering" else "perplexity"
     return {"id": trial_id, "model_type": "normal", "task": folder, "train_languages": list(train),
-            "eval_languages": list(evals), "hyperparameters": {**HP, **(hp or {})},
-            "training": {**TRAINING, "metric": metric, **(training or {})}, "checkpoint": str(data["ckpt"]),
+            "eval_languages": list(evals), "hyperparameters": {**DEFAULTS["hyperparameters"], **HP, **(hp or {})},
+            "training": {**DEFAULTS["training"], **TRAINING, "metric": metric, **(training or {})},
+            "checkpoint": str(data["ckpt"]),
             "tokenizer": str(data["tok"]), "data": {"cache_dir": str(data["root"] / "cache")},
             "datasets": {lang: entry(data["root"] / folder / lang, kind, lang) for lang in set(train) | set(evals)}}
 
