@@ -134,7 +134,13 @@ def two_node_runs(_slurm_multinode_session, tiny_pretrained, sib200_dir, tmp_pat
                          "at": random.randint(3, 15) if interrupted else None}
         # strategy and launcher are not part of the trial id: one reference serves every run
         assert len({r["trial"].name for r in out.values()}) == 1
-        reference = one_process_reference(out["ddp"]["trial"] / "config.json", root / "reference")
+        # the array task writes the frozen config.json when its job starts: the first one will do
+        # (the runs differ only in their slurm and training.strategy settings, a one-process run ignores both)
+        end = time.monotonic() + 600
+        while not (configs := [r["trial"] / "config.json" for r in out.values() if (r["trial"] / "config.json").is_file()]):
+            assert time.monotonic() < end, "no job of the module started within 600 s"
+            time.sleep(0.5)
+        reference = one_process_reference(configs[0], root / "reference")
         signalled: set[str] = set()
         end = time.monotonic() + 840
         while time.monotonic() < end and not all(job_ended(r["trial"]) for r in out.values()):
