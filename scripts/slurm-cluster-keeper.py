@@ -3,6 +3,10 @@
 
     slurm-cluster-keeper.py DIR COMMAND...
 
+Example (what `slurm-cluster.sh start` runs; not meant to be called by hand):
+
+    scripts/slurm-cluster-keeper.py /tmp/ftc bash scripts/slurm-cluster.sh _boot /tmp/ftc
+
 Makes itself a child subreaper (prctl PR_SET_CHILD_SUBREAPER), writes DIR/run/keeper.pid and runs
 COMMAND (the cluster's boot script), writing its exit status to DIR/run/boot.rc. Every daemon the
 boot script starts, and every process those daemons start (slurmstepd double-forks, job steps,
@@ -90,6 +94,9 @@ def write(path: str, text: str) -> None:
 
 
 def main() -> int:
+    if len(sys.argv) == 2 and sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        return 0
     if len(sys.argv) < 3:
         print("usage: slurm-cluster-keeper.py DIR COMMAND...", file=sys.stderr)
         return 2
