@@ -3,9 +3,10 @@
 
     slurm-cluster-keeper.py DIR COMMAND...
 
-Example (what `slurm-cluster.sh start` runs; not meant to be called by hand):
+`slurm-cluster.sh start` runs it; it is not meant to be called by hand.
 
-    scripts/slurm-cluster-keeper.py /tmp/ftc bash scripts/slurm-cluster.sh _boot /tmp/ftc
+Example:
+    slurm-cluster-keeper.py /tmp/ftc bash scripts/slurm-cluster.sh _boot /tmp/ftc
 
 Makes itself a child subreaper (prctl PR_SET_CHILD_SUBREAPER), writes DIR/run/keeper.pid and runs
 COMMAND (the cluster's boot script), writing its exit status to DIR/run/boot.rc. Every daemon the
