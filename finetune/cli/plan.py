@@ -50,6 +50,22 @@ def add_submit_arguments(p: argparse.ArgumentParser) -> None:
                    help="local executor: trials at once (default: --throttle, else half the cores)")
     p.add_argument("--dry-run", action="store_true", help="render scripts into DIR/jobs; submit nothing")
     p.add_argument("--yes", "-y", action="store_true", help=f"allow submitting more than {GUARD} trials at once")
+    p.add_argument("--follow", action="store_true",
+                   help="when a queue limit leaves trials for later, wait and top up until every trial is queued")
+    p.add_argument("--follow-interval", type=positive_int, default=60, metavar="S",
+                   help="seconds between two top-ups with --follow (default 60)")
+
+
+def submit_following(once, args: argparse.Namespace):
+    """Call ``once()`` (one submit); with --follow, wait and call it again while a queue limit defers trials."""
+    import time
+
+    report = once()
+    while args.follow and getattr(report, "deferred", None) and not args.dry_run:
+        print(report.summary(), flush=True)
+        time.sleep(args.follow_interval)
+        report = once()
+    return report
 
 
 def add_plan_arguments(p: argparse.ArgumentParser, *, matrix: bool) -> None:
@@ -217,9 +233,9 @@ def run(args: argparse.Namespace, *, matrix: bool, search: bool = False) -> int:
     if args.no_submit:
         return 0
     submit = _submit_function()
-    result = submit(out, executor=args.executor, template=args.template, timeout=args.timeout,
-                    throttle=args.throttle, dry_run=args.dry_run, max_array_size=args.max_array_size,
-                    parallel=args.parallel)
+    result = submit_following(lambda: submit(out, executor=args.executor, template=args.template,
+                                             timeout=args.timeout, throttle=args.throttle, dry_run=args.dry_run,
+                                             max_array_size=args.max_array_size, parallel=args.parallel), args)
     if args.dry_run:
         for w in getattr(result, "warnings", []):
             print(f"warning: {w}", file=sys.stderr)

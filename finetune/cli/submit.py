@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from finetune.cli.plan import GUARD, add_submit_arguments, positive_int
+from finetune.cli.plan import GUARD, add_submit_arguments, positive_int, submit_following
 
 SUBMIT_EPILOG = """examples:
   finetune submit runs/rus-pol
@@ -73,10 +73,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               epilog=SUBMIT_EPILOG, formatter_class=HelpFormatter)
     p.add_argument("plan_dir", metavar="DIR", help="the plan directory (with plan.json)")
     add_submit_arguments(p)
-    p.add_argument("--follow", action="store_true",
-                   help="when a queue limit leaves trials for later, wait and top up until every trial is queued")
-    p.add_argument("--follow-interval", type=positive_int, default=60, metavar="S",
-                   help="seconds between two top-ups with --follow (default 60)")
     p.set_defaults(func=_submit)
 
     p = subparsers.add_parser("status", help="where every trial of a plan stands",
@@ -111,20 +107,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    import time
-
     from finetune.login.submit import submit
 
-    def once():
-        return submit(args.plan_dir, executor=args.executor, template=args.template, timeout=args.timeout,
-                      throttle=args.throttle, dry_run=args.dry_run, max_array_size=args.max_array_size,
-                      parallel=args.parallel, max_trials=None if args.yes else GUARD)
-
-    report = once()
-    while getattr(args, "follow", False) and report.deferred and not args.dry_run:
-        print(report.summary(), flush=True)
-        time.sleep(args.follow_interval)
-        report = once()
+    report = submit_following(
+        lambda: submit(args.plan_dir, executor=args.executor, template=args.template, timeout=args.timeout,
+                       throttle=args.throttle, dry_run=args.dry_run, max_array_size=args.max_array_size,
+                       parallel=args.parallel, max_trials=None if args.yes else GUARD), args)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.dry_run:
