@@ -25,14 +25,14 @@ def test_evaluate_adds_a_language_without_training(tmp_path, tiny_pretrained, si
     data = write_sib_slice(tmp_path / "sib", sib200_dir)
     scrambled_copy(data)
     plan = tmp_path / "plan"
-    cfg = trial_config(ckpt, tokenizer, data, tmp_path / "cache", "t1", training={"eval_interval": 8})
+    cfg = trial_config(ckpt, tokenizer, data, tmp_path / "cache", "0a1b2c3d4e5f", training={"eval_interval": 8})
     trial = make_trial(plan / "trials", cfg)
     scr = dict(cfg["datasets"]["russian"], subset="scr_Cyrl", language="scrambled")
     (plan / "plan.json").write_text(json.dumps({
         "version": 1, "sources": [],
         "groups": {"g": {"config": {"task": "topic"}, "datasets": {"russian": cfg["datasets"]["russian"],
                                                                   "scrambled": scr}}},
-        "trials": [{"id": "t1", "model_type": "normal", "train_languages": ["russian"],
+        "trials": [{"id": "0a1b2c3d4e5f", "model_type": "normal", "train_languages": ["russian"],
                     "eval_languages": ["russian"], "hyperparameters": cfg["hyperparameters"], "group": "g"}]}))
     assert run_in_process(trial) == 0
     before = _snapshot(trial)
@@ -45,7 +45,7 @@ def test_evaluate_adds_a_language_without_training(tmp_path, tiny_pretrained, si
     for split in ("eval", "test"):
         assert evaluations["russian"][split] == pytest.approx(result["metrics"]["russian"][split], abs=1e-6)
     assert set(evaluations["scrambled"]) >= {"eval", "test"}
-    assert (trial / "logits" / "t1-scrambled-test.npz").is_file()
+    assert (trial / "logits" / "0a1b2c3d4e5f-scrambled-test.npz").is_file()
 
     table = collect(plan)
     (row,) = table.rows
@@ -56,9 +56,9 @@ def test_evaluate_adds_a_language_without_training(tmp_path, tiny_pretrained, si
 
 def test_evaluate_refuses_unfinished_plans(tmp_path, capsys):
     (tmp_path / "plan.json").write_text(json.dumps({"version": 1, "sources": [], "groups": {}, "trials": [
-        {"id": "x", "model_type": "normal", "train_languages": ["a"], "eval_languages": ["a"],
+        {"id": "aaaaaaaaaaaa", "model_type": "normal", "train_languages": ["a"], "eval_languages": ["a"],
          "hyperparameters": {}, "group": "g"}]}))
     assert main(["evaluate", str(tmp_path)]) == 2
     assert "no finished trials to evaluate" in capsys.readouterr().err
-    assert main(["evaluate", str(tmp_path), "--trials", "y"]) == 2
-    assert "--trials: not in the plan: y" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path), "--trials", "bbbbbbbbbbbb"]) == 2
+    assert "--trials: not in the plan: bbbbbbbbbbbb" in capsys.readouterr().err

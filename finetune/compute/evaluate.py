@@ -45,7 +45,8 @@ def evaluate_trial(trial_dir: str | os.PathLike[str], languages: list[str] | Non
 
     from finetune.compute.hf import NanoGPTForSequenceClassification
     from finetune.compute.training.settings import settings_from_config
-    from finetune.compute.training.task import rows_of, task_for
+    from finetune.compute.training.task import rows_of
+    from finetune.compute.training.tasks import task_for
     from finetune.fileio import atomic_write_json, read_json
 
     trial_dir = Path(trial_dir)
