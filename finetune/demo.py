@@ -109,12 +109,19 @@ def _plan_inputs(repo: Path, size: DemoSize, out: Path, extra: list[str]) -> tup
     return files, overrides + list(extra), grid
 
 
-def plan_demo(out: Path, size: DemoSize, *, overrides: list[str] = (), log: Log) -> Any:
-    """Stage 1: build (pure, validated) and write the matrix plan; returns the Plan."""
+def plan_demo(out: Path, size: DemoSize, *, overrides: list[str] = (), log: Log, write: bool = True) -> Any:
+    """Stage 1: build (pure, validated) and, with ``write``, write the matrix plan; returns the Plan.
+
+    Trial ids fingerprint the checkpoints and tokenizers, so the plan that is written must be built
+    after the models exist: run_demo builds once to learn where the models go, pretrains, then
+    builds again and writes (a plan written before pretraining would be superseded by the rerun).
+    """
     from finetune.login.plan import build_plan, write_plan
 
     files, overrides, grid = _plan_inputs(repo_root(), size, out, list(overrides))
     plan = build_plan(files, overrides, grid_config=grid, matrix=True)
+    if not write:
+        return plan
     report = write_plan(plan, out)
     log(f"{report.total} trials in {report.path} ({len(report.added)} new, {len(report.kept)} kept,"
         f" {len(report.updated)} updated)")
@@ -364,9 +371,10 @@ def run_demo(*, executor: str = "local", out: str | os.PathLike[str] | None = No
     start = time.monotonic()
 
     _say("1/4 plan", f"Russian/Polish cross-language matrix, size {size}, executor {executor}")
-    plan = plan_demo(out_dir, spec, overrides=list(overrides), log=lambda m: _say("1/4 plan", m))
+    plan = plan_demo(out_dir, spec, overrides=list(overrides), log=lambda m: _say("1/4 plan", m), write=False)
     _say("2/4 models", "normal and IPA pretrained models")
     ensure_models(model_targets(plan), spec, log=lambda m: _say("2/4 models", m))
+    plan_demo(out_dir, spec, overrides=list(overrides), log=lambda m: _say("1/4 plan", m))
     if parallel is None and executor == "local":
         parallel = max(1, min(os.cpu_count() or 1, 4))  # one thread per trial (see _env)
     _say("3/4 run", f"submitting to the {executor} executor" + (f", {parallel} trials at a time" if executor == "local" else ""))
