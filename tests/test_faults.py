@@ -112,7 +112,7 @@ def test_a_result_of_another_trial_is_invalid_in_status_and_collect(tmp_path):
 def test_usr2_at_any_moment_of_a_local_trial_ends_in_an_exact_resume(tmp_path):
     rng = random.Random(144)
     plan = tmp_path / "plan"
-    tid = make_plan(plan, 1, count_to=30, count_sleep_s=0.02)[0]
+    tid = make_plan(plan, 1, count_to=200, count_sleep_s=0.02)[0]  # 4 s of counting: at least 3 USR2 (each within 1.2 s of a start) land before the end
     trial = plan / "trials" / tid
     proc = subprocess.Popen([sys.executable, "-m", "finetune", "submit", str(plan), "--executor", "local"],
                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -133,7 +133,7 @@ def test_usr2_at_any_moment_of_a_local_trial_ends_in_an_exact_resume(tmp_path):
     assert proc.wait(timeout=120) == 0, proc.stderr.read()
     assert sent >= 3
     result = json.loads((trial / "result.json").read_text())
-    assert result["count"] == 30
+    assert result["count"] == 200
     starts = [r["start"] for r in result["runs"]]
     assert starts == sorted(starts)  # every run resumed where the last one stopped
     assert (trial / "log.txt").read_text().count("local run of") >= 2  # USR2 led to runs again
