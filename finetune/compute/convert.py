@@ -10,12 +10,11 @@ absent or complete. With a tokenizer inside, the directory works with
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from finetune.errors import Problem, UsageError
+from finetune.fileio import atomic_directory
 
 TASKS = ("causal-lm", "classification", "question-answering")
 
@@ -112,16 +111,8 @@ def convert(
     if tok is not None:
         tok.model_max_length = model.config.block_size
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         if tok is not None:
             tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ConvertReport(out, task, n, tok_path, sum(p.numel() for p in model.parameters()))

@@ -95,13 +95,11 @@ def save_adapter(model: Any, folder: Path) -> None:
 
 def merge(trial_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Fold a finished LoRA trial's adapter into its base checkpoint; write a plain HF model dir."""
-    import shutil
-    import tempfile
 
     from finetune import layout
     from finetune.compute import hf
     from finetune.errors import UsageError
-    from finetune.fileio import read_json
+    from finetune.fileio import atomic_directory, read_json
 
     trial, out = Path(trial_dir), Path(out_dir)
     model_dir = layout.model_dir(trial)
@@ -127,15 +125,7 @@ def merge(trial_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
     base = cls.from_nanogpt(config["checkpoint"], num_labels, **keep)
     merged = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
     merged.config.architectures = [type(merged).__name__]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         merged.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
