@@ -18,6 +18,7 @@ from finetune.analysis.results import collect
 from finetune.login.status import plan_status
 
 sys.path.insert(0, str(Path(__file__).parent))
+import waiting  # noqa: E402
 from submit_helpers import make_plan  # noqa: E402
 
 REPO = str(Path(__file__).resolve().parent.parent)
@@ -42,13 +43,7 @@ def trial_processes(trial: Path) -> list[int]:
 
 
 def wait_for(check, timeout: float = 30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("timed out")
+    return waiting.wait_until(check, timeout, every=0.02)
 
 
 def test_killed_local_submitter_takes_its_trials_with_it(tmp_path):

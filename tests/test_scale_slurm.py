@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+import waiting  # noqa: E402
 
 from finetune import layout
 from finetune.login.plan import build_plan, load_plan, write_plan
@@ -29,12 +29,7 @@ def _count_at(trial: Path) -> int:
 
 
 def _wait(check, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    waiting.wait_until(check, timeout, what, every=0.1)
 
 
 def test_usr2_in_the_second_trial_of_a_bundle(slurm_cluster, tmp_path, monkeypatch):

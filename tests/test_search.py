@@ -17,6 +17,7 @@ from finetune.errors import ConfigError
 from finetune.login import search as S
 
 sys.path.insert(0, str(Path(__file__).parent))
+import waiting  # noqa: E402
 from search_helpers import count_sets, runs, search_plan, study_trials  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -231,12 +232,7 @@ def _worker(out: Path, name: str) -> subprocess.Popen:
 
 
 def _wait(check, timeout: float = 60, what: str = "") -> object:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if value := check():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return waiting.wait_until(check, timeout, what, every=0.1)
 
 
 def _counting(out: Path, name: str, at_least: int):

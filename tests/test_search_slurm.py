@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,19 +18,14 @@ from finetune.login import search as S
 from finetune.login.search_submit import start_search
 
 sys.path.insert(0, str(Path(__file__).parent))
+import waiting  # noqa: E402
 from search_helpers import count_sets, runs, search_plan, study_trials  # noqa: E402
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(400)]
 
 
 def wait_until(check, timeout: float = 120, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return waiting.wait_until(check, timeout, what, every=0.3)
 
 
 def counting(out: Path, worker: str, at_least: int):

@@ -11,10 +11,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
+import waiting  # noqa: E402
 from conftest import SLURM_CLUSTER, running_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
@@ -31,13 +31,7 @@ def alive(pid: int) -> bool:
 
 
 def wait_for(check, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return waiting.wait_until(check, timeout, what)
 
 
 def names_of(root: Path) -> tuple[str, str]:

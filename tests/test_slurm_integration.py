@@ -11,7 +11,6 @@ import json
 import random
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from finetune.login.status import plan_status
 from finetune.login.submit import submit
 
 sys.path.insert(0, str(Path(__file__).parent))
+import waiting  # noqa: E402
 from submit_helpers import make_plan  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,13 +29,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 
 
 def wait_until(check: Callable[[], object], timeout: float = 90, what: str = "condition") -> object:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return waiting.wait_until(check, timeout, what, every=0.3)
 
 
 def counts(plan: Path) -> dict[str, int]:

@@ -19,11 +19,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import waiting  # noqa: E402
 from nanogpt_fixtures import tiny_pretrained  # noqa: F401
 
 from finetune.login.plan import build_plan, write_plan
@@ -47,14 +47,10 @@ def _offline(monkeypatch):
 
 
 def wait_until(check: Callable[[], object], timeout: float, what: str, trial: Path) -> object:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    log = (trial / "log.txt").read_text(errors="replace") if (trial / "log.txt").exists() else "(no log.txt)"
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; log.txt:\n{log[-4000:]}")
+    def log_tail() -> str:
+        log = trial / "log.txt"
+        return "log.txt:\n" + (log.read_text(errors="replace")[-4000:] if log.exists() else "(no log.txt)")
+    return waiting.wait_until(check, timeout, what, context=log_tail)
 
 
 def last_step(trial: Path) -> int:
