@@ -165,8 +165,8 @@ def test_fast_record_text_and_canonical_hash_agree_with_the_plain_functions(conf
     training = {k: v for k, v in default["training"].items()
                 if k not in ("strategy", "device", "num_workers", "checkpoint_interval", "compile", "count_sleep_s",
                              "eval_batch_size", "log_interval", "dump_logits", "logit_directory")}
-    identity = {"id_version": 2, "task": "topic", "model_type": t.model_type,
-                "train_languages": t.train_languages, "eval_languages": t.eval_languages,
+    identity = {"id_version": 3, "task": "topic", "model_type": t.model_type,
+                "train_languages": t.train_languages, "selection_languages": ["polish", "russian"],
                 "datasets": {lang: {"name": "sib200", "entry": db[lang]["topic"]["sib200"]}
                              for lang in ("polish", "russian")},
                 "training": training, "checkpoint": ["../models", "n-ckpt"], "tokenizer": ["../models", "n-tok"]}
@@ -264,3 +264,58 @@ def test_materialize_trials_and_unknown_ids(confdir, tmp_path):
 def test_load_plan_without_a_plan(tmp_path):
     with pytest.raises(ConfigError, match=r"plan.json: no plan here"):
         load_plan(tmp_path)
+
+
+def test_adding_an_eval_language_keeps_the_trained_models_ids(confdir, tmp_path):
+    """The id is the trained model's: eval languages that do not choose the checkpoint are not in it."""
+    db = json.loads((confdir / "language-database.json").read_text())
+    assert "czech" in db and "sib200" in db["czech"]["topic"]
+    base = build_plan(files(confdir, "pair.json", "task.json"),
+                      grid_config=grid_file(tmp_path, "a.json", languages={"train": "russian", "eval": ["russian", "polish"]}))
+    more = build_plan(files(confdir, "pair.json", "task.json"), ["datasets.czech=sib200"],
+                      grid_config=grid_file(tmp_path, "b.json", languages={"train": "russian", "eval": ["russian", "polish", "czech"]}))
+    assert ids(more) == ids(base)
+    assert [t.eval_languages for t in more.trials] == [["czech", "polish", "russian"]] * 2
+    out = tmp_path / "run"
+    write_plan(base, out)
+    report = write_plan(more, out)
+    assert report.added == [] and report.superseded == [] and report.total == 2
+    assert {tuple(t.eval_languages) for t in load_plan(out).trials} == {("czech", "polish", "russian")}
+    # what chooses the checkpoint is in the id: the oracle protocol, or no training language evaluated
+    oracle = build_plan(files(confdir, "pair.json", "task.json"), ["datasets.czech=sib200",
+                                                                    "training.selection=each-language"],
+                        grid_config=grid_file(tmp_path, "c.json", languages={"train": "russian", "eval": ["russian", "polish", "czech"]}))
+    oracle_base = build_plan(files(confdir, "pair.json", "task.json"), ["training.selection=each-language"],
+                             grid_config=grid_file(tmp_path, "d.json", languages={"train": "russian", "eval": ["russian", "polish"]}))
+    assert set(ids(oracle)).isdisjoint(ids(oracle_base))
+    cross = build_plan(files(confdir, "pair.json", "task.json"),
+                       grid_config=grid_file(tmp_path, "e.json", languages={"train": "russian", "eval": ["polish"]}))
+    cross_more = build_plan(files(confdir, "pair.json", "task.json"), ["datasets.czech=sib200"],
+                            grid_config=grid_file(tmp_path, "f.json", languages={"train": "russian", "eval": ["polish", "czech"]}))
+    assert set(ids(cross)).isdisjoint(ids(cross_more))
+
+
+def test_trials_of_an_older_id_version_are_superseded_by_what_trains_the_same(confdir, tmp_path):
+    """A plan written before ids left out the eval languages: replanning supersedes its trials
+    (one new trial each), whatever eval languages they had, and nothing else."""
+    g = grid_file(tmp_path, parameters={"learning_rate": [1e-4, 2e-4]})
+    plan = build_plan(files(confdir, "pair.json", "task.json"), grid_config=g)
+    out = tmp_path / "run"
+    write_plan(plan, out)
+    data = json.loads((out / "plan.json").read_text())
+    data["groups"] = {f"old{g}": {k: v for k, v in group.items() if k != "id_version"}  # as ID_VERSION 2 wrote it
+                      for g, group in data["groups"].items()}
+    old_ids = {}
+    for i, r in enumerate(data["trials"]):
+        old_ids[r["id"]] = f"{i:012x}"
+        r["id"], r["lineage"], r["group"] = f"{i:012x}", f"{i + 100:012x}", "old" + r["group"]  # another formula's
+    (out / "plan.json").write_text(json.dumps(data))
+    other = build_plan(files(confdir, "pair.json", "task.json"),
+                       grid_config=grid_file(tmp_path, "g.json", parameters={"learning_rate": [3e-4]}))
+    assert write_plan(other, out).superseded == []  # other hyperparameters: nothing to replace
+    report = write_plan(plan, out)
+    assert sorted(report.added) == sorted(ids(plan))
+    assert sorted(report.superseded) == sorted(old_ids.values())
+    records = {t.id: t for t in load_plan(out).trials}
+    for new_id, old_id in old_ids.items():
+        assert records[old_id].superseded_by == new_id

@@ -8,13 +8,21 @@ Trial identity: ``id`` = first 12 hex digits of sha256 over the canonical JSON (
 spaces, integral floats as ints) of::
 
     {"hyperparameters": {...all, resolved...},
-     "trial": {"id_version", "task", "model_type", "train_languages" (sorted), "eval_languages" (sorted),
-               "datasets": {language: {"name", "entry"}} for the trial's languages only,
+     "trial": {"id_version", "task", "model_type", "train_languages" (sorted),
+               "selection_languages" (sorted: the eval languages whose dev sets choose the saved
+                                      checkpoint, ``selection_languages()``),
+               "datasets": {language: {"name", "entry"}} for the train and selection languages,
                "training": training minus OPERATIONAL_TRAINING_KEYS,
                "checkpoint": [checkpoints.prefix, checkpoints[model_type]] as written,
                "tokenizer": [tokenizers.prefix, tokenizers[model_type + "_prefix"]] as written,
                "inputs": {"checkpoint", "tokenizer", "datasets": {language: ...}}: content
                          fingerprints (finetune.login.fingerprint) of the files the trial reads}}
+
+The id is the identity of the *trained model*: the eval languages are not in it (only those that
+choose the checkpoint), so adding an eval language to the layers plans the same trials with one
+more eval language, and submit evaluates the trained models on it instead of training again
+(finetune.login.evaluations). With ``training.selection`` "train-languages" (the default) and a
+training language among the eval languages, that is every eval language but the training ones.
 
 ``lineage`` is the same hash without "inputs": a trial whose files changed (pretrained again
 under the same name) gets a new id with the old lineage, and ``write_plan`` marks the old trial
@@ -49,7 +57,7 @@ from finetune.layout import PLAN_FILE, config_file, plan_file, plan_lock_file, t
 from finetune.login.layers import Layered, join_path, load_config, resolved_paths
 
 PLAN_VERSION = 1
-ID_VERSION = 2  # 2: ids cover the input files' fingerprints
+ID_VERSION = 3  # 2: ids cover the input files' fingerprints; 3: not the eval languages (only the selection ones)
 ID_LENGTH = 12
 MODEL_TYPES = ("normal", "ipa")
 OPERATIONAL_TRAINING_KEYS = frozenset(
@@ -405,6 +413,7 @@ def _group(layered: Layered, paths: dict[str, str | None], grid, database, types
     ck, tk = cfg["checkpoints"], cfg["tokenizers"]
     ck_prefix, tk_prefix = paths["$.checkpoints.prefix"], paths["$.tokenizers.prefix"]
     group = {
+        "id_version": ID_VERSION,  # how its trials' ids were made (write_plan supersedes older ones)
         "sources": list(layered.sources),
         "overrides": list(overrides),
         "grid_config": grid.source if grid_config is not None else None,
@@ -452,7 +461,7 @@ def _trials(cfg: dict[str, Any], database, types: list[str], lang_sets, points, 
         for train, evals in lang_sets:
             identity = trial_identity(cfg, database, mt, train, evals)
             lineage_json = canonical_json(identity)
-            identity["inputs"] = _trial_inputs(inputs, mt, sorted(set(train) | set(evals)))
+            identity["inputs"] = _trial_inputs(inputs, mt, _identity_languages(cfg, train, evals))
             identity_json = canonical_json(identity)
             head = (', "model_type": ' + _raw(mt) + ', "train_languages": ' + _raw(train)
                     + ', "eval_languages": ' + _raw(evals) + ', "hyperparameters": ')
@@ -476,13 +485,28 @@ def _trials(cfg: dict[str, Any], database, types: list[str], lang_sets, points, 
     return trials
 
 
+def selection_languages(training: dict[str, Any], train: Sequence[str], evals: Sequence[str]) -> list[str]:
+    """The eval languages whose dev sets choose the saved checkpoint (as the trainer's
+    ``selection_languages``): with "train-languages" the training languages that are evaluated,
+    or every eval language when none is; with "each-language" every eval language. Sorted."""
+    if (training or {}).get("selection", "train-languages") == "train-languages":
+        own = sorted(set(train) & set(evals))
+        if own:
+            return own
+    return sorted(set(evals))
+
+
+def _identity_languages(cfg: dict[str, Any], train: Sequence[str], evals: Sequence[str]) -> list[str]:
+    return sorted(set(train) | set(selection_languages(cfg["training"], train, evals)))
+
+
 def trial_identity(cfg: dict[str, Any], database, model_type: str, train: list[str], evals: list[str]) -> dict[str, Any]:
     """The "trial" part of a trial's id (see the module docstring), hyperparameters aside."""
     task, datasets, ck, tk = cfg["task"], cfg["datasets"], cfg["checkpoints"], cfg["tokenizers"]
-    langs = sorted(set(train) | set(evals))
+    langs = _identity_languages(cfg, train, evals)
     return {
         "id_version": ID_VERSION, "task": task, "model_type": model_type,
-        "train_languages": train, "eval_languages": evals,
+        "train_languages": train, "selection_languages": selection_languages(cfg["training"], train, evals),
         "datasets": {lang: {"name": datasets[lang], "entry": database.entry(lang, task, datasets[lang])}
                      for lang in langs},
         "training": {k: v for k, v in cfg["training"].items() if k not in OPERATIONAL_TRAINING_KEYS},
@@ -499,7 +523,7 @@ def _search_spec(cfg: dict[str, Any], database, types: list[str], lang_set, hype
 
     train, evals = lang_set
     spec = resolve(grid.search, grid.parameters, cfg["training"], types)
-    langs = sorted(set(train) | set(evals))
+    langs = _identity_languages(cfg, train, evals)
     bases = {mt: {"identity": canonical_json({**trial_identity(cfg, database, mt, train, evals),
                                               "inputs": _trial_inputs(inputs, mt, langs)}),
                   "train_languages": train, "eval_languages": evals} for mt in types}
@@ -760,7 +784,7 @@ def write_plan(plan: Plan, out_dir: str | os.PathLike[str], *, replace: bool = F
             if t.id in new_by_id:
                 trials.append(t)
                 added.append(t.id)
-        superseded = _supersede(trials, plan.trials)
+        superseded = _supersede(trials, plan.trials, {**old.groups, **plan.groups})
         dropped: list[str] = []
         if replace:
             trials, dropped = _drop_replaceable(out, trials, {t.id for t in plan.trials})
@@ -803,18 +827,50 @@ def _weak_key(t: Trial) -> str:
     return canonical_json([t.model_type, sorted(t.train_languages), sorted(t.eval_languages), t.hyperparameters])
 
 
-def _supersede(trials: list[Trial], fresh: list[Trial]) -> list[str]:
+def _training_key(t: Trial, groups: dict[str, dict[str, Any]]) -> str | None:
+    """What a trial trains, read from its group in plan.json, without the input files' contents
+    and without the eval languages: task, training settings, checkpoint and tokenizer names, the
+    training languages' datasets, model type and hyperparameters. None without its group."""
+    cfg = (groups.get(t.group) or {}).get("config")
+    if not isinstance(cfg, dict):
+        return None
+    try:
+        training = {k: v for k, v in cfg["training"].items() if k not in OPERATIONAL_TRAINING_KEYS}
+        mt = t.model_type
+        return canonical_json([cfg["task"], training, cfg["checkpoints"][mt], cfg["tokenizers"][f"{mt}_prefix"],
+                               {lang: cfg["datasets"].get(lang) for lang in sorted(t.train_languages)},
+                               mt, sorted(t.train_languages), t.hyperparameters])
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def _id_version(t: Trial, groups: dict[str, dict[str, Any]]) -> int:
+    version = (groups.get(t.group) or {}).get("id_version")
+    return version if isinstance(version, int) else (2 if t.lineage else 1)
+
+
+def _supersede(trials: list[Trial], fresh: list[Trial], groups: dict[str, dict[str, Any]]) -> list[str]:
     """Mark trials of plan.json that this build replaces: same lineage (the same trial but for
-    the content of its input files), other id, not planned now. Trials planned before lineages
-    existed are matched by model type, languages and hyperparameters. Returns their ids."""
+    the content of its input files), other id, not planned now. Trials whose ids were made by an
+    older ID_VERSION (their lineages are of another formula) are matched by what they train
+    (``_training_key``: the eval languages aside, as ids are now); trials planned before
+    lineages and groups existed by model type, languages and hyperparameters. Returns their ids."""
     planned = {t.id for t in fresh}
     by_lineage = {t.lineage: t.id for t in fresh if t.lineage}
     by_weak = {_weak_key(t): t.id for t in fresh}
+    by_training = {}
+    for t in fresh:
+        key = _training_key(t, groups)
+        if key is not None:
+            by_training.setdefault(key, t.id)
     marked = []
     for t in trials:
         if t.id in planned:
             continue  # planned again (e.g. the old checkpoint is back): current
-        newer = by_lineage.get(t.lineage) if t.lineage else by_weak.get(_weak_key(t))
+        newer = by_lineage.get(t.lineage) if t.lineage else None
+        if newer is None and _id_version(t, groups) < ID_VERSION:
+            key = _training_key(t, groups)
+            newer = by_training.get(key) if key is not None else by_weak.get(_weak_key(t))
         if newer and newer != t.id and t.superseded_by != newer:
             t.superseded_by = newer
             t.text = None  # record() changed
