@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from finetune.errors import FinetuneError, Problem
 from finetune.login.inputs import (  # where the inputs are: shared with the login node's checks
+    CACHE_DIR_PATH,
     EXTENSIONS,
     ROLES,
+    cache_dir_message,
     config_file,
     dataset_label,
     default_cache_dir,
@@ -67,6 +69,22 @@ class TrialData:
 
 
 # -- loading ---------------------------------------------------------------------------------
+
+
+def writable_cache_dir(cache: Path, source: str, configured: bool = True) -> Path:
+    """``cache``, made if needed, after a real write into it; DataError naming ``data.cache_dir``
+    of ``source`` (not the dataset that happens to be loaded first) when that fails.
+    ``configured``: the trial sets data.cache_dir (else the default folder is meant)."""
+    import tempfile
+
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        reason = f"cannot be written ({e.strerror or e}{f': {e.filename}' if e.filename else ''})"
+        raise DataError(problems=[Problem(source, CACHE_DIR_PATH, cache_dir_message(cache, reason, configured))]) from None
+    return cache
 
 
 def _quiet_datasets() -> None:
@@ -457,7 +475,8 @@ def load_trial_raw(
     trial_config: dict[str, Any], *, cache_dir: str | os.PathLike[str] | None = None, source: str = "trial config"
 ) -> tuple[dict[str, dict[str, Dataset]], list[Problem]]:
     """language -> role -> raw Dataset (IPA columns added for ipa trials), and column problems."""
-    cache = resolve_cache_dir(trial_config, cache_dir)
+    configured = cache_dir is not None or bool((trial_config.get("data") or {}).get("cache_dir"))
+    cache = writable_cache_dir(resolve_cache_dir(trial_config, cache_dir), source, configured)
     model_type = trial_config.get("model_type", "normal")
     entries = trial_config.get("datasets") or {}
     problems: list[Problem] = []

@@ -59,6 +59,7 @@ def prefetch(
         load_splits,
         resolve_cache_dir,
         trial_languages,
+        writable_cache_dir,
     )
     say = log or (lambda _line: None)
     configs = trial_configs(source)
@@ -67,8 +68,17 @@ def prefetch(
 
     # 1. datasets (and IPA columns), once per distinct entry and cache dir
     wanted: dict[tuple, dict[str, Any]] = {}
-    for _file, trial in configs:
+    unwritable: dict[Path, bool] = {}  # check_trials below names data.cache_dir; load nothing into it
+    for file, trial in configs:
         cache = resolve_cache_dir(trial, cache_dir)
+        if cache not in unwritable:
+            try:
+                writable_cache_dir(cache, file)
+                unwritable[cache] = False
+            except DataError:
+                unwritable[cache] = True
+        if unwritable[cache]:
+            continue
         for lang in trial_languages(trial):
             entry = (trial.get("datasets") or {}).get(lang)
             if entry is None:
@@ -110,13 +120,15 @@ def _tokenize_all(configs, report: PrefetchReport, *, cache_dir, say) -> None:
     from finetune.compute.model import load_checkpoint
     from finetune.compute.task_data import prepare_task_data
     from finetune.compute.tokenizer import load_tokenizer, tokenizer_problems
+    from finetune.login.inputs import resolve_cache_dir, unwritable_cache_dir
 
     tokenizers: dict[str, Any] = {}
     block_sizes: dict[str, int] = {}
     done: set[tuple] = set()
     for file, trial in configs:
         ckpt, tok = trial.get("checkpoint"), trial.get("tokenizer")
-        if not ckpt or not tok or not Path(ckpt).is_file() or tokenizer_problems(tok):
+        if not ckpt or not tok or not Path(ckpt).is_file() or tokenizer_problems(tok) \
+                or unwritable_cache_dir(resolve_cache_dir(trial, cache_dir)):
             continue  # already reported by check_trials
         key = (ckpt, tok, trial.get("model_type"), tuple(trial.get("train_languages", [])),
                tuple(trial.get("eval_languages", [])), repr(trial.get("datasets")), repr(trial.get("data")))

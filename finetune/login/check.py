@@ -17,6 +17,8 @@ from typing import Any
 from finetune import layout
 from finetune.errors import Problem
 from finetune.login.inputs import (
+    CACHE_DIR_PATH,
+    cache_dir_message,
     config_file,
     dataset_label,
     hub_snapshot,
@@ -25,6 +27,7 @@ from finetune.login.inputs import (
     split_problems,
     tokenizer_problems,
     trial_languages,
+    unwritable_cache_dir,
 )
 
 TrialSource = str | os.PathLike[str] | dict[str, Any]
@@ -113,7 +116,8 @@ def _origin(file: str, trial: dict[str, Any], path: str, layer_path: str) -> tup
 
 def check_trials(configs: Sequence[tuple[str, dict[str, Any]]], *, cache_dir: str | os.PathLike[str] | None = None,
                  stands_for: Sequence[Sequence[str]] | None = None) -> list[Problem]:
-    """Missing checkpoints, tokenizers and datasets of ``(file, TRIAL_CONFIG)`` pairs.
+    """Missing checkpoints, tokenizers and datasets of ``(file, TRIAL_CONFIG)`` pairs, and cache
+    folders (``data.cache_dir``) that cannot be written.
 
     ``stands_for[i]``: the trial ids that ``configs[i]`` represents (trials with the same
     inputs, checked once); the problems count them all."""
@@ -122,6 +126,7 @@ def check_trials(configs: Sequence[tuple[str, dict[str, Any]]], *, cache_dir: st
     seen_tok: dict[str, list[Problem]] = {}
     seen_data: dict[tuple, list[tuple[str, str]]] = {}  # -> [(json path, message)]
     caches: dict[str | None, Path] = {}
+    cache_problems: dict[str | None, str | None] = {}  # why the cache folder cannot be written
     for n, (file, trial) in enumerate(configs):
         tid = str(trial.get("id", "?"))
         more = [t for t in stands_for[n] if t != tid] if stands_for is not None else []
@@ -143,7 +148,14 @@ def check_trials(configs: Sequence[tuple[str, dict[str, Any]]], *, cache_dir: st
         configured = ((trial.get("data") or {}).get("cache_dir")) if cache_dir is None else str(cache_dir)
         if configured not in caches:
             caches[configured] = resolve_cache_dir(trial, cache_dir)
+            reason = unwritable_cache_dir(caches[configured])
+            cache_problems[configured] = (cache_dir_message(caches[configured], reason, configured is not None)
+                                          if reason else None)
         cache = caches[configured]
+        if cache_problems[configured]:  # every dataset of the trial goes through it (tokens, IPA, maps)
+            c_file, c_path = (_origin(file, trial, CACHE_DIR_PATH, CACHE_DIR_PATH) if cache_dir is None
+                              else ("--cache-dir", ""))
+            missing.add(c_file, c_path, cache_problems[configured], tid, more)
         train = trial.get("train_languages") or []
         evals = trial.get("eval_languages") or []
         for lang in trial_languages(trial):

@@ -45,6 +45,41 @@ def resolve_cache_dir(trial_config: dict[str, Any] | None = None, cache_dir: str
     return Path(configured) if configured else default_cache_dir()
 
 
+CACHE_DIR_PATH = "$.data.cache_dir"
+
+
+def unwritable_cache_dir(cache: str | os.PathLike[str]) -> str | None:
+    """Why the cache folder ``cache`` cannot be made or written, or None when it can.
+
+    File tests only (the login node creates nothing): the folder, or its nearest existing
+    ancestor when it does not exist yet (the trial makes it), must be a folder this user may
+    write in. Catches a file where a folder is expected, a read-only mount, an immutable folder
+    and missing permissions; the compute node tries a real write too
+    (``finetune.compute.data.writable_cache_dir``)."""
+    path = Path(os.path.abspath(cache))
+    existing = path
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    prefix = "" if existing == path else f"cannot be made: {existing} "
+    if not existing.is_dir():
+        return f"{prefix}is {'a file' if existing.exists() else 'a broken link'}, not a folder"
+    if os.access(existing, os.W_OK | os.X_OK):
+        return None
+    try:
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return prefix + ("is on a read-only file system" if read_only else "is not writable by this user")
+
+
+def cache_dir_message(cache: str | os.PathLike[str], reason: str, configured: bool) -> str:
+    """The message for an unusable cache folder (``configured``: set by ``data.cache_dir``)."""
+    if configured:
+        return f"the cache folder {cache} {reason}: set data.cache_dir to a folder you can write"
+    return (f"data.cache_dir is not set and the default cache folder {cache} ($FINETUNE_CACHE_DIR, else "
+            f"$XDG_CACHE_HOME/finetune or ~/.cache/finetune) {reason}: set data.cache_dir to a folder you can write")
+
+
 def dataset_label(entry: dict[str, Any]) -> str:
     """How errors name a dataset: its local folder, or ``hub-id (subset)``."""
     folder = local_folder(entry)
