@@ -11,7 +11,9 @@ EPILOG = """examples:
   finetune evaluate runs/ces-slk --trials 3f9c1a2b7d04,8e01d2c4a9b7      # predictions again, for significance
 
 Loads each finished trial's model (DIR/trials/<id>/model: the checkpoint its protocol chose on the
-training languages), scores the eval and test splits of the languages, keeps the per-example
+training languages; a LoRA trial's adapter on its pretrained checkpoint), scores the eval and test
+splits of the languages (classification: accuracy and macro P/R/F1; question answering: exact
+match and F1; causal LM: loss and perplexity), keeps the per-example
 predictions in its logits/ folder and the metrics in evaluations.json, which `finetune collect`
 reads beside result.json. Nothing is trained again. Without --languages, a trial's own eval
 languages are scored again. A language the plan's configs do not have needs --config with the
@@ -59,6 +61,20 @@ def _datasets_from_layers(files: list[str], languages: list[str], task: str) -> 
     return out
 
 
+HEADLINE = ("macro_f1", "f1", "perplexity")  # classification, question answering, causal LM
+
+
+def _headline(scored: dict[str, dict[str, dict[str, float]]]) -> str:
+    """``russian test macro_f1 0.6123, ...``: each language's test (else eval) split, its task's main metric."""
+    shown = []
+    for lang, splits in scored.items():
+        split = "test" if "test" in splits else "eval"
+        metrics = splits.get(split) or {}
+        name = next((m for m in HEADLINE if m in metrics), "loss")
+        shown.append(f"{lang} {split} {name} {metrics.get(name, float('nan')):.4f}")
+    return ", ".join(shown)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from finetune import layout
     from finetune.compute.evaluate import evaluate_trial
@@ -85,7 +101,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         langs = args.languages or t.eval_languages
         scored = evaluate_trial(layout.trial_dir(args.plan_dir, t.id), langs,
                                 datasets={k: v for k, v in datasets.items() if k in langs}, threads=args.threads)
-        shown = ", ".join(f"{lang} test {m.get('test', {}).get('macro_f1', float('nan')):.4f}" for lang, m in scored.items())
-        print(f"{t.id}: {shown}")
+        print(f"{t.id}: {_headline(scored)}")
     print(f"evaluated {len(trials)} trials; `finetune collect {Path(args.plan_dir)}` reports them")
     return 0

@@ -276,31 +276,26 @@ def shard(items: list[Any], env: DistEnv, *, even: bool = False) -> list[Any | N
     return mine
 
 
-def gather_rows(parts: list[tuple[Any, Any]], env: DistEnv, *, n_rows: int, tail: tuple[int, ...] = (),
-                dtype: Any = "float32") -> Any:
-    """Put the rows every rank computed back together, on every rank.
+def gather_batches(parts: list[tuple[int, Any]], env: DistEnv, *, n_batches: int) -> list[Any]:
+    """Put the batches every rank computed back together, on every rank.
 
-    ``parts``: this rank's ``(row indices, values)`` pairs (values shaped ``(len(indices), *tail)``).
-    Returns an ``(n_rows, *tail)`` array in row order, each row exactly as the rank that computed it
-    had it (one all_gather_object; no communication for one process). Every row must come from
-    exactly one rank.
+    ``parts``: this rank's ``(batch number, payload)`` pairs. Returns the ``n_batches`` payloads in
+    batch order, each exactly as the rank that computed it had it (one all_gather_object; no
+    communication for one process). Every batch must come from exactly one rank.
     """
-    import numpy as np
-
     every = [parts]
     if env.distributed:
         import torch.distributed as dist
 
         every = [None] * env.world_size
         dist.all_gather_object(every, parts)
-    out = np.zeros((n_rows, *tail), dtype=dtype)
-    seen = np.zeros(n_rows, dtype=np.int64)
+    out: list[Any] = [None] * n_batches
+    seen = [0] * n_batches
     for rank_parts in every:
-        for idx, values in rank_parts:
-            idx = np.asarray(idx, dtype=np.int64)
-            out[idx] = values
-            seen[idx] += 1
-    if (seen != 1).any():
-        raise ValueError(f"gather_rows: {int((seen == 0).sum())} rows computed by no rank, "
-                         f"{int((seen > 1).sum())} by several")
+        for b, payload in rank_parts:
+            out[b] = payload
+            seen[b] += 1
+    missing, doubled = sum(1 for k in seen if k == 0), sum(1 for k in seen if k > 1)
+    if missing or doubled:
+        raise ValueError(f"gather_batches: {missing} batches computed by no rank, {doubled} by several")
     return out

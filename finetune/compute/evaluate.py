@@ -1,5 +1,10 @@
 """Evaluate a finished trial's model on eval languages without training it again.
 
+Every task type: classification (accuracy, macro P/R/F1), question answering (exact match, F1,
+loss) and causal LM (loss, perplexity), full fine-tunes and LoRA adapters alike (the adapter is
+loaded on the trial's pretrained checkpoint, unmerged). The eval split is capped at the trial's
+``max_eval_samples`` as in training, so a language's numbers equal result.json's.
+
 Training identity and evaluation are separate: a trial's saved model (``model/``, the checkpoint
 chosen on the training languages' dev sets) does not depend on which other languages it is
 scored on, so adding an eval language only needs this: load the model, score the new languages'
@@ -40,14 +45,14 @@ def evaluate_trial(trial_dir: str | os.PathLike[str], languages: list[str] | Non
     ``datasets`` adds resolved dataset entries (TRIAL_CONFIG form) for languages the trial's
     frozen config does not have.
     """
-    import numpy as np
     import torch
 
-    from finetune.compute.hf import NanoGPTForSequenceClassification
+    from finetune.compute.data import trial_task_type
     from finetune.compute.training.settings import settings_from_config
-    from finetune.compute.training.task import rows_of
+    from finetune.compute.training.task import ClassificationTask
     from finetune.compute.training.tasks import task_for
     from finetune.fileio import atomic_write_json, read_json
+    from finetune.login.tasks import task_type
 
     trial_dir = Path(trial_dir)
     cfg_file = layout.config_file(trial_dir)
@@ -70,38 +75,63 @@ def evaluate_trial(trial_dir: str | os.PathLike[str], languages: list[str] | Non
         torch.set_num_threads(threads)
     eval_config = {**config, "train_languages": [], "eval_languages": langs,
                    "datasets": {lang: entries[lang] for lang in langs}}
+    trained_on = trial_task_type(config)
+    mismatched = [lang for lang in langs if task_type(entries[lang]) != trained_on]
+    if mismatched:
+        raise ConfigError(problems=[Problem(str(cfg_file), "$.datasets", f"{', '.join(mismatched)}: not a {trained_on} "
+                                            "dataset (the task type the trial was trained on)")])
     settings = settings_from_config(eval_config, 1, file=str(cfg_file))
     task = task_for(eval_config, settings, file=str(cfg_file))
-    model = NanoGPTForSequenceClassification.from_pretrained(str(model_dir))
+    model = load_trial_model(trial_dir, config)
     model.eval()
-    trained = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-
-    from finetune.compute.data import prepare_trial_data
-
-    cache_dir = (config.get("data") or {}).get("cache_dir")
-    data = prepare_trial_data(eval_config, task.tokenizer, model.config.block_size, cache_dir=cache_dir)
-    missing = [name for name in data.label_names if name not in trained]
-    if missing:
-        raise ConfigError(problems=[Problem(str(cfg_file), "$.datasets", f"labels the model was not trained on: "
-                                            f"{', '.join(map(str, missing))}")])
-    to_model = np.array([trained.index(name) for name in data.label_names], dtype=np.int64)
-    task.label_names = trained
+    data = task.load_data(model.config.block_size, train=False)
+    if isinstance(task, ClassificationTask):  # score in the model's label ids
+        _to_model_labels(task, data, model, file=str(cfg_file))
     logit_dir = Path((config.get("training") or {}).get("logit_directory") or layout.logits_dir(trial_dir))
     device = torch.device("cpu")
     out: dict[str, Any] = {}
     for split, sets in (("eval", data.eval), ("test", data.test)):
-        for lang, ds in sets.items():
-            rows = rows_of(ds)
-            rows.labels = [int(to_model[y]) for y in rows.labels]  # the model's label ids
-            logits, labels = task.predict(model, rows, device=device, autocast=_no_autocast)
-            out.setdefault(lang, {})[split] = task.metrics(logits, labels)
-            task.dump(logit_dir, str(config.get("id") or trial_dir.name), lang, split, logits, labels)
+        for lang, rows in sets.items():
+            predictions, labels = task.predict(model, rows, device=device, autocast=_no_autocast)
+            out.setdefault(lang, {})[split] = task.metrics(predictions, labels)
+            task.dump(logit_dir, str(config.get("id") or trial_dir.name), lang, split, predictions, labels)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     merged = read_evaluations(trial_dir)
     for lang, splits in out.items():
         merged[lang] = {**splits, "updated": now, "model": layout.MODEL_DIR}
     atomic_write_json(layout.evaluations_file(trial_dir), merged)
     return out
+
+
+def load_trial_model(trial_dir: str | os.PathLike[str], config: dict[str, Any]) -> Any:
+    """The model a finished trial saved in ``model/``: its head class from the saved config's
+    ``architectures`` (classification, question answering, causal LM); a LoRA trial's adapter on
+    its pretrained base (not merged, so the outputs are exactly the trained model's)."""
+    from finetune.compute import hf
+
+    model_dir = layout.model_dir(trial_dir)
+    if (model_dir / "adapter_config.json").is_file():
+        from finetune.compute.training.lora import load_adapter_model
+
+        return load_adapter_model(model_dir, config["checkpoint"])
+    saved = hf.NanoGPTConfig.from_pretrained(str(model_dir))
+    cls = getattr(hf, (saved.architectures or ["NanoGPTForSequenceClassification"])[0])
+    return cls.from_pretrained(str(model_dir))
+
+
+def _to_model_labels(task: Any, data: Any, model: Any, *, file: str) -> None:
+    """Classification: the rows' label ids -> the model's (its id2label), refusing labels it never saw."""
+    import numpy as np
+
+    trained = [model.config.id2label[i] for i in range(len(model.config.id2label))]
+    missing = [name for name in data.label_names if name not in trained]
+    if missing:
+        raise ConfigError(problems=[Problem(file, "$.datasets", f"labels the model was not trained on: "
+                                            f"{', '.join(map(str, missing))}")])
+    to_model = np.array([trained.index(name) for name in data.label_names], dtype=np.int64)
+    for rows in (*data.eval.values(), *data.test.values()):
+        rows.labels = [int(to_model[y]) for y in rows.labels]
+    task.label_names = trained
 
 
 def _no_autocast():

@@ -93,11 +93,29 @@ def save_adapter(model: Any, folder: Path) -> None:
     inner.config.save_pretrained(str(folder))
 
 
+def load_adapter_model(model_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str]) -> Any:
+    """A trial's saved adapter on its base model (a peft ``PeftModel``, not merged: its outputs are
+    exactly the trained model's): the head class, labels and QA settings from the saved config, the
+    frozen weights from the pretrained nanoGPT ``checkpoint``, adapters and head from ``model_dir``."""
+    from peft import PeftModel
+
+    from finetune.compute import hf
+
+    base_config = hf.NanoGPTConfig.from_pretrained(str(model_dir))
+    cls = getattr(hf, (base_config.architectures or ["NanoGPTForSequenceClassification"])[0])
+    keep = {k: getattr(base_config, k) for k in ("id2label", "label2id", "pad_token_id", "eos_token_id",
+                                                  "bos_token_id") if getattr(base_config, k, None) is not None}
+    if getattr(base_config, "qa", None):
+        keep["qa"] = base_config.qa
+    num_labels = base_config.num_labels if cls is hf.NanoGPTForSequenceClassification else None
+    base = cls.from_nanogpt(checkpoint, num_labels, **keep)
+    return PeftModel.from_pretrained(base, str(model_dir))
+
+
 def merge(trial_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Fold a finished LoRA trial's adapter into its base checkpoint; write a plain HF model dir."""
 
     from finetune import layout
-    from finetune.compute import hf
     from finetune.errors import UsageError
     from finetune.fileio import atomic_directory, read_json
 
@@ -111,19 +129,10 @@ def merge(trial_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
         problems.append(Problem("OUT_DIR", "", f"{out} exists and is not empty; use --force to replace it"))
     if problems:
         raise UsageError(problems=problems)
-    from peft import PeftModel
     from transformers import AutoTokenizer
 
     config = read_json(layout.config_file(trial))
-    base_config = hf.NanoGPTConfig.from_pretrained(str(model_dir))
-    cls = getattr(hf, (base_config.architectures or ["NanoGPTForSequenceClassification"])[0])
-    keep = {k: getattr(base_config, k) for k in ("id2label", "label2id", "pad_token_id", "eos_token_id",
-                                                  "bos_token_id") if getattr(base_config, k, None) is not None}
-    if getattr(base_config, "qa", None):
-        keep["qa"] = base_config.qa
-    num_labels = base_config.num_labels if cls is hf.NanoGPTForSequenceClassification else None
-    base = cls.from_nanogpt(config["checkpoint"], num_labels, **keep)
-    merged = PeftModel.from_pretrained(base, str(model_dir)).merge_and_unload()
+    merged = load_adapter_model(model_dir, config["checkpoint"]).merge_and_unload()
     merged.config.architectures = [type(merged).__name__]
     with atomic_directory(out) as tmp:
         merged.save_pretrained(tmp)

@@ -97,15 +97,15 @@ class QATask(_Base):
         self.max_answer_length = int(self.hp.get("max_answer_length", 30))
         self.doc_stride = self.hp.get("doc_stride")
 
-    def load_data(self, block_size: int) -> TaskData:
+    def load_data(self, block_size: int, *, train: bool = True) -> TaskData:
         from finetune.compute.qa_data import prepare_qa_data
 
         data = prepare_qa_data(self.config, self.tokenizer, block_size, doc_stride=self.doc_stride,
                                cache_dir=self._cache_dir(), source=self.file)
-        train = qa_rows(data.train) if data.train is not None else QARows([], [])
-        if not len(train):
+        rows = qa_rows(data.train) if data.train is not None else QARows([], [])
+        if train and not len(rows):
             raise ConfigError(problems=[Problem(self.file, "$.train_languages", "no training rows")])
-        return TaskData(train=train, eval={lang: qa_rows(w, ex, self._cap()) for lang, (w, ex) in data.eval.items()},
+        return TaskData(train=rows, eval={lang: qa_rows(w, ex, self._cap()) for lang, (w, ex) in data.eval.items()},
                         test={lang: qa_rows(w, ex) for lang, (w, ex) in data.test.items()}, label_names=[])
 
     def build_model(self, loaded: Any) -> Any:
@@ -135,29 +135,28 @@ class QATask(_Base):
 
     def predict(self, model: Any, rows: QARows, *, device: Any, autocast: Any, env: Any = None,
                 lockstep: bool = False) -> tuple[Any, Any]:
-        """(answers per example and the mean window loss, gold answers per example).
+        """(answers per example and the mean window loss, gold answers per example), on every rank.
 
-        Not sharded: every rank predicts every example (``env`` and ``lockstep`` are accepted for
-        the loop's call and ignored; FSDP's forwards line up because every rank runs them all)."""
-        import torch
-
-        from finetune.compute.batching import LengthGroupedBatchSampler
+        Sharded like classification (:func:`~finetune.compute.training.task.predict_batches`): the
+        ranks gather each window's start/end logits over its own tokens and each batch's loss; the
+        n-best search and the loss sum (in batch order) then run alike everywhere, so the answers
+        and metrics are exactly one process's."""
         from finetune.compute.qa import best_answer
+        from finetune.compute.training.task import predict_batches
 
-        collate = self.collate_fn()
+        def post(output: Any, batch: dict[str, Any]) -> tuple[float, list[tuple[Any, Any]]]:
+            start, end = (x.float().cpu().numpy() for x in output)
+            n = batch["attention_mask"].sum(dim=1).tolist()  # trimmed to the window: less to gather
+            return float(self.loss(output, batch)), [(start[j, :k], end[j, :k]) for j, k in enumerate(n)]
+
         per_example: dict[int, list[Any]] = {}
         loss_sum = 0.0
-        order = LengthGroupedBatchSampler(rows.lengths(), self.s.eval_batch_size, shuffle=False)
-        with torch.inference_mode():
-            for idx in order.batches():
-                batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
-                with autocast():
-                    output = self.forward(model, batch)
-                loss_sum += float(self.loss(output, batch))
-                start, end = (x.float().cpu().numpy() for x in output)
-                for j, i in enumerate(idx):
-                    per_example.setdefault(rows.rows[i], []).append(
-                        (i, start[j], end[j], rows.context_start[i], rows.offsets[i]))
+        for idx, (loss, logits) in predict_batches(rows, self.s.eval_batch_size, self.collate_fn(),
+                                                   partial(self.forward, model), post, device=device,
+                                                   autocast=autocast, env=env, lockstep=lockstep):
+            loss_sum += loss
+            for i, (start, end) in zip(idx, logits, strict=True):
+                per_example.setdefault(rows.rows[i], []).append((i, start, end, rows.context_start[i], rows.offsets[i]))
         examples = rows.examples
         answers = []
         for e, context in enumerate(examples.contexts):
@@ -185,7 +184,7 @@ class QATask(_Base):
 class CausalLMTask(_Base):
     head_modules = ()
 
-    def load_data(self, block_size: int) -> TaskData:
+    def load_data(self, block_size: int, *, train: bool = True) -> TaskData:
         from datasets import concatenate_datasets
 
         from finetune.compute.lm_data import prepare_lm_data
@@ -193,12 +192,12 @@ class CausalLMTask(_Base):
         chunks = prepare_lm_data(self.config, self.tokenizer, block_size, cache_dir=self._cache_dir(), source=self.file)
         parts = [chunks[lang]["train"] for lang in self.config.get("train_languages", [])
                  if "train" in chunks.get(lang, {})]
-        train = _lm_rows(concatenate_datasets(parts)) if parts else Rows([], [])
-        if not len(train):
+        rows = _lm_rows(concatenate_datasets(parts)) if parts else Rows([], [])
+        if train and not len(rows):
             raise ConfigError(problems=[Problem(self.file, "$.train_languages",
                                                 f"no training text: less than {block_size} tokens")])
         evals = self.config.get("eval_languages", [])
-        return TaskData(train=train,
+        return TaskData(train=rows,
                         eval={lang: _lm_rows(chunks[lang]["eval"], self._cap()) for lang in evals
                               if "eval" in chunks.get(lang, {})},
                         test={lang: _lm_rows(chunks[lang]["test"]) for lang in evals if "test" in chunks.get(lang, {})},
@@ -237,28 +236,21 @@ class CausalLMTask(_Base):
 
     def predict(self, model: Any, rows: Rows, *, device: Any, autocast: Any, env: Any = None,
                 lockstep: bool = False) -> tuple[Any, Any]:
-        """(loss sum per chunk, predicted tokens per chunk), float64, in row order.
-
-        Not sharded: every rank predicts every chunk (``env`` and ``lockstep`` are accepted for the
-        loop's call and ignored)."""
+        """(loss sum per chunk, predicted tokens per chunk), float64, in row order, on every rank
+        (sharded like classification: each chunk's numbers are exactly one process's)."""
         import numpy as np
-        import torch
 
-        from finetune.compute.batching import LengthGroupedBatchSampler
+        from finetune.compute.training.task import predict_batches
 
-        collate = self.collate_fn()
-        sums = np.zeros(len(rows), dtype=np.float64)
-        counts = np.zeros(len(rows), dtype=np.float64)
-        order = LengthGroupedBatchSampler(rows.lengths(), self.s.eval_batch_size, shuffle=False)
-        with torch.inference_mode():
-            for idx in order.batches():
-                batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
-                with autocast():
-                    output = self.forward(model, batch)
-                s, c = self.token_losses(output, batch)
-                sums[idx] = s.double().cpu().numpy()
-                counts[idx] = c.double().cpu().numpy()
-        return sums, counts
+        def post(output: Any, batch: dict[str, Any]) -> Any:
+            s, c = self.token_losses(output, batch)
+            return np.stack([s.double().cpu().numpy(), c.double().cpu().numpy()], axis=1)
+
+        out = np.zeros((len(rows), 2), dtype=np.float64)
+        for idx, values in predict_batches(rows, self.s.eval_batch_size, self.collate_fn(), partial(self.forward, model),
+                                           post, device=device, autocast=autocast, env=env, lockstep=lockstep):
+            out[idx] = values
+        return out[:, 0].copy(), out[:, 1].copy()
 
     def metrics(self, predictions: Any, labels: Any) -> dict[str, float]:
         from finetune.compute.metrics import causal_lm_metrics

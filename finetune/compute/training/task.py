@@ -47,6 +47,40 @@ def rows_of(dataset: Any, limit: int | None = None) -> Rows:
     return Rows([list(x) for x in dataset["input_ids"]], [int(y) for y in dataset["labels"]])
 
 
+def predict_batches(rows: Rows, batch_size: int, collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+                    forward: Callable[[dict[str, Any]], Any], post: Callable[[Any, dict[str, Any]], Any], *,
+                    device: Any, autocast: Any, env: Any = None, lockstep: bool = False) -> list[tuple[list[int], Any]]:
+    """``(row indices, post(forward(batch), batch))`` for every evaluation batch, in batch order, on every rank.
+
+    The rows are cut into length-grouped batches (always the same ones); with ``env`` (a
+    :class:`~finetune.compute.distributed.DistEnv` of several processes) each rank runs every
+    ``world_size``-th batch and the results are gathered, so every batch's result is exactly the
+    one a single process computes (the same batch, the same padding, the same kernels).
+    ``lockstep`` (FSDP, whose forward is collective): every rank runs the same number of
+    forwards, a rank without a batch left running the first one again and dropping its output.
+    Both run under ``torch.inference_mode`` on the batch moved to ``device``, ``forward`` also
+    under ``autocast``; what ``post`` returns crosses processes (numpy arrays, numbers).
+    """
+    import torch
+
+    from finetune.compute import distributed as dist_env
+    from finetune.compute.batching import LengthGroupedBatchSampler
+
+    env = env or dist_env.DistEnv()
+    batches = LengthGroupedBatchSampler(rows.lengths(), batch_size, shuffle=False).batches()
+    parts = []
+    with torch.inference_mode():
+        for item in dist_env.shard(list(enumerate(batches)), env, even=lockstep):
+            b, idx = item if item is not None else (None, batches[0])
+            batch = {k: v.to(device) for k, v in collate([rows[i] for i in idx]).items()}
+            with autocast():
+                output = forward(batch)
+            if b is not None:
+                parts.append((b, post(output, batch)))
+    results = dist_env.gather_batches(parts, env, n_batches=len(batches))
+    return list(zip(batches, results, strict=True))
+
+
 @dataclass
 class TaskData:
     train: Rows
@@ -70,17 +104,19 @@ class ClassificationTask:
         self.label_names: list[str] = []
 
     # --- setup ------------------------------------------------------------------------------------
-    def load_data(self, block_size: int) -> TaskData:
+    def load_data(self, block_size: int, *, train: bool = True) -> TaskData:
+        """The trial's rows; eval capped at ``max_eval_samples``. ``train=False`` (``finetune evaluate``):
+        the config may have no train languages."""
         from finetune.compute.data import prepare_trial_data
 
         cache_dir = (self.config.get("data") or {}).get("cache_dir")
         data = prepare_trial_data(self.config, self.tokenizer, block_size, cache_dir=cache_dir)
         self.label_names = list(data.label_names)
-        train = rows_of(data.train) if data.train is not None else Rows([], [])
-        if not len(train):
+        rows = rows_of(data.train) if data.train is not None else Rows([], [])
+        if train and not len(rows):
             raise ConfigError(problems=[Problem(self.file, "$.train_languages", "no training rows")])
         cap = self.s.max_eval_samples
-        return TaskData(train=train, eval={lang: rows_of(ds, cap) for lang, ds in data.eval.items()},
+        return TaskData(train=rows, eval={lang: rows_of(ds, cap) for lang, ds in data.eval.items()},
                         test={lang: rows_of(ds) for lang, ds in data.test.items()}, label_names=self.label_names)
 
     def build_model(self, loaded: Any) -> Any:
@@ -115,33 +151,14 @@ class ClassificationTask:
     # --- evaluate ---------------------------------------------------------------------------------
     def predict(self, model: Any, rows: Rows, *, device: Any, autocast: Any, env: Any = None,
                 lockstep: bool = False) -> tuple[Any, Any]:
-        """Logits ``(n, classes)`` in row order and labels, on every rank.
-
-        The rows are cut into length-grouped batches (always the same ones); with ``env`` (a
-        :class:`~finetune.compute.distributed.DistEnv` of several processes) each rank runs every
-        ``world_size``-th batch and the logits are gathered, so every row's logits are exactly those
-        one process computes. ``lockstep`` (FSDP, whose forward is collective): every rank runs the
-        same number of forwards, a rank without a batch left running the first one again and
-        dropping its output.
-        """
+        """Logits ``(n, classes)`` in row order and labels, on every rank (sharded: :func:`predict_batches`)."""
         import numpy as np
-        import torch
 
-        from finetune.compute import distributed as dist_env
-        from finetune.compute.batching import LengthGroupedBatchSampler
-
-        env = env or dist_env.DistEnv()
-        collate = self.collate_fn()
-        batches = LengthGroupedBatchSampler(rows.lengths(), self.s.eval_batch_size, shuffle=False).batches()
-        parts = []
-        with torch.inference_mode():
-            for idx in dist_env.shard(batches, env, even=lockstep):
-                batch = collate([rows[i] for i in (idx if idx is not None else batches[0])])
-                with autocast():
-                    logits = self.forward(model, {k: v.to(device) for k, v in batch.items()})
-                if idx is not None:
-                    parts.append((np.asarray(idx, dtype=np.int64), logits.float().cpu().numpy()))
-        out = dist_env.gather_rows(parts, env, n_rows=len(rows), tail=(len(self.label_names),), dtype=np.float32)
+        out = np.zeros((len(rows), len(self.label_names)), dtype=np.float32)
+        for idx, logits in predict_batches(rows, self.s.eval_batch_size, self.collate_fn(), partial(self.forward, model),
+                                           lambda output, batch: output.float().cpu().numpy(), device=device,
+                                           autocast=autocast, env=env, lockstep=lockstep):
+            out[idx] = logits
         return out, np.asarray(rows.labels, dtype=np.int64)
 
     def metrics(self, predictions: Any, labels: Any) -> dict[str, float]:
