@@ -14,6 +14,7 @@ out of the box (random batches, padded per batch) and with ``train_sampling_stra
     .venv/bin/python bench/train.py                       # 3 epochs, 2 threads
     .venv/bin/python bench/train.py --epochs 1 --threads 1 --layers 2 --dim 64
     .venv/bin/python bench/train.py --lora-qa              # LoRA vs full fine-tuning, and a QA run
+    .venv/bin/python bench/train.py --lora-qa --work /tmp/bt --runs clf-full   # one run per sitting
 
 ``--lora-qa`` instead runs this trainer alone, each run in its own process (so peak memory is
 that run's): full fine-tuning and LoRA (``--lora-r``, attention and MLP projections) on the same
@@ -75,9 +76,10 @@ def pretrained(work: Path, args: argparse.Namespace) -> tuple[Path, Path]:
 
     from finetune.compute.pretrain import pretrain
 
-    r = pretrain(sib200_texts(per_language=701), work / "models", "bench", vocab_size=2000, n_layer=args.layers,
+    name = f"bench-{args.layers}x{args.dim}h{args.heads}s{args.pretrain_steps}"  # --work keeps it between runs
+    r = pretrain(sib200_texts(per_language=701), work / "models", name, vocab_size=2000, n_layer=args.layers,
                  n_head=args.heads, n_embd=args.dim, block_size=128, steps=args.pretrain_steps, batch_size=16,
-                 learning_rate=1e-3, seed=0)
+                 learning_rate=1e-3, seed=0, if_exists="skip")
     return r.ckpt_path, r.tokenizer_prefix
 
 
@@ -101,11 +103,13 @@ def ours(work: Path, config: dict) -> dict:
 
 def separate_process(work: Path, config: dict, name: str, threads: int) -> dict:
     """Run a trial with ``python -m finetune.compute.trainer`` (its own process: its own peak memory)."""
+    import shutil
     import subprocess
 
     from finetune import layout
 
     trial = work / name
+    shutil.rmtree(trial, ignore_errors=True)  # a run again (--work) starts afresh
     trial.mkdir()
     layout.config_file(trial).write_text(json.dumps({**config, "id": name}))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "SLURM_CPUS_PER_TASK": str(threads),
@@ -130,21 +134,29 @@ def lora_and_qa(work: Path, config: dict, args: argparse.Namespace) -> dict:
     lora = {"lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r, "lora_dropout": 0.05,
             "lora_targets": ["c_attn", "c_proj", "c_fc"]}
     lora_lr = args.lr * args.lora_lr_factor
+    wanted = set(args.runs.split(",")) if args.runs else set(RUNS)
     rows = {}
-    rows["classification, full"] = separate_process(work, config, "clf-full", args.threads)
-    rows[f"classification, LoRA r={args.lora_r}"] = separate_process(
-        work, {**config, "hyperparameters": {**config["hyperparameters"], **lora, "learning_rate": lora_lr}},
-        "clf-lora", args.threads)
+    if "clf-full" in wanted:
+        rows["classification, full"] = separate_process(work, config, "clf-full", args.threads)
+    if "clf-lora" in wanted:
+        rows[f"classification, LoRA r={args.lora_r}"] = separate_process(
+            work, {**config, "hyperparameters": {**config["hyperparameters"], **lora, "learning_rate": lora_lr}},
+            "clf-lora", args.threads)
     qa = {**config, "task": "qa", "training": {**config["training"], "metric": "f1"},
           "hyperparameters": {**config["hyperparameters"], "max_answer_length": 30, "top_k": 20, "doc_stride": 32,
                               "epochs": args.qa_epochs},
           "datasets": {lang: entry(write_squad(work / "squad" / lang, lang), "question-answering", lang)
                        for lang in LANGS}}
-    rows["question answering, full"] = separate_process(work, qa, "qa-full", args.threads)
-    rows[f"question answering, LoRA r={args.lora_r}"] = separate_process(
-        work, {**qa, "hyperparameters": {**qa["hyperparameters"], **lora, "learning_rate": lora_lr}},
-        "qa-lora", args.threads)
+    if "qa-full" in wanted:
+        rows["question answering, full"] = separate_process(work, qa, "qa-full", args.threads)
+    if "qa-lora" in wanted:
+        rows[f"question answering, LoRA r={args.lora_r}"] = separate_process(
+            work, {**qa, "hyperparameters": {**qa["hyperparameters"], **lora, "learning_rate": lora_lr}},
+            "qa-lora", args.threads)
     return rows
+
+
+RUNS = ("clf-full", "clf-lora", "qa-full", "qa-lora")
 
 
 def print_lora_qa(rows: dict, args: argparse.Namespace) -> None:
@@ -221,12 +233,21 @@ def main() -> None:
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-lr-factor", type=float, default=4.0, help="LoRA learning rate = --lr x this")
     p.add_argument("--qa-epochs", type=float, default=3)
+    p.add_argument("--runs", metavar="NAME[,NAME...]", help=f"--lora-qa: only these of {', '.join(RUNS)} (with --work, "
+                   "the table shows every run done there so far: one run per sitting on a shared machine)")
+    p.add_argument("--work", help="keep the pretrained model, trials and numbers in this folder (default: a temporary one)")
     args = p.parse_args()
+    if args.runs and set(args.runs.split(",")) - set(RUNS):
+        p.error(f"--runs: choose from {', '.join(RUNS)}")
+
+    import contextlib
 
     import torch
 
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(args.work) if args.work else tempfile.TemporaryDirectory(prefix="bench-train-")) as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
         ckpt, tokenizer = pretrained(work, args)
@@ -238,6 +259,10 @@ def main() -> None:
         prepare_trial_data(config, load_tokenizer(str(tokenizer)), 128)  # warm the cache for everyone
         if args.lora_qa:
             rows = lora_and_qa(work, config, args)
+            if args.work:  # with the runs of earlier sittings (same sizes: the file name says which)
+                done = work / f"lora-qa-{args.layers}x{args.dim}-e{args.epochs}-qa{args.qa_epochs:g}.json"
+                rows = {**(json.loads(done.read_text()) if done.is_file() else {}), **rows}
+                done.write_text(json.dumps(rows, indent=1))
             print_lora_qa(rows, args)
             if args.json:
                 Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))

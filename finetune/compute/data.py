@@ -517,6 +517,28 @@ def load_trial_raw(
     return raw, problems
 
 
+@dataclass
+class RawTrialData:
+    """What every task's ``prepare_*`` starts from: the trial's raw splits, loaded and checked."""
+
+    splits: dict[str, dict[str, Dataset]]  # language -> role -> raw Dataset (IPA columns added for ipa trials)
+    cache: Path  # the resolved cache folder the encodings go to
+    model_type: str
+    source: str  # the file problems are reported against
+
+
+def load_raw_trial_data(trial_config: dict[str, Any], *, cache_dir: str | os.PathLike[str] | None = None,
+                        source: str | None = None) -> RawTrialData:
+    """:func:`load_trial_raw` for a ``prepare_*``: the cache folder resolved, DataError (exit 2) listing
+    every missing dataset, split or column at once."""
+    source = source or config_file(trial_config)
+    cache = resolve_cache_dir(trial_config, cache_dir)
+    raw, problems = load_trial_raw(trial_config, cache_dir=cache, source=source)
+    if problems:
+        raise DataError(problems=problems)
+    return RawTrialData(raw, Path(cache), trial_config.get("model_type", "normal"), source)
+
+
 def prepare_trial_data(
     trial_config: dict[str, Any],
     tokenizer: Any,
@@ -535,15 +557,12 @@ def prepare_trial_data(
     from datasets import concatenate_datasets
 
     source = source or config_file(trial_config)
-    cache = resolve_cache_dir(trial_config, cache_dir)
-    model_type = trial_config.get("model_type", "normal")
     entries = trial_config.get("datasets") or {}
     kind = trial_task_type(trial_config)
     if kind != "classification":
         raise DataError(problems=[Problem(source, "$.datasets", f"a {kind} trial: use prepare_task_data")])
-    raw, problems = load_trial_raw(trial_config, cache_dir=cache, source=source)
-    if problems:
-        raise DataError(problems=problems)
+    loaded = load_raw_trial_data(trial_config, cache_dir=cache_dir, source=source)
+    raw, cache, model_type = loaded.splits, loaded.cache, loaded.model_type
     values = {
         lang: {role: _column_values(ds, entries[lang].get("eval_feature", "label")) for role, ds in splits.items()}
         for lang, splits in raw.items()

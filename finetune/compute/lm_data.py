@@ -69,17 +69,12 @@ def encode_lm(
 def prepare_lm_data(trial_config: dict[str, Any], tokenizer: Any, block_size: int, *, cache_dir: Any = None,
                     separator: str | None = None, source: str | None = None) -> dict[str, dict[str, Dataset]]:
     """language -> role -> packed chunks, for every language of a trial; DataError lists every problem."""
-    from finetune.compute.data import DataError, config_file, input_columns, load_trial_raw, resolve_cache_dir
+    from finetune.compute.data import input_columns, load_raw_trial_data
 
-    source = source or config_file(trial_config)
-    cache = resolve_cache_dir(trial_config, cache_dir)
-    model_type = trial_config.get("model_type", "normal")
-    raw, problems = load_trial_raw(trial_config, cache_dir=cache, source=source)
-    if problems:
-        raise DataError(problems=problems)
+    raw = load_raw_trial_data(trial_config, cache_dir=cache_dir, source=source)
     sep = separator if separator is not None else (tokenizer.eos_token or " ")
-    return {lang: {role: encode_lm(ds, columns=input_columns(trial_config["datasets"][lang], model_type),
+    return {lang: {role: encode_lm(ds, columns=input_columns(trial_config["datasets"][lang], raw.model_type),
                                    tokenizer=tokenizer, block_size=block_size, separator=sep, language=lang,
-                                   cache_dir=cache)
+                                   cache_dir=raw.cache)
                    for role, ds in splits.items()}
-            for lang, splits in raw.items()}
+            for lang, splits in raw.splits.items()}

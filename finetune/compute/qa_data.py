@@ -109,20 +109,15 @@ def prepare_qa_data(trial_config: dict[str, Any], tokenizer: Any, block_size: in
     """Load, transcribe (ipa) and window every QA dataset of a trial; DataError lists every problem."""
     from datasets import concatenate_datasets
 
-    from finetune.compute.data import DataError, config_file, load_trial_raw, resolve_cache_dir
+    from finetune.compute.data import load_raw_trial_data
 
-    source = source or config_file(trial_config)
-    cache = resolve_cache_dir(trial_config, cache_dir)
-    model_type = trial_config.get("model_type", "normal")
-    raw, problems = load_trial_raw(trial_config, cache_dir=cache, source=source)
-    if problems:
-        raise DataError(problems=problems)
+    raw = load_raw_trial_data(trial_config, cache_dir=cache_dir, source=source)
     windows: dict[str, dict[str, tuple[Dataset, QAExamples]]] = {}
-    for lang, splits in raw.items():
-        q, c, a = qa_columns(trial_config["datasets"][lang], model_type)
+    for lang, splits in raw.splits.items():
+        q, c, a = qa_columns(trial_config["datasets"][lang], raw.model_type)
         for role, ds in splits.items():
             enc = encode_qa(ds, question_column=q, context_column=c, answers_column=a, tokenizer=tokenizer,
-                            block_size=block_size, doc_stride=doc_stride, language=lang, cache_dir=cache)
+                            block_size=block_size, doc_stride=doc_stride, language=lang, cache_dir=raw.cache)
             windows.setdefault(lang, {})[role] = (enc, examples_of(ds, c, a))
     parts = [windows[lang]["train"][0] for lang in trial_config.get("train_languages", [])
              if "train" in windows.get(lang, {})]

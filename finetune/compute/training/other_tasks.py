@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.compute.training.settings import Settings
-from finetune.compute.training.task import Rows, TaskData
+from finetune.compute.training.task import Rows, Task, TaskData
 from finetune.errors import ConfigError, Problem
 
 
@@ -56,39 +56,7 @@ def collate_qa(features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     return batch
 
 
-class _Base:
-    head_modules: tuple[str, ...] = ()
-
-    def __init__(self, config: dict[str, Any], settings: Settings, *, file: str):
-        from finetune.compute.tokenizer import load_tokenizer
-
-        self.config, self.s, self.file = config, settings, file
-        self.hp = config.get("hyperparameters") or {}
-        self.tokenizer = load_tokenizer(config["tokenizer"])
-        tok = self.tokenizer
-        self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
-        self.label_names: list[str] = []
-
-    def _cache_dir(self) -> Any:
-        return (self.config.get("data") or {}).get("cache_dir")
-
-    def _cap(self) -> int | None:
-        return (self.config.get("training") or {}).get("max_eval_samples")
-
-    def _dump_arrays(self, folder: Path, trial_id: str, language: str, split: str, **arrays: Any) -> None:
-        import io
-
-        import numpy as np
-
-        from finetune import layout
-        from finetune.fileio import atomic_write_bytes
-
-        buf = io.BytesIO()
-        np.savez(buf, trial=np.array(trial_id), language=np.array(language), split=np.array(split), **arrays)
-        atomic_write_bytes(folder / layout.logits_name(trial_id, language, split), buf.getvalue())
-
-
-class QATask(_Base):
+class QATask(Task):
     head_modules = ("qa_outputs",)
 
     def __init__(self, config: dict[str, Any], settings: Settings, *, file: str):
@@ -101,11 +69,11 @@ class QATask(_Base):
         from finetune.compute.qa_data import prepare_qa_data
 
         data = prepare_qa_data(self.config, self.tokenizer, block_size, doc_stride=self.doc_stride,
-                               cache_dir=self._cache_dir(), source=self.file)
+                               cache_dir=self.cache_dir(), source=self.file)
         rows = qa_rows(data.train) if data.train is not None else QARows([], [])
         if train and not len(rows):
             raise ConfigError(problems=[Problem(self.file, "$.train_languages", "no training rows")])
-        return TaskData(train=rows, eval={lang: qa_rows(w, ex, self._cap()) for lang, (w, ex) in data.eval.items()},
+        return TaskData(train=rows, eval={lang: qa_rows(w, ex, self.s.max_eval_samples) for lang, (w, ex) in data.eval.items()},
                         test={lang: qa_rows(w, ex) for lang, (w, ex) in data.test.items()}, label_names=[])
 
     def build_model(self, loaded: Any) -> Any:
@@ -177,11 +145,11 @@ class QATask(_Base):
         answers = predictions["answers"]
         em = [max((exact_match(a, g) for g in golds or [""]), default=0.0) for a, golds in zip(answers, labels, strict=True)]
         f1 = [max((token_f1(a, g) for g in golds or [""]), default=0.0) for a, golds in zip(answers, labels, strict=True)]
-        self._dump_arrays(folder, trial_id, language, split, exact_match=np.array(em), f1=np.array(f1),
+        self.dump_arrays(folder, trial_id, language, split, exact_match=np.array(em), f1=np.array(f1),
                           prediction=np.array(answers, dtype=str))
 
 
-class CausalLMTask(_Base):
+class CausalLMTask(Task):
     head_modules = ()
 
     def load_data(self, block_size: int, *, train: bool = True) -> TaskData:
@@ -189,7 +157,7 @@ class CausalLMTask(_Base):
 
         from finetune.compute.lm_data import prepare_lm_data
 
-        chunks = prepare_lm_data(self.config, self.tokenizer, block_size, cache_dir=self._cache_dir(), source=self.file)
+        chunks = prepare_lm_data(self.config, self.tokenizer, block_size, cache_dir=self.cache_dir(), source=self.file)
         parts = [chunks[lang]["train"] for lang in self.config.get("train_languages", [])
                  if "train" in chunks.get(lang, {})]
         rows = _lm_rows(concatenate_datasets(parts)) if parts else Rows([], [])
@@ -198,7 +166,7 @@ class CausalLMTask(_Base):
                                                 f"no training text: less than {block_size} tokens")])
         evals = self.config.get("eval_languages", [])
         return TaskData(train=rows,
-                        eval={lang: _lm_rows(chunks[lang]["eval"], self._cap()) for lang in evals
+                        eval={lang: _lm_rows(chunks[lang]["eval"], self.s.max_eval_samples) for lang in evals
                               if "eval" in chunks.get(lang, {})},
                         test={lang: _lm_rows(chunks[lang]["test"]) for lang in evals if "test" in chunks.get(lang, {})},
                         label_names=[])
@@ -209,14 +177,6 @@ class CausalLMTask(_Base):
         model = NanoGPTForCausalLM.from_nanogpt(self.config["checkpoint"], loaded=loaded, dropout=self.s.dropout)
         model.config.pad_token_id = self.pad_id
         return model
-
-    def collate_fn(self) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
-        from finetune.compute.batching import collate
-
-        return partial(collate, pad_id=self.pad_id)
-
-    def forward(self, model: Any, batch: dict[str, Any]) -> Any:
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def token_losses(self, output: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
         """Per row: summed next-token cross-entropy and the number of predicted tokens."""
@@ -258,7 +218,7 @@ class CausalLMTask(_Base):
         return causal_lm_metrics(float(predictions.sum()), int(labels.sum()))
 
     def dump(self, folder: Path, trial_id: str, language: str, split: str, predictions: Any, labels: Any) -> None:
-        self._dump_arrays(folder, trial_id, language, split, loss_sum=predictions, tokens=labels)
+        self.dump_arrays(folder, trial_id, language, split, loss_sum=predictions, tokens=labels)
 
 
 def _lm_rows(dataset: Any, limit: int | None = None) -> Rows:

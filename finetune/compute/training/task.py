@@ -89,19 +89,56 @@ class TaskData:
     label_names: list[str]
 
 
-class ClassificationTask:
-    """Sequence classification (SIB-200 topics): the last token's hidden state -> a linear head."""
+class Task:
+    """What every task shares: tokenizer and pad id, the padded batch, the logits forward, the dumps.
 
-    head_modules: tuple[str, ...] = ("score",)  # trains beside LoRA adapters
+    A task class adds ``load_data``, ``build_model``, ``loss``, ``predict``, ``metrics`` and ``dump``
+    (and overrides ``collate_fn``/``forward`` where its batches or outputs differ).
+    """
+
+    head_modules: tuple[str, ...] = ()  # modules that train beside LoRA adapters
 
     def __init__(self, config: dict[str, Any], settings: Settings, *, file: str):
         from finetune.compute.tokenizer import load_tokenizer
 
         self.config, self.s, self.file = config, settings, file
+        self.hp = config.get("hyperparameters") or {}
         self.tokenizer = load_tokenizer(config["tokenizer"])
         tok = self.tokenizer
         self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         self.label_names: list[str] = []
+
+    def cache_dir(self) -> Any:
+        return (self.config.get("data") or {}).get("cache_dir")
+
+    def collate_fn(self) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        """Rows -> a padded batch of tensors (picklable, for DataLoader workers)."""
+        from finetune.compute.batching import collate
+
+        return partial(collate, pad_id=self.pad_id)
+
+    def forward(self, model: Any, batch: dict[str, Any]) -> Any:
+        """The model's output for a batch on the device (the loop runs this under autocast)."""
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def dump_arrays(self, folder: Path, trial_id: str, language: str, split: str, **arrays: Any) -> None:
+        """--dump-logits: one .npz per language and split (read by analysis.significance)."""
+        import io
+
+        import numpy as np
+
+        from finetune.fileio import atomic_write_bytes
+        from finetune.layout import logits_name
+
+        buf = io.BytesIO()
+        np.savez(buf, trial=np.array(trial_id), language=np.array(language), split=np.array(split), **arrays)
+        atomic_write_bytes(folder / logits_name(trial_id, language, split), buf.getvalue())
+
+
+class ClassificationTask(Task):
+    """Sequence classification (SIB-200 topics): the last token's hidden state -> a linear head."""
+
+    head_modules: tuple[str, ...] = ("score",)  # trains beside LoRA adapters
 
     # --- setup ------------------------------------------------------------------------------------
     def load_data(self, block_size: int, *, train: bool = True) -> TaskData:
@@ -109,8 +146,7 @@ class ClassificationTask:
         the config may have no train languages."""
         from finetune.compute.data import prepare_trial_data
 
-        cache_dir = (self.config.get("data") or {}).get("cache_dir")
-        data = prepare_trial_data(self.config, self.tokenizer, block_size, cache_dir=cache_dir)
+        data = prepare_trial_data(self.config, self.tokenizer, block_size, cache_dir=self.cache_dir())
         self.label_names = list(data.label_names)
         rows = rows_of(data.train) if data.train is not None else Rows([], [])
         if train and not len(rows):
@@ -131,17 +167,7 @@ class ClassificationTask:
         model.config.label2id = {name: i for i, name in enumerate(self.label_names)}
         return model
 
-    def collate_fn(self) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
-        """Rows -> a padded batch of tensors (picklable, for DataLoader workers)."""
-        from finetune.compute.batching import collate
-
-        return partial(collate, pad_id=self.pad_id)
-
     # --- train ------------------------------------------------------------------------------------
-    def forward(self, model: Any, batch: dict[str, Any]) -> Any:
-        """The model's output for a batch on the device (the loop runs this under autocast)."""
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-
     def loss(self, output: Any, batch: dict[str, Any]) -> Any:
         """Summed loss of the batch's rows, in float32 (outside autocast)."""
         import torch.nn.functional as F
@@ -167,15 +193,7 @@ class ClassificationTask:
         return classification_metrics(predictions, labels)
 
     def dump(self, folder: Path, trial_id: str, language: str, split: str, predictions: Any, labels: Any) -> None:
-        """--dump-logits: one .npz per language and split (read by analysis.significance)."""
-        import io
-
         import numpy as np
 
-        from finetune.fileio import atomic_write_bytes
-        from finetune.layout import logits_name
-
-        buf = io.BytesIO()
-        np.savez(buf, logits=predictions, labels=labels, trial=np.array(trial_id), language=np.array(language),
-                 split=np.array(split), label_names=np.array(self.label_names))
-        atomic_write_bytes(folder / logits_name(trial_id, language, split), buf.getvalue())
+        self.dump_arrays(folder, trial_id, language, split, logits=predictions, labels=labels,
+                         label_names=np.array(self.label_names))
