@@ -233,12 +233,13 @@ def main() -> None:
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--lora-lr-factor", type=float, default=4.0, help="LoRA learning rate = --lr x this")
     p.add_argument("--qa-epochs", type=float, default=3)
-    p.add_argument("--runs", metavar="NAME[,NAME...]", help=f"--lora-qa: only these of {', '.join(RUNS)} (with --work, "
-                   "the table shows every run done there so far: one run per sitting on a shared machine)")
+    p.add_argument("--runs", metavar="NAME[,NAME...]", help=f"--lora-qa: only these of {', '.join(RUNS)}, or pretrain (only the base "
+                   "model); with --work, the table shows every run done there so far: one run per sitting on a "
+                   "shared machine")
     p.add_argument("--work", help="keep the pretrained model, trials and numbers in this folder (default: a temporary one)")
     args = p.parse_args()
-    if args.runs and set(args.runs.split(",")) - set(RUNS):
-        p.error(f"--runs: choose from {', '.join(RUNS)}")
+    if args.runs and set(args.runs.split(",")) - {*RUNS, "pretrain"}:
+        p.error(f"--runs: choose from pretrain, {', '.join(RUNS)}")
 
     import contextlib
 
