@@ -122,7 +122,7 @@ def test_qlora_is_refused_without_cuda_or_bitsandbytes(confdir, monkeypatch):
 
 
 def test_qlora_check_on_this_machine(confdir):
-    """The real check: this test machine has no NVIDIA device (and, here, no bitsandbytes)."""
+    """The real check: what this machine has (here: no NVIDIA device; bitsandbytes installed)."""
     import glob
     import importlib.util
 

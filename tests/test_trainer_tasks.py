@@ -191,11 +191,3 @@ def test_lora_classification_counts_merge_and_cli(data, tmp_path, sib200_dir):
         merge(tmp_path, tmp_path / "x")
     assert "no LoRA adapter here" in str(e.value)
     assert main(["convert", "--merge-lora", str(trial), str(tmp_path / "y"), "--task", "classification"]) == 2
-
-
-def test_qlora_is_refused_by_the_trainer(data, tmp_path):
-    cfg = config(data, "causal-lm", "qlora", hp={"lora_r": 4, "lora_4bit": True})
-    trial = make_trial(tmp_path, cfg)
-    assert run(trial) == 2
-    state = json.loads((trial / "state.json").read_text())
-    assert "$.hyperparameters.lora_4bit" in state["reason"] and not (trial / "result.json").exists()

@@ -106,14 +106,15 @@ def evaluate_trial(trial_dir: str | os.PathLike[str], languages: list[str] | Non
 def load_trial_model(trial_dir: str | os.PathLike[str], config: dict[str, Any]) -> Any:
     """The model a finished trial saved in ``model/``: its head class from the saved config's
     ``architectures`` (classification, question answering, causal LM); a LoRA trial's adapter on
-    its pretrained base (not merged, so the outputs are exactly the trained model's)."""
+    its pretrained base (not merged, so the outputs are exactly the trained model's; QLoRA's on
+    the same 4-bit base)."""
     from finetune.compute import hf
 
     model_dir = layout.model_dir(trial_dir)
     if (model_dir / "adapter_config.json").is_file():
         from finetune.compute.training.lora import load_adapter_model
 
-        return load_adapter_model(model_dir, config["checkpoint"])
+        return load_adapter_model(model_dir, config["checkpoint"], as_trained=True)
     saved = hf.NanoGPTConfig.from_pretrained(str(model_dir))
     cls = getattr(hf, (saved.architectures or ["NanoGPTForSequenceClassification"])[0])
     return cls.from_pretrained(str(model_dir))

@@ -72,6 +72,10 @@ class Trainer:
             torch.set_num_threads(threads)
         self.device = dist_env.pick_device(self.s.device, env)
         self.precision = self._resolve_precision()
+        if self.lora is not None and self.lora.four_bit:
+            from finetune.compute.training.lora import check_qlora
+
+            check_qlora(device=self.device, strategy=self.s.strategy, file=self.config_file)
         dist_env.init_process_group(env, self.device)
         runtime.seed_everything(self.s.seed)
 
@@ -107,11 +111,21 @@ class Trainer:
         data = self.task.load_data(loaded[0].block_size)
         runtime.seed_everything(self.s.seed)
         self.base = self.task.build_model(loaded)
+        four_bit = self.lora is not None and self.lora.four_bit
+        if four_bit:  # QLoRA: the frozen base in 4-bit, on the device already
+            import torch
+
+            from finetune.compute.training.lora import load_4bit
+
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+            self.base = load_4bit(self.base, device=self.device, compute_dtype=dtype,
+                                  skip_modules=self.task.head_modules)
         if self.lora is not None:
             from finetune.compute.training.lora import add_adapters
 
             self.base = add_adapters(self.base, self.lora, self.task.head_modules)
-        self.base = self.base.to(self.device)
+        if not four_bit:
+            self.base = self.base.to(self.device)
         del loaded
         if self.env.distributed:
             # same initial weights everywhere (FSDP needs it), then each rank its own dropout masks

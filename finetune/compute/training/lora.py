@@ -8,6 +8,11 @@ causal LM's head is tied to the token embedding and stays frozen. Checkpoints th
 the trainable tensors (``CheckpointStore(trainable_only=True)``); the frozen ones are rebuilt
 from the pretrained checkpoint, which is what makes resume exact.
 
+``lora_4bit`` (QLoRA): the frozen base is loaded in 4-bit NF4 through transformers'
+``BitsAndBytesConfig`` (:func:`load_4bit`, peft's ``prepare_model_for_kbit_training``), heads in
+full precision. It needs bitsandbytes (refused by :func:`lora_settings` otherwise) and CUDA
+(:func:`check_qlora`; the planner refuses it earlier, without slurm.gpus or a GPU here).
+
 The trial's ``model/`` holds the adapter (peft's ``adapter_model.safetensors``, ``adapter_config.json``),
 the base model's config and the tokenizer; ``merge`` folds the adapter into the base weights for
 a model directory that loads without peft (``finetune convert --merge-lora``).
@@ -15,6 +20,7 @@ a model directory that loads without peft (``finetune convert --merge-lora``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,16 +49,69 @@ def lora_settings(config: dict[str, Any], *, file: str) -> LoraSettings | None:
     settings = LoraSettings(r=r, alpha=float(hp.get("lora_alpha", 16)), dropout=float(hp.get("lora_dropout", 0.0)),
                             targets=tuple(hp.get("lora_targets") or DEFAULT_TARGETS),
                             four_bit=bool(hp.get("lora_4bit", False)))
-    if settings.four_bit:
-        raise ConfigError(problems=[Problem(file, "$.hyperparameters.lora_4bit",
-                                            "4-bit QLoRA is not implemented in this trainer yet (it needs CUDA and "
-                                            "bitsandbytes); set lora_4bit to false")])
+    problems = []
     try:
         import peft  # noqa: F401
     except ImportError:
-        raise ConfigError(problems=[Problem(file, "$.hyperparameters.lora_r",
-                                            "LoRA needs peft (pip install peft, or finetune[train])")]) from None
+        problems.append(Problem(file, "$.hyperparameters.lora_r", "LoRA needs peft (pip install peft, or finetune[train])"))
+    if settings.four_bit and importlib.util.find_spec("bitsandbytes") is None:
+        problems.append(Problem(file, "$.hyperparameters.lora_4bit", "4-bit QLoRA needs bitsandbytes, which this "
+                                "Python lacks (pip install bitsandbytes, or finetune[qlora]); or set lora_4bit to false"))
+    if problems:
+        raise ConfigError(problems=problems)
     return settings
+
+
+# Where bitsandbytes' 4-bit kernels are used for training. (bitsandbytes >= 0.50 also runs them on
+# CPU, slowly; the tests use that to run this path, training on CPU is refused.)
+QLORA_DEVICE_TYPES: tuple[str, ...] = ("cuda",)
+
+
+def check_qlora(*, device: Any, strategy: str, file: str) -> None:
+    """ConfigError (file and JSON path) when a 4-bit QLoRA trial cannot run where it was started."""
+    problems = []
+    if device.type not in QLORA_DEVICE_TYPES:
+        problems.append(Problem(file, "$.hyperparameters.lora_4bit", f"4-bit QLoRA needs CUDA (bitsandbytes' 4-bit "
+                                f"kernels) and this trial runs on {device.type}: give it a GPU (slurm.gpus, "
+                                "training.device) or set lora_4bit to false"))
+    if strategy == "fsdp":
+        problems.append(Problem(file, "$.training.strategy", "4-bit QLoRA does not run under fsdp here (its packed "
+                                "4-bit weights are not sharded); use ddp or single"))
+    if problems:
+        raise ConfigError(problems=problems)
+
+
+# Never quantized: the task heads (trained beside the adapters) and the causal LM's head, which is
+# tied to the token embedding.
+KEEP_FULL_PRECISION = ("lm_head",)
+
+
+def quantization_config(*, compute_dtype: Any, skip_modules: tuple[str, ...]) -> Any:
+    """QLoRA's recipe (Dettmers et al. 2023): NF4 weights, double quantization of the scales,
+    matmuls in ``compute_dtype``; ``skip_modules`` stay in full precision."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype,
+                              llm_int8_skip_modules=list(dict.fromkeys((*skip_modules, *KEEP_FULL_PRECISION))))
+
+
+def load_4bit(model: Any, *, device: Any, compute_dtype: Any, skip_modules: tuple[str, ...]) -> Any:
+    """``model`` (a built nanoGPT head model, fresh head included) loaded again through transformers'
+    bitsandbytes 4-bit path: ``save_pretrained`` to a temporary folder, ``from_pretrained`` of its
+    registered class with the quantization config onto ``device``, then peft's
+    ``prepare_model_for_kbit_training`` (everything frozen, the non-quantized weights in float32).
+    The adapters go on top with :func:`add_adapters`. The quantization of the same weights is
+    deterministic, which keeps a resumed run exact (its checkpoints hold only the trainable tensors)."""
+    import tempfile
+
+    from peft import prepare_model_for_kbit_training
+
+    config = quantization_config(compute_dtype=compute_dtype, skip_modules=skip_modules)
+    with tempfile.TemporaryDirectory(prefix="qlora-") as tmp:
+        model.save_pretrained(tmp)
+        quantized = type(model).from_pretrained(tmp, quantization_config=config, device_map={"": str(device)})
+    return prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
 
 
 def add_adapters(model: Any, settings: LoraSettings, head_modules: tuple[str, ...]) -> Any:
@@ -74,10 +133,12 @@ def add_adapters(model: Any, settings: LoraSettings, head_modules: tuple[str, ..
 
 
 def parameter_counts(model: Any) -> dict[str, int]:
-    """Trainable and total parameters (shared tensors counted once)."""
+    """Trainable and total parameters (shared tensors counted once; a packed 4-bit weight as the
+    weights it holds)."""
     seen: dict[int, tuple[int, bool]] = {}
     for p in model.parameters():
-        seen.setdefault(id(p), (p.numel(), p.requires_grad))
+        quant = getattr(p, "quant_state", None)  # bitsandbytes Params4bit: two weights a byte
+        seen.setdefault(id(p), (quant.shape.numel() if quant is not None else p.numel(), p.requires_grad))
     return {"trainable": sum(n for n, t in seen.values() if t), "total": sum(n for n, _ in seen.values())}
 
 
@@ -93,11 +154,14 @@ def save_adapter(model: Any, folder: Path) -> None:
     inner.config.save_pretrained(str(folder))
 
 
-def load_adapter_model(model_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str]) -> Any:
+def load_adapter_model(model_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str], *,
+                       as_trained: bool = False) -> Any:
     """A trial's saved adapter on its base model (a peft ``PeftModel``, not merged: its outputs are
     exactly the trained model's): the head class, labels and QA settings from the saved config, the
-    frozen weights from the pretrained nanoGPT ``checkpoint``, adapters and head from ``model_dir``."""
-    from peft import PeftModel
+    frozen weights from the pretrained nanoGPT ``checkpoint``, adapters and head from ``model_dir``.
+    ``as_trained``: a QLoRA adapter (its saved config has a ``quantization_config``) goes on the
+    same 4-bit NF4 base it trained on (on the CPU, float32 matmuls), not the full-precision one."""
+    from peft import PeftConfig, PeftModel
 
     from finetune.compute import hf
 
@@ -109,6 +173,11 @@ def load_adapter_model(model_dir: str | os.PathLike[str], checkpoint: str | os.P
         keep["qa"] = base_config.qa
     num_labels = base_config.num_labels if cls is hf.NanoGPTForSequenceClassification else None
     base = cls.from_nanogpt(checkpoint, num_labels, **keep)
+    if as_trained and getattr(base_config, "quantization_config", None):
+        import torch
+
+        heads = tuple(PeftConfig.from_pretrained(str(model_dir)).modules_to_save or ())
+        base = load_4bit(base, device="cpu", compute_dtype=torch.float32, skip_modules=heads)
     return PeftModel.from_pretrained(base, str(model_dir))
 
 
