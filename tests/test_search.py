@@ -112,7 +112,8 @@ def test_samplers_and_pruners_are_optunas(tmp_path):
     kinds = {"grid": optuna.samplers.GridSampler, "random": optuna.samplers.RandomSampler,
              "tpe": optuna.samplers.TPESampler, "qmc": optuna.samplers.QMCSampler}
     for name, cls in kinds.items():
-        assert type(S.make_sampler({**base, "sampler": name}, 3)) is cls
+        sampler = S.make_sampler({**base, "sampler": name}, 3)
+        assert type(sampler) is cls or name == "qmc" and isinstance(sampler, cls)  # qmc: told the space
     pruners = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner,
                "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
                "hyperband": optuna.pruners.HyperbandPruner}
@@ -315,3 +316,30 @@ def test_grid_search_script_renders_one_worker_array(tmp_path):
     assert (tmp_path / "s" / "jobs" / "search-0001" / "workers.index").read_text().split() == [
         "0001-0", "0001-1", "0001-2", "0001-3"]
     assert not (tmp_path / "s" / "trials").exists()
+
+
+def test_a_worker_starts_a_trial_of_several_tasks_behind_the_array_tasks_launcher(tmp_path):
+    """One task, or a local worker: the trial is one process (as the local executor runs plans).
+    Several tasks inside a SLURM array task: the same line behind srun (or one torchrun per
+    node), exec'd so USR2 reaches it, meeting at the job's first host on the job's port."""
+    from finetune.compute.search_worker import trial_command
+
+    trial = tmp_path / "trials" / "abc"
+    python = "/opt/py/bin/python"
+    plain = [python, "-m", "finetune", "train", str(trial)]
+    two = {"slurm": {"nodes": 2, "ntasks_per_node": 1, "launcher": "srun"}}
+    job = {"SLURM_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "1", "SLURM_JOB_NODELIST": "node[07-08]",
+           "SLURM_JOB_NUM_NODES": "2", "PATH": "/usr/bin"}
+    assert trial_command(trial, two, {"PATH": "/usr/bin"}, python)[0] == plain  # a local worker
+    assert trial_command(trial, {"slurm": {}}, job, python)[0] == plain  # one task
+    argv, env = trial_command(trial, two, job, python)
+    assert argv[:2] == ["bash", "-c"] and argv[2].startswith("exec srun --wait=")
+    assert argv[2].endswith(f"{python} -m finetune train {trial}")
+    assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("node07", str(29501 + 4242 % 20000))
+    argv, env = trial_command(trial, {"slurm": {"nodes": 1, "ntasks_per_node": 2, "launcher": "torchrun"}},
+                              {**job, "MASTER_PORT": "31000"}, python)
+    assert "-m finetune.compute.launch" in argv[2] and "--nproc-per-node=2" in argv[2]
+    assert env["MASTER_PORT"] == "31000"  # the batch script's, when it set one
+    rendered = subprocess.run(["bash", "-c", argv[2].replace("exec ", "exec echo ", 1)], env=env,
+                              capture_output=True, text=True, check=True).stdout
+    assert "--rdzv-endpoint=node07:31000 --rdzv-id=4242" in rendered

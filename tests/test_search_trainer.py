@@ -4,6 +4,9 @@ when the pruner says so (tiny nanoGPT, a slice of real SIB-200 Russian)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,7 @@ def data(tmp_path_factory, tiny_pretrained, sib200_dir):  # noqa: F811
     return root, tiny_pretrained, write_sib_slice(root / "sib", sib200_dir)
 
 
-def search_trial(data, name: str, rival: float | None) -> tuple[Path, int]:
+def search_trial(data, name: str, rival: float | None, **over) -> tuple[Path, int]:
     """A plan folder with a study (and a finished rival with ``rival`` at step 4), and a trial of it."""
     import optuna
     from optuna.trial import TrialState
@@ -38,7 +41,7 @@ def search_trial(data, name: str, rival: float | None) -> tuple[Path, int]:
                                                   system_attrs={"completed_rung_0": rival}))
     number = study.ask().number
     config = trial_config(ckpt, tokenizer, sib, root / "cache", "t-" + name,
-                          search={"number": number, "worker": "w", "metric": "macro_f1"}, plan_dir=str(plan))
+                          search={"number": number, "worker": "w", "metric": "macro_f1"}, plan_dir=str(plan), **over)
     return make_trial(plan / "trials", config), number
 
 
@@ -61,3 +64,35 @@ def test_the_first_trial_of_a_study_runs_to_the_end(data):
     assert result["state"] == "finished" and "test" in result["metrics"]["russian"]
     reported = S.open_study(trial.parent.parent, SPEC).get_trials()[number].intermediate_values
     assert list(reported) == [4, 8, 12, 16]
+
+
+def _journal_ops(plan: Path, op: str) -> list[dict]:
+    """The study journal's operations of one kind (Optuna's JournalOperation name)."""
+    from optuna.storages.journal._storage import JournalOperation
+
+    code = JournalOperation[op].value
+    lines = (S.search_dir(plan) / S.JOURNAL_FILE).read_text().splitlines()
+    return [entry for entry in map(json.loads, lines) if entry.get("op_code") == code]
+
+
+def test_two_ranks_stop_together_on_rank_0s_word(data):
+    """A search trial on two processes (torchrun, gloo): rank 0 alone reports the evaluation and
+    asks the pruner (one report in the study's journal); both ranks stop at that step and exit 0,
+    and the trial is pruned there, as on one process."""
+    trial, number = search_trial(data, "two-ranks", rival=1.0, hyperparameters={"micro_batch_size": 8},
+                                 training={"strategy": "ddp"})
+    plan = trial.parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "MASTER_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "finetune", "train", str(trial)], env=env, capture_output=True, text=True,
+                          timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((trial / "result.json").read_text())
+    assert result["state"] == "pruned" and result["pruned_step"] == 4
+    assert json.loads((trial / "state.json").read_text())["state"] == "pruned"
+    reported = S.open_study(plan, SPEC).get_trials()[number]
+    assert list(reported.intermediate_values) == [4]
+    reports = [e for e in _journal_ops(plan, "SET_TRIAL_INTERMEDIATE_VALUE") if e.get("step") == 4]
+    assert len(reports) == 1  # rank 0 only
+    assert [json.loads(line)["step"] for line in (trial / "metrics.jsonl").read_text().splitlines()] == [4]

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -192,14 +193,50 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         pass
 
 
+def in_slurm_job(environ: Mapping[str, str]) -> bool:
+    """This worker is a task of a search array on SLURM (not a local worker)."""
+    return bool(environ.get("SLURM_JOB_ID")) and bool(environ.get("SLURM_ARRAY_TASK_ID"))
+
+
+def trial_command(trial_dir: Path, config: dict[str, Any], environ: Mapping[str, str],
+                  python: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """How the worker starts its trial: argv and environment.
+
+    One task (``slurm.nodes`` x ``ntasks_per_node`` = 1), or a local worker: ``python -m finetune
+    train TRIAL_DIR`` (the local executor runs every trial as one process, as for plans). A
+    trial of several tasks on SLURM: the same line behind the launcher an array task uses
+    (``finetune.login.submit.launcher``: one srun step over every task of the worker's job, or
+    one torchrun per node), meeting at the first host of the job's nodes on the job's port, as
+    array.sbatch exports them. The launcher is exec'd, so the worker's USR2 goes to srun, which
+    passes it to every rank; rank 0 alone asks the study whether to prune and every rank obeys
+    (``finetune.compute.training.loop``)."""
+    from shlex import quote
+
+    from finetune.compute.distributed import first_host, slurm_port
+    from finetune.login.executors.resources import resolve_slurm
+    from finetune.login.submit import launcher, task_count
+
+    python = python or sys.executable
+    plain = [python, "-m", "finetune", "train", str(trial_dir)]
+    env = dict(environ)
+    slurm = resolve_slurm(config.get("slurm") or {})
+    if task_count(slurm) == 1 or not in_slurm_job(environ):
+        return plain, env
+    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "localhost"
+    env.setdefault("MASTER_ADDR", first_host(nodelist))
+    env.setdefault("MASTER_PORT", str(slurm_port(env.get("SLURM_JOB_ID"))))
+    line = "exec " + launcher(slurm, python) + " ".join(quote(a) for a in plain)
+    return ["bash", "-c", line], env
+
+
 def run_trial_child(trial_dir: Path, beat: Path, usr2: _Usr2, beat_s: float) -> int:
-    """``python -m finetune train TRIAL_DIR`` >> log.txt, beating the worker's heartbeat."""
-    argv = [sys.executable, "-m", "finetune", "train", str(trial_dir)]
+    """The trial (``trial_command``) >> log.txt, beating the worker's heartbeat."""
+    argv, env = trial_command(trial_dir, read_json(layout.config_file(trial_dir)), os.environ)
     with open(layout.log_file(trial_dir), "ab") as log:
-        log.write(f"== {_now()} search worker {beat.stem} runs {trial_dir.name}\n".encode())
+        log.write(f"== {_now()} search worker {beat.stem} runs {trial_dir.name}: {' '.join(argv)}\n".encode())
         log.flush()
         usr2.child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      preexec_fn=_die_with_parent)
+                                      preexec_fn=_die_with_parent, env=env)
         if usr2.requested:  # USR2 came while starting
             usr2.child.send_signal(signal.SIGUSR2)
         while True:

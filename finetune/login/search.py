@@ -299,10 +299,29 @@ def make_sampler(spec: dict[str, Any], number: int = 0):
         import warnings
 
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.QMCSampler(seed=seed, scramble=seed is not None,
-                                          independent_sampler=optuna.samplers.RandomSampler(seed=per_ask),
-                                          warn_independent_sampling=False)
+        return _known_space_qmc(spec)(seed=seed, scramble=seed is not None,
+                                      independent_sampler=optuna.samplers.RandomSampler(seed=per_ask),
+                                      warn_independent_sampling=False)
     return optuna.samplers.TPESampler(seed=per_ask, n_startup_trials=spec["startup_trials"], constant_liar=True)
+
+
+def _known_space_qmc(spec: dict[str, Any]):
+    """Optuna's QMCSampler, told the search space up front.
+
+    Left to itself it learns the space from the study's first trial, which it samples with the
+    independent (random) sampler: the search would start with a random point and, with several
+    workers, the sequence would depend on which asks came first. Our space is known and the same
+    for every trial, so every trial, the first included, takes the next point of the one sequence
+    (its index is kept in the study, counted up under the ask lock)."""
+    import optuna
+
+    space = {name: p.distribution() for name, p in params_of(spec).items()}
+
+    class KnownSpaceQMCSampler(optuna.samplers.QMCSampler):
+        def infer_relative_search_space(self, study, trial):
+            return dict(space)
+
+    return KnownSpaceQMCSampler
 
 
 def make_pruner(spec: dict[str, Any]):
