@@ -83,3 +83,23 @@ def test_report_is_self_contained_and_renders_in_chromium(searched, tmp_path, ca
     pruned = json.loads((searched / "trials" / rows[0][1] / "result.json").read_text())
     assert states[rows[0][1]] == "pruned" and pruned["pruned_step"] == 2  # the bad learning rate
     assert "pruned (at step 2)" in body
+
+
+def test_the_report_heatmap_shows_the_seed_statistics(tmp_path):
+    """Seeds are replicas (issue 17): a heatmap cell is the mean over the chosen configuration's
+    seeds, with its standard deviation and n."""
+    from search_helpers import CONFIGS
+
+    from finetune.analysis.report import write_report
+    from finetune.login.plan import build_plan, write_plan
+    from finetune.login.submit import submit
+
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"parameters": {"learning_rate": [1e-3, 1e-2], "seed": [1, 2]}}))
+    plan = build_plan(CONFIGS, count_sets(count_to=2, interval=2, sleep_s=0.0), grid_config=str(grid),
+                      model_types=("normal",))
+    write_plan(plan, tmp_path / "plan")
+    submit(tmp_path / "plan", executor="local", parallel=2)
+    text = write_report(tmp_path / "plan").read_text()
+    cells = re.findall(r'"(\d\.\d{3}(?: \\u00b1 |\s±\s)\d\.\d{3} \(n=2\))"', text)
+    assert cells and all(c.startswith("0.500") for c in cells), re.findall(r'"text":\[\[[^\]]*\]', text)
