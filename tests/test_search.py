@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -319,27 +320,49 @@ def test_grid_search_script_renders_one_worker_array(tmp_path):
 
 
 def test_a_worker_starts_a_trial_of_several_tasks_behind_the_array_tasks_launcher(tmp_path):
-    """One task, or a local worker: the trial is one process (as the local executor runs plans).
-    Several tasks inside a SLURM array task: the same line behind srun (or one torchrun per
-    node), exec'd so USR2 reaches it, meeting at the job's first host on the job's port."""
+    """One task per trial: the worker array runs `search-worker` alone and each trial is one
+    process. Several (here 2 nodes, or 2 torchrun workers on one node): the script exports the
+    rendezvous as array.sbatch does and hands the worker the array task's launcher, which the
+    worker execs before `python -m finetune train TRIAL_DIR` (so USR2 reaches srun)."""
+    from search_helpers import CONFIGS
+
     from finetune.compute.search_worker import trial_command
+    from finetune.login.executors.resources import resolve_slurm
+    from finetune.login.submit import launcher
+
+    def script(name: str, sets: list[str]) -> str:
+        grid = tmp_path / f"{name}.json"
+        grid.write_text(json.dumps({"parameters": {"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}},
+                                    "search": {"trials": 4, "workers": 2}}))
+        argv = [sys.executable, "-m", "finetune", "search", *CONFIGS, "--grid-config", str(grid), "--model-type",
+                "normal", "-o", str(tmp_path / name), "--executor", "slurm", "--dry-run"]
+        for s in count_sets() + sets:
+            argv += ["--set", s]
+        proc = subprocess.run(argv, capture_output=True, text=True, env=ENV, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return (tmp_path / name / "jobs" / "search-0001" / "search.sbatch").read_text()
+
+    one = script("one", [])
+    assert "MASTER_ADDR" not in one and "--launcher" not in one
+    two = script("two", ["slurm.nodes=2"])
+    assert "--nodes=2" in two and "export MASTER_ADDR MASTER_PORT=$((29501 + SLURM_JOB_ID % 20000))" in two
+    words = launcher(resolve_slurm({"nodes": 2}), sys.executable)
+    assert words.startswith("srun --wait=")
+    assert f'search-worker "$plan_dir" --worker "$worker" --launcher {shlex.quote(words)} &' in two
+    rendered = subprocess.run(["bash", "-c", f"set -- {shlex.quote(words)}; printf %s \"$1\""], capture_output=True,
+                              text=True, check=True).stdout
+    assert rendered == words  # one word for the worker's --launcher, unexpanded
 
     trial = tmp_path / "trials" / "abc"
     python = "/opt/py/bin/python"
     plain = [python, "-m", "finetune", "train", str(trial)]
-    two = {"slurm": {"nodes": 2, "ntasks_per_node": 1, "launcher": "srun"}}
-    job = {"SLURM_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "1", "SLURM_JOB_NODELIST": "node[07-08]",
-           "SLURM_JOB_NUM_NODES": "2", "PATH": "/usr/bin"}
-    assert trial_command(trial, two, {"PATH": "/usr/bin"}, python)[0] == plain  # a local worker
-    assert trial_command(trial, {"slurm": {}}, job, python)[0] == plain  # one task
-    argv, env = trial_command(trial, two, job, python)
-    assert argv[:2] == ["bash", "-c"] and argv[2].startswith("exec srun --wait=")
-    assert argv[2].endswith(f"{python} -m finetune train {trial}")
-    assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("node07", str(29501 + 4242 % 20000))
-    argv, env = trial_command(trial, {"slurm": {"nodes": 1, "ntasks_per_node": 2, "launcher": "torchrun"}},
-                              {**job, "MASTER_PORT": "31000"}, python)
-    assert "-m finetune.compute.launch" in argv[2] and "--nproc-per-node=2" in argv[2]
-    assert env["MASTER_PORT"] == "31000"  # the batch script's, when it set one
-    rendered = subprocess.run(["bash", "-c", argv[2].replace("exec ", "exec echo ", 1)], env=env,
-                              capture_output=True, text=True, check=True).stdout
-    assert "--rdzv-endpoint=node07:31000 --rdzv-id=4242" in rendered
+    assert trial_command(trial, "", python) == plain
+    argv = trial_command(trial, words, python)
+    assert argv[:2] == ["bash", "-c"] and argv[2] == f"exec {words}{python} -m finetune train {trial}"
+    torchrun = launcher(resolve_slurm({"ntasks_per_node": 2, "launcher": "torchrun"}), python)
+    env = {"PATH": os.environ["PATH"], "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_ID": "4242",
+           "MASTER_ADDR": "node07", "MASTER_PORT": "31000", "SLURM_CPUS_PER_TASK": "2"}
+    echoed = subprocess.run(["bash", "-c", trial_command(trial, torchrun, python)[2].replace("exec ", "exec echo ", 1)],
+                            env=env, capture_output=True, text=True, check=True).stdout
+    assert "-m finetune.compute.launch --nnodes=1 --nproc-per-node=2" in echoed
+    assert "--rdzv-endpoint=node07:31000 --rdzv-id=4242" in echoed and echoed.strip().endswith(f"train {trial}")

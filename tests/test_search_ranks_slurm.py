@@ -40,7 +40,7 @@ def _offline(monkeypatch):
 
 
 def _search(tmp_path: Path, models: Path, *, nodes: int, per_node: int) -> tuple[Path, str]:
-    overrides = ["slurm.cpus_per_task=1", f"slurm.mem={900 * per_node + 300}M", "slurm.time=00:20:00",
+    overrides = ["slurm.cpus_per_task=1", f"slurm.mem={900 * per_node}M", "slurm.time=00:20:00",
                  "slurm.signal_grace_s=30", f"slurm.nodes={nodes}", f"slurm.ntasks_per_node={per_node}",
                  "slurm.launcher=srun", f"checkpoints.prefix={models}", "checkpoints.normal=tiny",
                  f"tokenizers.prefix={models}", "tokenizers.normal_prefix=tiny", f"data.cache_dir={tmp_path / 'cache'}",

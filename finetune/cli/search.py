@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               epilog=WORKER_EPILOG, formatter_class=HelpFormatter)
     w.add_argument("plan_dir", metavar="DIR")
     w.add_argument("--worker", required=True, metavar="NAME", help="this worker's name (batch-task)")
+    w.add_argument("--launcher", default="", metavar="SHELL_WORDS",
+                   help="what goes before `python -m finetune train TRIAL_DIR` for trials of several tasks "
+                        "(search.sbatch passes the srun or torchrun words an array task would use)")
     w.set_defaults(func=_worker)
 
 
@@ -54,4 +57,4 @@ def _worker(args: argparse.Namespace) -> int:
 
     if not re.match(r"^[A-Za-z0-9_.-]+$", args.worker):
         raise UsageError(problems=[Problem("--worker", "", "letters, digits, '.', '_' and '-' only")])
-    return run_worker(args.plan_dir, args.worker)
+    return run_worker(args.plan_dir, args.worker, args.launcher)

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -193,50 +192,33 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         pass
 
 
-def in_slurm_job(environ: Mapping[str, str]) -> bool:
-    """This worker is a task of a search array on SLURM (not a local worker)."""
-    return bool(environ.get("SLURM_JOB_ID")) and bool(environ.get("SLURM_ARRAY_TASK_ID"))
+def trial_command(trial_dir: Path, launcher: str = "", python: str | None = None) -> list[str]:
+    """How the worker starts its trial.
 
-
-def trial_command(trial_dir: Path, config: dict[str, Any], environ: Mapping[str, str],
-                  python: str | None = None) -> tuple[list[str], dict[str, str]]:
-    """How the worker starts its trial: argv and environment.
-
-    One task (``slurm.nodes`` x ``ntasks_per_node`` = 1), or a local worker: ``python -m finetune
-    train TRIAL_DIR`` (the local executor runs every trial as one process, as for plans). A
-    trial of several tasks on SLURM: the same line behind the launcher an array task uses
-    (``finetune.login.submit.launcher``: one srun step over every task of the worker's job, or
-    one torchrun per node), meeting at the first host of the job's nodes on the job's port, as
-    array.sbatch exports them. The launcher is exec'd, so the worker's USR2 goes to srun, which
-    passes it to every rank; rank 0 alone asks the study whether to prune and every rank obeys
-    (``finetune.compute.training.loop``)."""
+    ``launcher`` empty (a trial of one task, or a local worker; the local executor runs every
+    trial as one process, as for plans): ``python -m finetune train TRIAL_DIR``. Otherwise the
+    shell words an array task puts before that line for a trial of several tasks (one srun step
+    over every task of the worker's job, or one torchrun per node;
+    ``finetune.login.submit.launcher``), which search.sbatch passes with ``--launcher`` after
+    exporting MASTER_ADDR/MASTER_PORT as array.sbatch does. The line is exec'd, so the worker's
+    USR2 goes to srun, which passes it to every rank; rank 0 alone asks the study whether to
+    prune, and every rank obeys (``finetune.compute.training.loop``)."""
     from shlex import quote
 
-    from finetune.compute.distributed import first_host, slurm_port
-    from finetune.login.executors.resources import resolve_slurm
-    from finetune.login.submit import launcher, task_count
-
-    python = python or sys.executable
-    plain = [python, "-m", "finetune", "train", str(trial_dir)]
-    env = dict(environ)
-    slurm = resolve_slurm(config.get("slurm") or {})
-    if task_count(slurm) == 1 or not in_slurm_job(environ):
-        return plain, env
-    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "localhost"
-    env.setdefault("MASTER_ADDR", first_host(nodelist))
-    env.setdefault("MASTER_PORT", str(slurm_port(env.get("SLURM_JOB_ID"))))
-    line = "exec " + launcher(slurm, python) + " ".join(quote(a) for a in plain)
-    return ["bash", "-c", line], env
+    plain = [python or sys.executable, "-m", "finetune", "train", str(trial_dir)]
+    if not launcher.strip():
+        return plain
+    return ["bash", "-c", "exec " + launcher + " ".join(quote(a) for a in plain)]
 
 
-def run_trial_child(trial_dir: Path, beat: Path, usr2: _Usr2, beat_s: float) -> int:
+def run_trial_child(trial_dir: Path, beat: Path, usr2: _Usr2, beat_s: float, launcher: str = "") -> int:
     """The trial (``trial_command``) >> log.txt, beating the worker's heartbeat."""
-    argv, env = trial_command(trial_dir, read_json(layout.config_file(trial_dir)), os.environ)
+    argv = trial_command(trial_dir, launcher)
     with open(layout.log_file(trial_dir), "ab") as log:
         log.write(f"== {_now()} search worker {beat.stem} runs {trial_dir.name}: {' '.join(argv)}\n".encode())
         log.flush()
         usr2.child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                      preexec_fn=_die_with_parent, env=env)
+                                      preexec_fn=_die_with_parent)
         if usr2.requested:  # USR2 came while starting
             usr2.child.send_signal(signal.SIGUSR2)
         while True:
@@ -249,7 +231,7 @@ def run_trial_child(trial_dir: Path, beat: Path, usr2: _Usr2, beat_s: float) -> 
     return rc
 
 
-def run_worker(plan_dir: str | os.PathLike[str], worker: str) -> int:
+def run_worker(plan_dir: str | os.PathLike[str], worker: str, launcher: str = "") -> int:
     plan_dir = Path(plan_dir).resolve()
     spec = S.load_spec(plan_dir)
     usr2 = _Usr2()
@@ -279,7 +261,7 @@ def run_worker(plan_dir: str | os.PathLike[str], worker: str) -> int:
                     return 0
                 _log(worker, f"asked: trial {assignment['trial_id']} (study trial {assignment['number']})")
             tdir = layout.trial_dir(plan_dir, assignment["trial_id"])
-            rc = run_trial_child(tdir, path, usr2, beat_s)
+            rc = run_trial_child(tdir, path, usr2, beat_s, launcher)
             if rc == PREEMPTED:  # kept for the requeued worker; its process is gone meanwhile, on purpose
                 atomic_write_json(path, {**assignment, "preempted": True})
                 _log(worker, f"trial {assignment['trial_id']} checkpointed; exiting {PREEMPTED} to be requeued")

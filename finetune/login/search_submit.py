@@ -10,6 +10,7 @@ a folder holding a different search is refused.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
 from finetune.fileio import atomic_write_json, read_json
 from finetune.login import search as S
 from finetune.login import shipped
+from finetune.login.render import ShellSafe
 
 SEARCH_TEMPLATE = shipped.template(shipped.SEARCH_TEMPLATE)  # jobs/templates/, or the wheel's copy
 SUBMISSIONS = "submissions.json"
@@ -127,7 +129,9 @@ def start_search(plan, out_dir: str | Path, *, executor: str = "auto", timeout: 
     folder = layout.batch_dir(out, f"search-{batch}")
     jname = job_name(out, "search-" + resource_key(slurm, time))
     index = folder / "workers.index"
-    context = {**script_context(jname, out, index, slurm, time, python), "batch": batch}
+    context = script_context(jname, out, index, slurm, time, python)
+    # trials of several tasks: the worker starts each behind the launcher an array task would use
+    context.update(batch=batch, launcher_word=ShellSafe(shlex.quote(str(context["launcher"]))))
     text = render(SEARCH_TEMPLATE, context)
     job = ArrayJob(name=jname, plan_dir=out, script_path=folder / "search.sbatch", index_path=index, script=text,
                    trial_ids=tuple(report.workers), slurm=slurm, time=time)
