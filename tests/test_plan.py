@@ -157,7 +157,8 @@ def test_fast_record_text_and_canonical_hash_agree_with_the_plain_functions(conf
                   zip=[["learning_rate", "dropout"]])
     plan = build_plan(files(confdir, "pair.json", "task.json"), grid_config=g)
     for t in plan.trials:
-        assert json.loads(t.text) == t.record()
+        assert json.loads(t.point_text) == t.grid_point
+        assert {**t.base, **t.grid_point} == t.hyperparameters
     # the id equals the documented formula over the canonical identity
     t = plan.trials[0]
     db = json.loads((confdir / "language-database.json").read_text())
@@ -189,10 +190,10 @@ def test_write_plan_is_valid_json_and_leaves_no_temporary_files(confdir, tmp_pat
     out = tmp_path / "run"
     write_plan(plan, out)
     data = json.loads((out / "plan.json").read_text())
-    assert data["version"] == 1
+    assert data["version"] == 2
     assert [t["id"] for t in data["trials"]] == ids(plan)
-    assert set(data["trials"][0]) == {"id", "model_type", "train_languages", "eval_languages", "hyperparameters",
-                                      "group", "grid_point", "lineage"}
+    assert set(data["trials"][0]) == {"id", "set", "grid_point", "lineage"}
+    assert set(data["sets"][0]) == {"group", "model_type", "train_languages", "eval_languages", "hyperparameters"}
     assert data["sources"][0]["files"][-1] == str(confdir / "task.json")
     assert sorted(os.listdir(out)) == [".plan.lock", "plan.json"]  # nothing per trial at plan time
 

@@ -107,7 +107,7 @@ def test_lora_keys_only_with_adapters_and_swept_zero_rank_collapses(confdir):
     g = plan(confdir, QA_TASK, grid={"parameters": {"lora_r": [0, 8], "lora_alpha": [16, 32]}})
     ranks = sorted((t.hyperparameters.get("lora_r", 0), t.hyperparameters.get("lora_alpha", 0)) for t in g.trials)
     assert ranks == [(0, 0), (8, 16), (8, 32)]
-    assert all(json.loads(t.text) == t.record() for t in g.trials)  # the fast record text stays exact  # rank 0 twice is one full fine-tune
+    assert all(json.loads(t.point_text) == t.grid_point for t in g.trials)  # the fast point text stays exact  # rank 0 twice is one full fine-tune
 
 
 def test_qlora_is_refused_without_cuda_or_bitsandbytes(confdir, monkeypatch):

@@ -200,9 +200,9 @@ def test_bundles_need_single_task_jobs(tmp_path):
     plan = load_plan(out)
     for group in plan.groups.values():
         group["config"]["slurm"]["nodes"] = 2
-    from finetune.login.plan import _dump
+    from finetune.login.plan_file import PLAN_VERSION, dump
 
-    layout.plan_file(out).write_text(_dump(plan))
+    layout.plan_file(out).write_text(dump(PLAN_VERSION, plan.sources, plan.groups, plan.trials))
     with pytest.raises(ConfigError, match=r"\$\.slurm\.trials_per_task"):
         submit(out, executor="slurm", dry_run=True, max_array_size=10)
 

@@ -251,8 +251,10 @@ def collect(plan_dir: str | os.PathLike[str], *, metric: str = "macro_f1", selec
     plan = _read(plan_file)
     if not isinstance(plan, dict) or not isinstance(plan.get("trials"), list):
         raise UsageError(problems=[Problem(str(plan_file), "$.trials", "expected a list of trials")])
+    from finetune.login.plan_file import records
+
     rows = []
-    for i, trial in enumerate(plan["trials"]):
+    for i, trial in enumerate(records(plan)):
         if not isinstance(trial, dict) or not isinstance(trial.get("id"), str):
             raise UsageError(problems=[Problem(str(plan_file), f"$.trials[{i}].id", "expected a trial with a string id")])
         rows.append(_row(plan_dir, trial))

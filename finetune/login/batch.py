@@ -36,12 +36,22 @@ def index_text(trial_ids: Sequence[str], records: Sequence[str | None] = ()) -> 
     return "".join(f"{t}{SEPARATOR}{r}\n" if r else f"{t}\n" for t, r in zip(trial_ids, records, strict=True))
 
 
-def record_text(trial: Any) -> str:
-    """A plan trial's record as one line of JSON (the text plan.json holds, when known)."""
-    text = getattr(trial, "text", None)
-    if text and "\n" not in text:
-        return text
-    return json.dumps(trial.record(), ensure_ascii=False, separators=(",", ":"))
+def record_text(trial: Any, cache: dict[tuple, Any] | None = None) -> str:
+    """A plan trial's record as one line of JSON: the whole record (``Trial.record()``), or with
+    ``cache`` (reused between calls) the same trial with its set's hyperparameters as ``"shared"``
+    (``Trial.from_record`` reads both), so what the trials of one set share is encoded once."""
+    from finetune.login.plan_file import record_line
+
+    if cache is None:
+        return json.dumps(trial.record(), ensure_ascii=False, separators=(",", ":"))
+    key = (trial.group, trial.model_type, id(trial.train_languages), id(trial.eval_languages), id(trial.shared()))
+    found = cache.get(key)
+    if found is None:  # the set's part: encoded once; the objects are kept so their ids stay unique
+        text = json.dumps({"model_type": trial.model_type, "train_languages": trial.train_languages,
+                           "eval_languages": trial.eval_languages, "group": trial.group, "shared": trial.shared()},
+                          ensure_ascii=False, separators=(",", ":"))[1:-1]
+        found = cache[key] = (text, trial.train_languages, trial.eval_languages, trial.shared())
+    return record_line(trial)[:-1] + "," + found[0] + "}"
 
 
 def write_groups(folder: str | os.PathLike[str], plan_dir: str | os.PathLike[str],

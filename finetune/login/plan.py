@@ -44,7 +44,6 @@ import hashlib
 import itertools
 import json
 import os
-import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,8 +54,8 @@ from finetune import layout
 from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
 from finetune.layout import PLAN_FILE, config_file, plan_file, plan_lock_file, trial_dir
 from finetune.login.layers import Layered, join_path, load_config, resolved_paths
+from finetune.login.plan_file import PLAN_VERSION, Trial
 
-PLAN_VERSION = 1
 ID_VERSION = 3  # 2: ids cover the input files' fingerprints; 3: not the eval languages (only the selection ones)
 ID_LENGTH = 12
 MODEL_TYPES = ("normal", "ipa")
@@ -65,36 +64,6 @@ OPERATIONAL_TRAINING_KEYS = frozenset(
      "log_interval", "dump_logits", "logit_directory"}
 )
 LORA_KEYS = frozenset({"lora_r", "lora_alpha", "lora_dropout", "lora_targets", "lora_4bit"})
-
-
-@dataclass(slots=True)
-class Trial:
-    id: str
-    model_type: str
-    train_languages: list[str]
-    eval_languages: list[str]
-    hyperparameters: dict[str, Any]
-    group: str
-    grid_point: dict[str, Any] = field(default_factory=dict)
-    text: str | None = field(default=None, repr=False, compare=False)  # record() as JSON, when known
-    lineage: str | None = None  # the id without the input fingerprints: one per trial whatever the files hold
-    superseded_by: str | None = None  # a newer trial of the same lineage (its input files changed)
-
-    def record(self) -> dict[str, Any]:
-        r = {"id": self.id, "model_type": self.model_type, "train_languages": self.train_languages,
-             "eval_languages": self.eval_languages, "hyperparameters": self.hyperparameters,
-             "group": self.group, "grid_point": self.grid_point}
-        if self.lineage:
-            r["lineage"] = self.lineage
-        if self.superseded_by:
-            r["superseded_by"] = self.superseded_by
-        return r
-
-    @classmethod
-    def from_record(cls, r: dict[str, Any]) -> Trial:
-        return cls(r["id"], r["model_type"], r["train_languages"], r["eval_languages"], r["hyperparameters"],
-                   r["group"], r.get("grid_point") or {}, lineage=r.get("lineage"),
-                   superseded_by=r.get("superseded_by"))
 
 
 @dataclass
@@ -463,25 +432,24 @@ def _trials(cfg: dict[str, Any], database, types: list[str], lang_sets, points, 
             lineage_json = canonical_json(identity)
             identity["inputs"] = _trial_inputs(inputs, mt, _identity_languages(cfg, train, evals))
             identity_json = canonical_json(identity)
-            head = (', "model_type": ' + _raw(mt) + ', "train_languages": ' + _raw(train)
-                    + ', "eval_languages": ' + _raw(evals) + ', "hyperparameters": ')
-            for point, hyper_canonical, hyper_raw, point_raw in points:
+            no_lora = None  # the shared hyperparameters of this set's zero-rank (full fine-tuning) trials
+            for point, hyper_canonical, point_raw in points:
                 if grid.exclude and excluded(point, mt, grid.exclude):
                     continue
+                base = hyper
                 values = {**hyper, **point}
                 if "lora_r" in values and not values["lora_r"]:  # a swept lora_r of 0: full fine-tuning
-                    values = _without_lora(values)
+                    if no_lora is None:
+                        no_lora = _without_lora(hyper)
+                    base, values = no_lora, _without_lora(values)
                     point = {k: v for k, v in point.items() if k not in LORA_KEYS}
-                    hyper_canonical, hyper_raw = canonical_json(values), _raw(dict(sorted(values.items())))
-                    point_raw = _raw(point)
+                    hyper_canonical, point_raw = canonical_json(values), _raw(point)
                 tid = _id(hyper_canonical, identity_json)
                 if tid in seen:
                     continue
                 seen.add(tid)
                 lineage = _id(hyper_canonical, lineage_json)
-                text = ('{"id": "' + tid + '"' + head + hyper_raw + ', "group": "' + group_id
-                        + '", "grid_point": ' + point_raw + ', "lineage": "' + lineage + '"}')
-                trials.append(Trial(tid, mt, train, evals, values, group_id, point, text, lineage))
+                trials.append(Trial(tid, mt, train, evals, values, group_id, point, point_raw, lineage, base=base))
     return trials
 
 
@@ -545,9 +513,9 @@ def _raw(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _expand_points(grid, hyper: dict[str, Any]) -> list[tuple[dict[str, Any], str, str, str]]:
-    """Grid points with their JSON made once: (point, canonical hyperparameters, hyperparameters
-    as stored in plan.json, point as stored). Same order as ``finetune.login.grid.expand``.
+def _expand_points(grid, hyper: dict[str, Any]) -> list[tuple[dict[str, Any], str, str]]:
+    """Grid points with their JSON made once: (point, canonical hyperparameters, point as stored
+    in plan.json). Same order as ``finetune.login.grid.expand``.
 
     The texts are assembled from per-value fragments (sorted keys), so a 100k-point grid costs
     a join per point instead of a JSON encoding; tests check them against ``canonical_json``.
@@ -557,27 +525,23 @@ def _expand_points(grid, hyper: dict[str, Any]) -> list[tuple[dict[str, Any], st
     keys = sorted(hyper)
     pos = {k: i for i, k in enumerate(keys)}
     canon_base = [json.dumps(k) + ":" + canonical_json(hyper[k]) for k in keys]
-    raw_base = [_raw(k) + ": " + _raw(hyper[k]) for k in keys]
     prepared = []
     for names, tuples in axes(grid):
         options = []
         for values in tuples:
             items = tuple(zip(names, values, strict=True))
             canon = [(pos[n], json.dumps(n) + ":" + canonical_json(v)) for n, v in items]
-            raw = [(pos[n], _raw(n) + ": " + _raw(v)) for n, v in items]
-            options.append((items, canon, raw, ", ".join(f for _, f in raw)))
+            options.append((items, canon, ", ".join(_raw(n) + ": " + _raw(v) for n, v in items)))
         prepared.append(options)
     out = []
     for combo in itertools.product(*prepared):
-        canon, raw, point, shown = canon_base.copy(), raw_base.copy(), {}, []
-        for items, c, r, text in combo:
+        canon, point, shown = canon_base.copy(), {}, []
+        for items, c, text in combo:
             point.update(items)
             for i, f in c:
                 canon[i] = f
-            for i, f in r:
-                raw[i] = f
             shown.append(text)
-        out.append((point, "{" + ",".join(canon) + "}", "{" + ", ".join(raw) + "}", "{" + ", ".join(shown) + "}"))
+        out.append((point, "{" + ",".join(canon) + "}", "{" + ", ".join(shown) + "}"))
     return out
 
 
@@ -767,6 +731,7 @@ def write_plan(plan: Plan, out_dir: str | os.PathLike[str], *, replace: bool = F
     plan.json (their folders stay), so a plan made with a typo can be fixed.
     """
     from finetune.fileio import atomic_write_text
+    from finetune.login.plan_file import dump
 
     out = Path(out_dir)
     with _locked(out):
@@ -794,7 +759,7 @@ def write_plan(plan: Plan, out_dir: str | os.PathLike[str], *, replace: bool = F
         sources = [s for s in old.sources if s.get("group") in used]
         sources += [s for s in plan.sources if s not in sources]
         merged = Plan(trials=trials, groups=groups, sources=sources)
-        atomic_write_text(plan_file(out), _dump(merged))
+        atomic_write_text(plan_file(out), dump(PLAN_VERSION, merged.sources, merged.groups, merged.trials))
     plan.out_dir = out
     return WriteReport(path=plan_file(out), added=added, updated=updated, kept=kept, total=len(trials),
                        superseded=[t for t in superseded if t not in dropped], dropped=dropped)
@@ -857,12 +822,9 @@ def _supersede(trials: list[Trial], fresh: list[Trial], groups: dict[str, dict[s
     lineages and groups existed by model type, languages and hyperparameters. Returns their ids."""
     planned = {t.id for t in fresh}
     by_lineage = {t.lineage: t.id for t in fresh if t.lineage}
-    by_weak = {_weak_key(t): t.id for t in fresh}
-    by_training = {}
-    for t in fresh:
-        key = _training_key(t, groups)
-        if key is not None:
-            by_training.setdefault(key, t.id)
+    # encoded only when an old trial needs them (a big plan's write encodes no trial for these)
+    by_weak: dict[str, str] | None = None
+    by_training: dict[str, str] | None = None
     marked = []
     for t in trials:
         if t.id in planned:
@@ -870,89 +832,36 @@ def _supersede(trials: list[Trial], fresh: list[Trial], groups: dict[str, dict[s
         newer = by_lineage.get(t.lineage) if t.lineage else None
         if newer is None and _id_version(t, groups) < ID_VERSION:
             key = _training_key(t, groups)
-            newer = by_training.get(key) if key is not None else by_weak.get(_weak_key(t))
+            if key is not None:
+                if by_training is None:
+                    by_training = {}
+                    for f in fresh:
+                        k = _training_key(f, groups)
+                        if k is not None:
+                            by_training.setdefault(k, f.id)
+                newer = by_training.get(key)
+            else:
+                if by_weak is None:
+                    by_weak = {_weak_key(f): f.id for f in fresh}
+                newer = by_weak.get(_weak_key(t))
         if newer and newer != t.id and t.superseded_by != newer:
             t.superseded_by = newer
-            t.text = None  # record() changed
             marked.append(t.id)
     return marked
 
 
-def _dump(plan: Plan) -> str:
-    """plan.json: the header indented, then one trial per line (fast for 100k trials)."""
-    head = json.dumps({"version": plan.version, "sources": plan.sources, "groups": plan.groups},
-                      indent=2, ensure_ascii=False)
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
-    body = ",\n    ".join(t.text or dumps(t.record()) for t in plan.trials)
-    return head[:-2] + ',\n  "trials": [\n    ' + body + "\n  ]\n}\n"
-
-
-TRIAL_ID_RE = re.compile(r"^[0-9a-f]{12}$")
-
-
-def plan_record_problems(path: str, records: Any) -> list[Problem]:
-    """Everything wrong with plan.json's trial records, before anything is built from them: the
-    id format (a trial id names a folder: ``"../../evil"`` must never become a path), unique ids,
-    the fields every record has, and each hyperparameter against the schema."""
-    from finetune.login.schema import hyperparameter_names, validate_hyperparameter
-
-    if not isinstance(records, list):
-        return [Problem(path, "$.trials", "must be a list of trial records")]
-    known = set(hyperparameter_names())
-    out: list[Problem] = []
-    seen: dict[str, int] = {}
-    checked: dict[tuple[str, str], list[str]] = {}
-    for i, r in enumerate(records):
-        where = f"$.trials[{i}]"
-        if not isinstance(r, dict):
-            out.append(Problem(path, where, "must be a trial record (an object)"))
-            continue
-        tid = r.get("id")
-        if not isinstance(tid, str) or not TRIAL_ID_RE.match(tid):
-            out.append(Problem(path, f"{where}.id", f"{tid!r} is not a trial id (12 lowercase hex digits)"))
-        elif tid in seen:
-            out.append(Problem(path, f"{where}.id", f"{tid} appears twice (also $.trials[{seen[tid]}])"))
-        else:
-            seen[tid] = i
-        for key, kind, ok in (("model_type", "a string", lambda v: isinstance(v, str)),
-                              ("group", "a string", lambda v: isinstance(v, str)),
-                              ("train_languages", "a list of strings",
-                               lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
-                              ("eval_languages", "a list of strings",
-                               lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
-                              ("hyperparameters", "an object", lambda v: isinstance(v, dict))):
-            if key not in r:
-                out.append(Problem(path, f"{where}.{key}", "missing"))
-            elif not ok(r[key]):
-                out.append(Problem(path, f"{where}.{key}", f"must be {kind}"))
-        hyper = r.get("hyperparameters")
-        if isinstance(hyper, dict):
-            for name, value in hyper.items():
-                if name in known:
-                    key = (name, json.dumps(value, sort_keys=True, default=str))
-                    if key not in checked:  # a grid repeats few values many times
-                        checked[key] = validate_hyperparameter(name, value)
-                    out.extend(Problem(path, f"{where}.hyperparameters.{name}", msg) for msg in checked[key])
-    return out
-
-
 def load_plan(out_dir: str | os.PathLike[str]) -> Plan:
-    """The plan in ``out_dir``; raises ConfigError when there is none or it is unreadable."""
+    """The plan in ``out_dir``; raises ConfigError when there is none, it is unreadable or invalid
+    (``finetune.login.plan_file.parse``: ids, uniqueness, fields, hyperparameter values)."""
     from finetune.fileio import read_json
+    from finetune.login.plan_file import parse
 
     out = Path(out_dir)
     path = plan_file(out)
     if not path.is_file():
         raise ConfigError(problems=[Problem(str(path), "", "no plan here (run `finetune plan` first)")])
-    data = read_json(path)
-    if not isinstance(data, dict) or data.get("version") != PLAN_VERSION:
-        raise ConfigError(problems=[Problem(str(path), "$.version", f"unsupported plan version (expected {PLAN_VERSION})")])
-    problems = plan_record_problems(str(path), data.get("trials", []))
-    if problems:  # a hand-edited plan.json: nothing may be written or run from it
-        raise ConfigError("invalid plan:", problems=problems)
-    trials = [Trial.from_record(r) for r in data.get("trials", [])]
-    return Plan(trials=trials, groups=data.get("groups", {}), sources=data.get("sources", []),
-                version=data["version"], out_dir=out)
+    trials, groups, sources, version = parse(str(path), read_json(path))
+    return Plan(trials=trials, groups=groups, sources=sources, version=version, out_dir=out)
 
 
 def materialize_trial(out_dir: str | os.PathLike[str], trial_id: str, *, plan: Plan | None = None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache, lru_cache
 from pathlib import Path
@@ -217,6 +218,8 @@ def _field_messages(kind: str, keys: tuple[str, ...], value: Any) -> tuple[tuple
             if key in schema["properties"]:
                 out += _field_messages(kind, (*keys, key), item)
         return tuple(out)
+    if surely_valid(schema, value):
+        return ()
     try:
         text = json.dumps(value, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError):
@@ -315,8 +318,41 @@ def task_specific_hyperparameters() -> dict[str, list[str]]:
     return {name: list(spec["x-task-types"]) for name, spec in props.items() if "x-task-types" in spec}
 
 
+_SCALAR_KEYWORDS = {"type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "enum", "description",
+                    "title", "$comment", "default"}
+_TYPES = {bool: ("boolean",), int: ("integer", "number"), str: ("string",), type(None): ("null",)}
+
+
+def surely_valid(schema: Any, value: Any) -> bool:
+    """True only when ``value`` certainly satisfies ``schema``: a scalar against a schema of
+    types, bounds and enums alone (most hyperparameters). False means "ask jsonschema", which
+    also words the message; so a plan's 100k values cost a comparison each, not a validation."""
+    if not isinstance(schema, dict) or any(k not in _SCALAR_KEYWORDS and not k.startswith("x-") for k in schema):
+        return False
+    if "enum" in schema:
+        return any(value == e and type(value) is type(e) for e in schema["enum"])
+    declared = schema.get("type")
+    declared = (declared,) if isinstance(declared, str) else tuple(declared or ())
+    if not declared:
+        return False
+    if type(value) is float:
+        if not math.isfinite(value) or not ("number" in declared or ("integer" in declared and value.is_integer())):
+            return False
+    elif type(value) not in _TYPES or not any(t in declared for t in _TYPES[type(value)]):
+        return False
+    if type(value) in (int, float):
+        for key, ok in (("minimum", lambda b: value >= b), ("maximum", lambda b: value <= b),
+                        ("exclusiveMinimum", lambda b: value > b), ("exclusiveMaximum", lambda b: value < b)):
+            bound = schema.get(key)
+            if bound is not None and not (isinstance(bound, (int, float)) and ok(bound)):
+                return False
+    return True
+
+
 def validate_hyperparameter(name: str, value: Any) -> list[str]:
     """Messages for one hyperparameter value (used for grid values)."""
+    if surely_valid(load_schema("config")["properties"]["hyperparameters"]["properties"][name], value):
+        return []
     return [msg for e in _hyper_validator(name).iter_errors(value) for _p, msg in _message(e)]
 
 

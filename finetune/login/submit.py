@@ -122,6 +122,8 @@ def todo_trials(plan_dir: Path, plan: Any, trials: list[Any]) -> Todo:
     plan_path = str(layout.plan_file(plan_dir))
     shared: dict[tuple, tuple[str, dict[str, Any], list[str]]] = {}
     group_configs: dict[str, dict[str, Any]] = {}
+    texts: dict[tuple, Any] = {}  # record_text's cache
+    hyper_checks = _HyperparameterChecks(plan_path)
     for t in trials:
         if t.group in plan.groups:
             if t.group not in group_configs:
@@ -129,13 +131,11 @@ def todo_trials(plan_dir: Path, plan: Any, trials: list[Any]) -> Todo:
                 group_configs[t.group] = cfg
                 out.groups[t.group] = plan.groups[t.group]
                 out.problems += trial_problems(cfg, plan_path)
-            else:  # the group's trials differ in their hyperparameters only: check those (cached per value)
-                prov = group_configs[t.group].get("provenance") or {}
-                out.problems += validate_field("trial", ("hyperparameters",), t.hyperparameters,
-                                               lambda path, prov=prov: prov.get(path, plan_path))
+            else:  # the group's trials differ in their hyperparameters only: check those
+                out.problems += hyper_checks.problems(t, group_configs[t.group].get("provenance") or {})
             out.ids.append(t.id)
             out.configs.append(group_configs[t.group])
-            out.records.append(record_text(t))
+            out.records.append(record_text(t, texts))
             key = (t.group, t.model_type, tuple(sorted(t.train_languages)), tuple(sorted(t.eval_languages)))
             if key not in shared:
                 shared[key] = (plan_path, plan.trial_config(t), [])
@@ -153,6 +153,28 @@ def todo_trials(plan_dir: Path, plan: Any, trials: list[Any]) -> Todo:
     out.checks += list(shared.values())
     out.problems = sorted(set(out.problems))
     return out
+
+
+class _HyperparameterChecks:
+    """The trial schema's checks of many trials' hyperparameters, cheaply: each shape (the
+    hyperparameters a trial shares with its set, and its grid point's keys) once, whole. The
+    values of the other trials' grid points were checked when plan.json was read
+    (``finetune.login.plan_file.parse``), against the same schema (trial.schema.json's
+    hyperparameters are config.schema.json's), so they are not checked again per trial."""
+
+    def __init__(self, plan_path: str) -> None:
+        self.plan_path = plan_path
+        self.shapes: set[tuple] = set()
+        self.keep: list[Any] = []  # the objects whose id() is in self.shapes
+
+    def problems(self, trial: Any, provenance: dict[str, str]) -> list[Problem]:
+        shape = (id(trial.shared()), id(provenance), tuple(trial.grid_point))
+        if shape in self.shapes:
+            return []
+        self.shapes.add(shape)
+        self.keep.append((trial.shared(), provenance))
+        return validate_field("trial", ("hyperparameters",), trial.hyperparameters,
+                              lambda path: provenance.get(path, self.plan_path))
 
 
 # ---------------------------------------------------------------------------------------------
