@@ -309,7 +309,9 @@ def test_trials_of_an_older_id_version_are_superseded_by_what_trains_the_same(co
     old_ids = {}
     for i, r in enumerate(data["trials"]):
         old_ids[r["id"]] = f"{i:012x}"
-        r["id"], r["lineage"], r["group"] = f"{i:012x}", f"{i + 100:012x}", "old" + r["group"]  # another formula's
+        r["id"], r["lineage"] = f"{i:012x}", f"{i + 100:012x}"  # another formula's
+    for s in data["sets"]:
+        s["group"] = "old" + s["group"]
     (out / "plan.json").write_text(json.dumps(data))
     other = build_plan(files(confdir, "pair.json", "task.json"),
                        grid_config=grid_file(tmp_path, "g.json", parameters={"learning_rate": [3e-4]}))
