@@ -228,3 +228,28 @@ def test_slurm_max_queued_caps_what_is_queued_and_a_rerun_tops_up(tmp_path, stub
     (layout.trial_dir(plan, ids[0]) / "result.json").write_text(json.dumps({"state": "finished"}))
     third = submit(plan, executor="slurm")
     assert third.submitted == ids[2:3] and third.deferred == ids[3:]
+
+
+def test_status_shows_the_trials_a_running_bundle_has_not_started_as_waiting(tmp_path, stubs):
+    from finetune.login.status import plan_status
+
+    out, ids = _bundle_plan(tmp_path, 6, 3, count_to=2, sleep_s=0)
+    (job,) = submit(out, executor="slurm").arrays
+    assert job.tasks == 2
+    # task 0 runs: its first trial finished, the second runs now, the third has not started; a
+    # trial of it preempted before (requeued task) waits its turn too; task 1 is still queued
+    done, now, later = (layout.trial_dir(out, t) for t in ids[:3])
+    for d in (done, now):
+        d.mkdir(parents=True)
+    (done / "result.json").write_text(json.dumps({"state": "finished", "trial": ids[0]}))
+    layout.write_state(now, "running")
+    stubs.set("squeue.txt", "100_0|RUNNING|None\n100_1|PENDING|Priority\n")
+    states = {t.trial_id: (t.state, t.reason) for t in plan_status(out).trials}
+    assert states[ids[0]][0] == "finished" and states[ids[1]] == ("running", "")
+    assert states[ids[2]][0] == "pending" and "waiting in its bundle" in states[ids[2]][1]
+    assert [states[i] for i in ids[3:]] == [("pending", "Priority")] * 3
+    layout.write_state(now, "preempted", "USR2")  # the task was requeued and runs again: it will resume it
+    later.mkdir()
+    layout.write_state(later, "running")
+    states = {t.trial_id: t.state for t in plan_status(out).trials}
+    assert (states[ids[1]], states[ids[2]]) == ("pending", "running")

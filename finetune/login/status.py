@@ -94,14 +94,18 @@ def _failure_reason(acct: TaskState) -> str:
 
 def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue: dict[str, TaskState],
              acct: dict[str, TaskState] | None, *, queue_known: bool = True, search: bool = False,
-             folder: bool = True) -> TrialStatus:
+             folder: bool = True, bundled: bool = False) -> TrialStatus:
     """One trial's status from the files, its latest manifest entry and the scheduler's answers.
 
     ``folder=False``: the trial has no folder yet (its array task has not started it), so no
     file is read: a big plan's status costs one directory listing, not reads per trial.
 
     ``queue_known=False`` (squeue could not be asked): a trial SLURM may still hold is "unknown",
-    never guessed cancelled or failed from its absence in an empty answer."""
+    never guessed cancelled or failed from its absence in an empty answer.
+
+    ``bundled``: its array task runs several trials one after another (``slurm.trials_per_task``);
+    while the task runs, only the trial whose state.json says running is running, the others of
+    the task wait their turn ("pending", reason "waiting in its bundle")."""
     saved = layout.read_state(trial_dir) if folder else {}
     restart = saved.get("restart_count")
     if not isinstance(restart, int) or isinstance(restart, bool) or restart < 0:
@@ -124,6 +128,8 @@ def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue
     if q is not None and q.active:
         state = "running" if q.state in ("RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT") else "pending"
         reasons = [q.reason] if state == "pending" and q.reason else []
+        if state == "running" and bundled and saved.get("state") != "running":
+            state, reasons = "pending", [f"waiting in its bundle (task {job} runs its trials one after another)"]
         # SLURM requeued it itself (a node failed, ...): say so, the queue's reason alone ("BeginTime") does not
         failures = [e for e in (a.earlier if a is not None else ()) if e.split(" ")[0] in FAILURE_STATES]
         if failures:
@@ -200,7 +206,9 @@ def plan_status(plan_dir: str | Path) -> StatusReport:
         started = set(os.listdir(layout.trials_dir(plan_dir)))
     except OSError:
         started = set()
-    trials = [classify(t.id, layout.trial_dir(plan_dir, t.id), entries.get(t.id), queue, acct,
-                       queue_known=scheduler or not remote, search=search, folder=t.id in started)
-              for t in plan.trials]
+    per_task = Counter(manifest.task_key(e) for e in entries.values())  # > 1: a bundle (trials_per_task)
+    trials = [classify(t.id, layout.trial_dir(plan_dir, t.id), e, queue, acct,
+                       queue_known=scheduler or not remote, search=search, folder=t.id in started,
+                       bundled=e is not None and per_task[manifest.task_key(e)] > 1)
+              for t in plan.trials for e in (entries.get(t.id),)]
     return StatusReport(plan_dir, trials, accounting=acct is not None, scheduler=scheduler, notes=notes)
