@@ -11,6 +11,9 @@ the signal stops the bundle before the next one starts. The requeued task walks 
 again: its finished trials are skipped (not rerun), the interrupted one resumes from its
 checkpoint at the step where it stopped, the rest run as planned. A failed trial does not stop
 the others; the bundle then exits 1.
+
+Trials of the same inputs share what was loaded (finetune.compute.shared): the second trial of a
+bundle over one checkpoint, tokenizer and dataset loads none of them again.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def output_to(log: Path) -> Iterator[None]:
 
 def run_bundle(index_file: str | os.PathLike[str], task: int, per_task: int) -> int:
     """Run array task ``task``'s trials (see module doc); 0 all done, 1 one failed, 75 requeue me."""
+    from finetune.compute import shared
     from finetune.compute.trial import run_trial
     from finetune.login.batch import prepare_trial
 
@@ -68,6 +72,7 @@ def run_bundle(index_file: str | os.PathLike[str], task: int, per_task: int) -> 
 
     previous = signal.signal(signal.SIGUSR2, on_usr2)
     failed = 0
+    shared.enable(per_task > 1)  # trials of the same inputs take the tokenizer, checkpoint and data loaded once
     try:
         lines = bundle_lines(index, task, per_task)
         print(f"bundle: task {task} runs lines {lines.start + 1}-{lines.stop} of {index}", flush=True)
@@ -97,4 +102,5 @@ def run_bundle(index_file: str | os.PathLike[str], task: int, per_task: int) -> 
             print("bundle: USR2 after the last trial; nothing left to run", flush=True)
         return layout.EXIT_FAILED if failed else layout.EXIT_FINISHED
     finally:
+        shared.enable(False)
         signal.signal(signal.SIGUSR2, previous)

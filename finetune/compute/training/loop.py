@@ -107,7 +107,10 @@ class Trainer:
         self.task = task_for(self.config, self.s, file=self.config_file)
         # The block size (for the data) comes from the checkpoint; the model itself is built after
         # the data, right after seeding, so its new head's initialisation depends on the seed only.
-        loaded = load_checkpoint(self.config["checkpoint"])
+        from finetune.compute import shared
+
+        path = self.config["checkpoint"]
+        loaded = shared.cached("checkpoint", shared.checkpoint_key(path), lambda: load_checkpoint(path))
         data = self.task.load_data(loaded[0].block_size)
         runtime.seed_everything(self.s.seed)
         self.base = self.task.build_model(loaded)

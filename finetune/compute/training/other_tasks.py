@@ -66,10 +66,12 @@ class QATask(Task):
         self.doc_stride = self.hp.get("doc_stride")
 
     def load_data(self, block_size: int, *, train: bool = True) -> TaskData:
+        from finetune.compute import shared
         from finetune.compute.qa_data import prepare_qa_data
 
-        data = prepare_qa_data(self.config, self.tokenizer, block_size, doc_stride=self.doc_stride,
-                               cache_dir=self.cache_dir(), source=self.file)
+        data = shared.cached("data", shared.data_key(self.config, block_size, task="qa", doc_stride=self.doc_stride),
+                             lambda: prepare_qa_data(self.config, self.tokenizer, block_size, doc_stride=self.doc_stride,
+                                                     cache_dir=self.cache_dir(), source=self.file))
         rows = qa_rows(data.train) if data.train is not None else QARows([], [])
         if train and not len(rows):
             raise ConfigError(problems=[Problem(self.file, "$.train_languages", "no training rows")])
@@ -155,9 +157,12 @@ class CausalLMTask(Task):
     def load_data(self, block_size: int, *, train: bool = True) -> TaskData:
         from datasets import concatenate_datasets
 
+        from finetune.compute import shared
         from finetune.compute.lm_data import prepare_lm_data
 
-        chunks = prepare_lm_data(self.config, self.tokenizer, block_size, cache_dir=self.cache_dir(), source=self.file)
+        chunks = shared.cached("data", shared.data_key(self.config, block_size, task="lm"),
+                               lambda: prepare_lm_data(self.config, self.tokenizer, block_size,
+                                                       cache_dir=self.cache_dir(), source=self.file))
         parts = [chunks[lang]["train"] for lang in self.config.get("train_languages", [])
                  if "train" in chunks.get(lang, {})]
         rows = _lm_rows(concatenate_datasets(parts)) if parts else Rows([], [])

@@ -99,11 +99,12 @@ class Task:
     head_modules: tuple[str, ...] = ()  # modules that train beside LoRA adapters
 
     def __init__(self, config: dict[str, Any], settings: Settings, *, file: str):
+        from finetune.compute import shared
         from finetune.compute.tokenizer import load_tokenizer
 
         self.config, self.s, self.file = config, settings, file
         self.hp = config.get("hyperparameters") or {}
-        self.tokenizer = load_tokenizer(config["tokenizer"])
+        self.tokenizer = shared.cached("tokenizer", shared.tokenizer_key(config), lambda: load_tokenizer(config["tokenizer"]))
         tok = self.tokenizer
         self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
         self.label_names: list[str] = []
@@ -144,9 +145,11 @@ class ClassificationTask(Task):
     def load_data(self, block_size: int, *, train: bool = True) -> TaskData:
         """The trial's rows; eval capped at ``max_eval_samples``. ``train=False`` (``finetune evaluate``):
         the config may have no train languages."""
+        from finetune.compute import shared
         from finetune.compute.data import prepare_trial_data
 
-        data = prepare_trial_data(self.config, self.tokenizer, block_size, cache_dir=self.cache_dir())
+        data = shared.cached("data", shared.data_key(self.config, block_size),
+                             lambda: prepare_trial_data(self.config, self.tokenizer, block_size, cache_dir=self.cache_dir()))
         self.label_names = list(data.label_names)
         rows = rows_of(data.train) if data.train is not None else Rows([], [])
         if train and not len(rows):
