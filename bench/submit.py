@@ -2,6 +2,16 @@
 
     .venv/bin/python bench/submit.py [--trials 1000]
     .venv/bin/python bench/submit.py --dry-run 100000 1000000
+    .venv/bin/python bench/submit.py --scale 100000 --per-task 100
+    .venv/bin/python bench/submit.py --collect 100000
+
+--scale N --per-task K: the real submit of a plan of N count trials with ``slurm.trials_per_task``
+K (N/K array tasks, held so nothing runs) to a test cluster it starts; prints the wall time and
+peak memory of planning, the submit (sbatch calls), ``status`` with every task queued (one squeue,
+one sacct), then cancels everything and stops the cluster.
+
+--collect N: ``collect`` of N finished trials (a count-workload result.json each, written by the
+bench first) and ``write_tables``: wall time and peak memory (in a fresh process).
 
 --dry-run N...: no cluster. For each N (in a fresh process, so peak memory is its own), plans a
 grid of N count trials (build + write plan.json), dry-runs the submit (slurm executor,
@@ -83,12 +93,117 @@ def dry_runs(sizes: list[int]) -> int:
     return 0
 
 
+def _peak_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def scale_one(trials: int, per_task: int) -> dict:
+    """Plan, submit (held) and ask the status of ``trials`` trials on a test cluster of its own."""
+    import json
+    import os
+
+    from finetune.login.plan import build_plan, write_plan
+    from finetune.login.status import plan_status
+    from finetune.login.submit import submit
+
+    script = REPO / "scripts" / "slurm-cluster.sh"
+    out: dict = {"trials": trials, "per_task": per_task}
+    with tempfile.TemporaryDirectory(prefix="ft-bench-") as tmp:
+        root = Path(tmp)
+        cluster = root / "cluster"
+        subprocess.run(["bash", str(script), "start", str(cluster)], check=True, capture_output=True, timeout=300)
+        os.environ["SLURM_CONF"] = str(cluster / "etc" / "slurm.conf")
+        try:
+            seeds = 10 if trials % 10 == 0 else 1
+            grid = root / "grid.json"
+            grid.write_text(json.dumps({"parameters": {
+                "learning_rate": [round(1e-6 * (i + 1), 9) for i in range(trials // seeds)], "seed": list(range(seeds))}}))
+            configs = [str(REPO / "config" / n)
+                       for n in ("finetune-rus-pol.json", "finetune-rus-pol-topic.json", "data-local.json")]
+            plan_dir = root / "plan"
+            t0 = time.perf_counter()
+            plan = build_plan(configs, ["training.workload=count", "slurm.cpus_per_task=1",
+                                        f"slurm.trials_per_task={per_task}", 'slurm.extra={"hold": true}'],
+                              grid_config=str(grid), model_types=("normal",))
+            write_plan(plan, plan_dir)
+            del plan
+            out["plan_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            report = submit(plan_dir, executor="slurm")
+            out["submit_s"] = time.perf_counter() - t0
+            out["sbatch_calls"] = report.sbatch_calls
+            out["submitted"] = len(report.submitted)
+            out["deferred"] = len(report.deferred)
+            queued = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split()
+            out["queued_tasks"] = len(queued)
+            t0 = time.perf_counter()
+            status = plan_status(plan_dir)
+            out["status_s"] = time.perf_counter() - t0
+            out["status_counts"] = status.counts
+            out["files"] = sum(len(f) for _, _, f in os.walk(plan_dir))
+            out["peak_gb"] = _peak_gb()
+        finally:
+            subprocess.run(["scancel", "--user", os.environ.get("USER", "root")], capture_output=True)
+            subprocess.run(["bash", str(script), "stop", str(cluster)], capture_output=True, timeout=180)
+    return out
+
+
+def collect_one(trials: int, root: Path) -> dict:
+    """``collect`` + ``write_tables`` of ``trials`` finished count trials."""
+    import json
+
+    from finetune import layout
+    from finetune.analysis.results import collect, write_tables
+    from finetune.login.plan import build_plan, write_plan
+
+    seeds = 10 if trials % 10 == 0 else 1
+    grid = root / "grid.json"
+    grid.write_text(json.dumps({"parameters": {"learning_rate": [round(1e-6 * (i + 1), 9) for i in range(trials // seeds)],
+                                               "seed": list(range(seeds))}}))
+    configs = [str(REPO / "config" / n) for n in ("finetune-rus-pol.json", "finetune-rus-pol-topic.json", "data-local.json")]
+    out = root / "plan"
+    plan = build_plan(configs, ["training.workload=count"], grid_config=str(grid), model_types=("normal",))
+    write_plan(plan, out)
+    for i, t in enumerate(plan.trials):  # what a finished trial leaves (metrics of one evaluation)
+        d = layout.trial_dir(out, t.id)
+        d.mkdir(parents=True)
+        f1 = (i % 97) / 100
+        split = {"loss": 1 - f1, "accuracy": f1, "macro_precision": f1, "macro_recall": f1, "macro_f1": f1}
+        (d / "result.json").write_text(json.dumps({
+            "state": "finished", "trial": t.id, "model_type": t.model_type, "train_languages": t.train_languages,
+            "eval_languages": t.eval_languages, "hyperparameters": t.hyperparameters, "best_step": 10,
+            "metrics": {lang: {"eval": split, "test": split} for lang in t.eval_languages}}))
+    del plan
+    before = _peak_gb()
+    t0 = time.perf_counter()
+    table = collect(out, metric="macro_f1")
+    write_tables(table)
+    wall = time.perf_counter() - t0
+    return {"trials": trials, "collect_s": wall, "rows": len(table.rows), "peak_gb_before": before,
+            "peak_gb": _peak_gb()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--dry-run", type=int, nargs="+", metavar="N", help="dry-run benchmarks of N trials (no cluster)")
     parser.add_argument("--one-dry-run", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--scale", type=int, metavar="N", help="real submit of N trials to a test cluster (held)")
+    parser.add_argument("--per-task", type=int, default=100, help="slurm.trials_per_task for --scale")
+    parser.add_argument("--collect", type=int, metavar="N", help="collect N finished trials")
     args = parser.parse_args()
+    if args.scale or args.collect:
+        import json
+
+        sys.path.insert(0, str(REPO))
+        if args.scale:
+            print(json.dumps(scale_one(args.scale, args.per_task)))
+        else:
+            with tempfile.TemporaryDirectory(prefix="ft-bench-") as tmp:
+                print(json.dumps(collect_one(args.collect, Path(tmp))))
+        return 0
     if args.one_dry_run:
         import json
 
