@@ -253,3 +253,18 @@ def test_status_shows_the_trials_a_running_bundle_has_not_started_as_waiting(tmp
     layout.write_state(later, "running")
     states = {t.trial_id: t.state for t in plan_status(out).trials}
     assert (states[ids[1]], states[ids[2]]) == ("pending", "running")
+
+
+def test_collect_reads_no_file_of_a_trial_that_has_no_folder(tmp_path, monkeypatch):
+    from finetune.analysis import results
+
+    out, ids = _bundle_plan(tmp_path, 5, 1, count_to=2, sleep_s=0)
+    d = layout.trial_dir(out, ids[0])
+    d.mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps({"state": "finished", "trial": ids[0], "workload": "count"}))
+    read: list[Path] = []
+    real = results._try_read
+    monkeypatch.setattr(results, "_try_read", lambda path: read.append(Path(path)) or real(path))
+    table = results.collect(out, metric="loss")
+    assert [r.state for r in table.rows] == ["finished"] + ["missing"] * 4
+    assert read and {p.parent.name for p in read} == {ids[0]}  # one listing told the other four apart

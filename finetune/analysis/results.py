@@ -253,11 +253,15 @@ def collect(plan_dir: str | os.PathLike[str], *, metric: str = "macro_f1", selec
         raise UsageError(problems=[Problem(str(plan_file), "$.trials", "expected a list of trials")])
     from finetune.login.plan_file import records
 
+    try:  # one listing: a trial whose array task has not started it has no folder, nothing to read
+        started = set(os.listdir(layout.trials_dir(plan_dir)))
+    except OSError:
+        started = set()
     rows = []
     for i, trial in enumerate(records(plan)):
         if not isinstance(trial, dict) or not isinstance(trial.get("id"), str):
             raise UsageError(problems=[Problem(str(plan_file), f"$.trials[{i}].id", "expected a trial with a string id")])
-        rows.append(_row(plan_dir, trial))
+        rows.append(_row(plan_dir, trial, folder=trial["id"] in started))
     selection = selection or _plan_selection(plan) or DEFAULT_SELECTION
     varying = _varying(rows)
     configs = configurations(rows, [k for k in varying if k != REPLICA_KEY])
@@ -286,18 +290,24 @@ def _read(path: Path) -> Any:
 
 def _try_read(path: Path) -> tuple[Any, str]:
     """(object, "") or (None, why): one broken trial file must not hide the other results."""
-    if not path.is_file():
-        return None, ""
     try:
-        return json.loads(path.read_text(encoding="utf-8")), ""
-    except (OSError, json.JSONDecodeError) as e:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None, ""  # (one call, not a test and a read: collect reads 100k trials)
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"{path}: unreadable ({e})"
+    try:
+        return json.loads(text), ""
+    except json.JSONDecodeError as e:
         return None, f"{path}: unreadable ({e})"
 
 
-def _row(plan_dir: Path, trial: dict[str, Any]) -> TrialRow:
+def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True) -> TrialRow:
+    """One trial's row; ``folder=False`` (it has none yet): "missing", no file read."""
     tdir = layout.trial_dir(plan_dir, trial["id"])
     hyper = dict(trial.get("hyperparameters") or {})
-    config, _ = _try_read(layout.config_file(tdir))
+    config, _ = _try_read(layout.config_file(tdir)) if folder else (None, "")
     selection = None
     if isinstance(config, dict):
         if isinstance(config.get("hyperparameters"), dict):
@@ -314,7 +324,8 @@ def _row(plan_dir: Path, trial: dict[str, Any]) -> TrialRow:
         state="missing",
         selection=selection,
     )
-    _read_outcome(row, tdir)
+    if folder:
+        _read_outcome(row, tdir)
     superseded = trial.get("superseded_by")
     if superseded:
         # an input file changed since (see plan.py): the old numbers stay readable but never compete
@@ -397,10 +408,13 @@ def _check_result(path: Path, result: dict[str, Any]) -> str:
 
 def _varying(rows: list[TrialRow]) -> list[str]:
     """Hyperparameters that differ between trials: these are what a grid varied."""
-    keys: dict[str, set[str]] = {}
+    keys: dict[str, set[Any]] = {}
     for row in rows:
         for k, v in row.hyperparameters.items():
-            keys.setdefault(k, set()).add(json.dumps(v, sort_keys=True))
+            try:  # (type, value): 1, 1.0 and True stay apart, as their JSON texts do
+                keys.setdefault(k, set()).add((type(v), v))
+            except TypeError:  # a list or an object
+                keys.setdefault(k, set()).add(json.dumps(v, sort_keys=True))
     for row in rows:  # a key absent from some trials also varies
         for k in keys:
             if k not in row.hyperparameters:
