@@ -322,3 +322,35 @@ def test_trials_of_an_older_id_version_are_superseded_by_what_trains_the_same(co
     records = {t.id: t for t in load_plan(out).trials}
     for new_id, old_id in old_ids.items():
         assert records[old_id].superseded_by == new_id
+
+
+def test_replanning_an_extended_grid_appends_without_encoding_the_trials_already_there(confdir, tmp_path,
+                                                                                        monkeypatch):
+    from finetune.login import plan_file
+
+    encoded: list[str] = []
+    real = plan_file.record_line
+    monkeypatch.setattr(plan_file, "record_line", lambda t, i=None: encoded.append(t.id) or real(t, i))
+    pair = files(confdir, "pair.json", "task.json")
+    small = build_plan(pair, grid_config=grid_file(tmp_path, "a.json", parameters={"seed": [1, 2, 3]}))
+    out = tmp_path / "run"
+    write_plan(small, out)
+    before = (out / "plan.json").read_text()
+    encoded.clear()
+    # the same grid file with more seeds (another file would be another group: its provenance)
+    big = build_plan(pair, grid_config=grid_file(tmp_path, "a.json", parameters={"seed": [1, 2, 3, 4, 5]}))
+    report = write_plan(big, out)
+    new = set(ids(big)) - set(ids(small))
+    assert sorted(report.added) == sorted(new) and sorted(encoded) == sorted(new)  # only the new trials encoded
+    after = (out / "plan.json").read_text()
+    assert after.startswith(before[:-len(plan_file.TAIL)])  # what was there, byte for byte
+    assert after == plan_file.dump(plan_file.PLAN_VERSION, *(lambda d: (d["sources"], d["groups"]))(
+        json.loads(after)), load_plan(out).trials)  # the same text a full write makes
+    assert [t.id for t in load_plan(out).trials] == ids(small) + [i for i in ids(big) if i in new]
+
+    # a changed header (another group: a slurm setting differs) is written whole
+    encoded.clear()
+    other = build_plan(pair, ["slurm.partition=other"], grid_config=grid_file(tmp_path, "c.json",
+                                                                             parameters={"seed": [6]}))
+    write_plan(other, out)
+    assert len(encoded) == len(load_plan(out).trials)

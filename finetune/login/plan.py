@@ -731,11 +731,16 @@ def write_plan(plan: Plan, out_dir: str | os.PathLike[str], *, replace: bool = F
     plan.json (their folders stay), so a plan made with a typo can be fixed.
     """
     from finetune.fileio import atomic_write_text
-    from finetune.login.plan_file import dump
+    from finetune.login.plan_file import appended, dump, parse
 
     out = Path(out_dir)
     with _locked(out):
-        old = load_plan(out) if plan_file(out).is_file() else Plan(trials=[], groups={}, sources=[])
+        old_text, old_data = _read_plan_text(out)
+        old = Plan(trials=[], groups={}, sources=[])
+        if old_data is not None:
+            trials, groups, sources, version = parse(str(plan_file(out)), old_data)
+            old = Plan(trials=trials, groups=groups, sources=sources, version=version, out_dir=out)
+        old_trials = list(old.trials)
         new_by_id = {t.id: t for t in plan.trials}
         trials, added, updated, kept = [], [], [], []
         for t in old.trials:
@@ -758,8 +763,12 @@ def write_plan(plan: Plan, out_dir: str | os.PathLike[str], *, replace: bool = F
         groups = {g: v for g, v in groups.items() if g in used}
         sources = [s for s in old.sources if s.get("group") in used]
         sources += [s for s in plan.sources if s not in sources]
-        merged = Plan(trials=trials, groups=groups, sources=sources)
-        atomic_write_text(plan_file(out), dump(PLAN_VERSION, merged.sources, merged.groups, merged.trials))
+        text = None
+        if old_data is not None and not superseded and not dropped and not updated:
+            text = appended(old_text, old_data, old_trials, trials, groups, sources)  # new trials only encoded
+        if text is None:
+            text = dump(PLAN_VERSION, sources, groups, trials)
+        atomic_write_text(plan_file(out), text)
     plan.out_dir = out
     return WriteReport(path=plan_file(out), added=added, updated=updated, kept=kept, total=len(trials),
                        superseded=[t for t in superseded if t not in dropped], dropped=dropped)
@@ -848,6 +857,20 @@ def _supersede(trials: list[Trial], fresh: list[Trial], groups: dict[str, dict[s
             t.superseded_by = newer
             marked.append(t.id)
     return marked
+
+
+def _read_plan_text(out: Path) -> tuple[str, Any]:
+    """plan.json's text and parsed JSON (``("", None)`` when there is none)."""
+    from finetune.fileio import read_json
+
+    path = plan_file(out)
+    if not path.is_file():
+        return "", None
+    try:
+        text = path.read_text(encoding="utf-8")
+        return text, json.loads(text)
+    except (OSError, ValueError):
+        return "", read_json(path)  # raises what is wrong with it, with line and column
 
 
 def load_plan(out_dir: str | os.PathLike[str]) -> Plan:

@@ -126,6 +126,49 @@ def dump(version: int, sources: list[Any], groups: dict[str, Any], trials: list[
             + ("\n  ]\n}\n" if body else "]\n}\n"))
 
 
+TAIL = "\n  ]\n}\n"  # how dump ends a plan with trials
+
+
+def appended(old_text: str, old_data: dict[str, Any], old_trials: list[Trial], trials: list[Trial],
+             groups: dict[str, Any], sources: list[Any]) -> str | None:
+    """plan.json's text with ``trials`` (the old ones first, in their order) made by keeping
+    ``old_text`` byte for byte and adding the new trials' lines; None when that would not be what
+    ``dump`` writes: a header (groups, sources, sets) or an old trial's line changed, or a new
+    trial needs a set the file lacks. Replanning an extended grid then encodes only its new trials."""
+    n = len(old_trials)
+    sets = old_data.get("sets")
+    if (old_data.get("version") != PLAN_VERSION or not n or len(trials) <= n or not old_text.endswith(TAIL)
+            or not isinstance(sets, list) or groups != old_data.get("groups") or sources != old_data.get("sources")):
+        return None
+    index = {(s["group"], s["model_type"], tuple(s["train_languages"]), tuple(s["eval_languages"]),
+              json.dumps(s["hyperparameters"], sort_keys=True, default=str)): i for i, s in enumerate(sets)}
+    known: dict[tuple, int | None] = {}
+    keep: list[Any] = []  # the objects whose id() is a key of known
+
+    def set_of(t: Trial) -> int | None:
+        base = t.shared()
+        fast = (t.group, t.model_type, id(t.train_languages), id(t.eval_languages), id(base))
+        if fast not in known:
+            keep.append((t.train_languages, t.eval_languages, base))
+            known[fast] = index.get((t.group, t.model_type, tuple(t.train_languages), tuple(t.eval_languages),
+                                     json.dumps(base, sort_keys=True, default=str)))
+        return known[fast]
+
+    for before, now in zip(old_trials, trials, strict=False):
+        if now is before:
+            continue  # (a mark set on it, superseded_by, is the caller's to rule out)
+        if (now.id != before.id or now.grid_point != before.grid_point or now.lineage != before.lineage
+                or now.superseded_by != before.superseded_by or set_of(now) != set_of(before)):
+            return None
+    lines = []
+    for t in trials[n:]:
+        i = set_of(t)
+        if i is None:
+            return None
+        lines.append(record_line(t, i))
+    return old_text[:-len(TAIL)] + ",\n    " + ",\n    ".join(lines) + TAIL
+
+
 def record_line(trial: Trial, set_index: int | None = None) -> str:
     """One trial's line in plan.json (version 2); without ``set_index``, without its set."""
     point = trial.point_text if trial.point_text is not None else _encode(trial.grid_point)
