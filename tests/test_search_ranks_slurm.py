@@ -1,6 +1,6 @@
 """Searches whose trials span several tasks, on the real test clusters: the search worker (one
 array task) starts each trial as the array template would (an srun step over the job's tasks,
-here 2 ranks on one node), rank 0 alone
+here 2 ranks on one node, or one rank on each of the 2-node cluster's nodes), rank 0 alone
 reports each evaluation to the study and asks the pruner, and every rank stops where it says.
 
 The study holds a rival that finished with macro-F1 1.0 at the first rung (step 4), so the
@@ -102,3 +102,8 @@ def test_a_search_of_two_rank_trials_prunes_both_ranks_together(slurm_cluster, t
     out, job = _search(tmp_path, prefix.parent, nodes=1, per_node=2)
     _check(out, job, 2)
 
+
+def test_a_search_of_two_node_trials_prunes_both_nodes_together(slurm_multinode, tiny_pretrained, tmp_path):  # noqa: F811
+    _, prefix = tiny_pretrained
+    out, job = _search(tmp_path, prefix.parent, nodes=2, per_node=1)
+    assert _check(out, job, 2) == ["ftnode[1-2]"] * 2
