@@ -305,9 +305,9 @@ def _try_read(path: Path) -> tuple[Any, str]:
 
 def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True) -> TrialRow:
     """One trial's row; ``folder=False`` (it has none yet): "missing", no file read."""
-    tdir = layout.trial_dir(plan_dir, trial["id"])
+    tdir = layout.trial_dir(plan_dir, trial["id"]) if folder else None  # (no path made for 100k missing trials)
     hyper = dict(trial.get("hyperparameters") or {})
-    config, _ = _try_read(layout.config_file(tdir)) if folder else (None, "")
+    config, _ = _try_read(layout.config_file(tdir)) if tdir is not None else (None, "")
     selection = None
     if isinstance(config, dict):
         if isinstance(config.get("hyperparameters"), dict):
@@ -324,7 +324,7 @@ def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True) -> Trial
         state="missing",
         selection=selection,
     )
-    if folder:
+    if tdir is not None:
         _read_outcome(row, tdir)
     superseded = trial.get("superseded_by")
     if superseded:

@@ -83,6 +83,10 @@ def log_tail(trial_dir: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     return data.splitlines()[-lines:]
 
 
+def _tail(trial_dir: Path | None) -> list[str]:
+    return log_tail(trial_dir) if trial_dir is not None else []
+
+
 def _failure_reason(acct: TaskState) -> str:
     if acct.state == "FAILED":
         code = acct.exit_code.split(":")
@@ -92,13 +96,14 @@ def _failure_reason(acct: TaskState) -> str:
     return acct.state
 
 
-def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue: dict[str, TaskState],
+def classify(trial_id: str, trial_dir: Path | None, entry: dict[str, Any] | None, queue: dict[str, TaskState],
              acct: dict[str, TaskState] | None, *, queue_known: bool = True, search: bool = False,
              folder: bool = True, bundled: bool = False) -> TrialStatus:
     """One trial's status from the files, its latest manifest entry and the scheduler's answers.
 
-    ``folder=False``: the trial has no folder yet (its array task has not started it), so no
-    file is read: a big plan's status costs one directory listing, not reads per trial.
+    ``folder=False`` (or ``trial_dir`` None): the trial has no folder yet (its array task has not
+    started it), so no file is read: a big plan's status costs one directory listing, not reads
+    (nor paths made) per trial.
 
     ``queue_known=False`` (squeue could not be asked): a trial SLURM may still hold is "unknown",
     never guessed cancelled or failed from its absence in an empty answer.
@@ -106,6 +111,7 @@ def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue
     ``bundled``: its array task runs several trials one after another (``slurm.trials_per_task``);
     while the task runs, only the trial whose state.json says running is running, the others of
     the task wait their turn ("pending", reason "waiting in its bundle")."""
+    folder = folder and trial_dir is not None
     saved = layout.read_state(trial_dir) if folder else {}
     restart = saved.get("restart_count")
     if not isinstance(restart, int) or isinstance(restart, bool) or restart < 0:
@@ -122,7 +128,7 @@ def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue
         return TrialStatus(trial_id, "pruned", f"at step {step}", job=job, restart_count=restart)
     elif layout.result_file(trial_dir).exists():
         return TrialStatus(trial_id, "failed", f"{layout.RESULT_FILE} unreadable or not finished", job, restart,
-                           log_tail(trial_dir))
+                           _tail(trial_dir))
     q = queue.get(job) if job else None
     a = acct.get(job) if (acct is not None and job) else None
     if q is not None and q.active:
@@ -140,15 +146,15 @@ def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue
         return TrialStatus(trial_id, "unknown", "scheduler unreachable: it may still be queued or running", job,
                            restart)
     if a is not None and a.state in FAILURE_STATES:
-        return TrialStatus(trial_id, "failed", _failure_reason(a), job, restart, log_tail(trial_dir))
+        return TrialStatus(trial_id, "failed", _failure_reason(a), job, restart, _tail(trial_dir))
     if a is not None and a.state == "CANCELLED":
-        return TrialStatus(trial_id, "cancelled", "CANCELLED", job, restart, log_tail(trial_dir))
+        return TrialStatus(trial_id, "cancelled", "CANCELLED", job, restart, _tail(trial_dir))
     if a is not None and a.state == "COMPLETED" and saved.get("state") != "preempted":
-        return TrialStatus(trial_id, "failed", f"exit code 0 without {layout.RESULT_FILE}", job, restart, log_tail(trial_dir))
+        return TrialStatus(trial_id, "failed", f"exit code 0 without {layout.RESULT_FILE}", job, restart, _tail(trial_dir))
     if saved.get("state") == "failed":
-        return TrialStatus(trial_id, "failed", saved.get("reason") or "failed", job, restart, log_tail(trial_dir))
+        return TrialStatus(trial_id, "failed", saved.get("reason") or "failed", job, restart, _tail(trial_dir))
     if saved.get("state") == "preempted":
-        return TrialStatus(trial_id, "preempted", saved.get("reason") or "", job, restart, log_tail(trial_dir))
+        return TrialStatus(trial_id, "preempted", saved.get("reason") or "", job, restart, _tail(trial_dir))
     if entry is None and search:  # asked by a search worker (no manifest entry): the files say
         state = "running" if saved.get("state") == "running" else "pending"
         return TrialStatus(trial_id, state, "search worker", restart_count=restart)
@@ -156,10 +162,10 @@ def classify(trial_id: str, trial_dir: Path, entry: dict[str, Any] | None, queue
         return TrialStatus(trial_id, "unsubmitted", restart_count=restart)
     if saved.get("state") == "running":  # the scheduler no longer has it and no one says why
         return TrialStatus(trial_id, "failed", "stopped while running (no accounting record)", job, restart,
-                           log_tail(trial_dir))
+                           _tail(trial_dir))
     if not remote:  # its executor ran it to the end (local)
-        return TrialStatus(trial_id, "failed", f"ended without {layout.RESULT_FILE}", job, restart, log_tail(trial_dir))
-    return TrialStatus(trial_id, "cancelled", "left the queue before starting", job, restart, log_tail(trial_dir))
+        return TrialStatus(trial_id, "failed", f"ended without {layout.RESULT_FILE}", job, restart, _tail(trial_dir))
+    return TrialStatus(trial_id, "cancelled", "left the queue before starting", job, restart, _tail(trial_dir))
 
 
 def plan_status(plan_dir: str | Path) -> StatusReport:
@@ -207,7 +213,7 @@ def plan_status(plan_dir: str | Path) -> StatusReport:
     except OSError:
         started = set()
     per_task = Counter(manifest.task_key(e) for e in entries.values())  # > 1: a bundle (trials_per_task)
-    trials = [classify(t.id, layout.trial_dir(plan_dir, t.id), e, queue, acct,
+    trials = [classify(t.id, layout.trial_dir(plan_dir, t.id) if t.id in started else None, e, queue, acct,
                        queue_known=scheduler or not remote, search=search, folder=t.id in started,
                        bundled=e is not None and per_task[manifest.task_key(e)] > 1)
               for t in plan.trials for e in (entries.get(t.id),)]
