@@ -1,6 +1,8 @@
 """Issue 14, paths: an unusable data.cache_dir is named as such (at submit, before anything is
 written, and by the trial itself), made unwritable for real (a file in the way, a read-only mount,
-an unprivileged user), since root writes anywhere."""
+an unprivileged user), since root writes anywhere; and a `$` in any path (plan folder, checkpoint
+folder, hub-snapshot style tokenizer folder, load_from_disk dataset folders, the cache) is taken
+literally from plan to evaluate."""
 
 from __future__ import annotations
 
@@ -121,3 +123,98 @@ def test_a_cache_dir_this_user_cannot_write_is_refused_at_submit(tiny_pretrained
         assert not (plan / "manifest.json").exists() and not (plan / "trials").exists()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- item 8: a `$` in any path is that character, end to end ------------------------------------------
+
+
+def sib_dataset_dict(subset: str, rows: int = 40):
+    """The first rows of the real SIB-200 splits of ``subset`` as a DatasetDict (train/validation/test)."""
+    import csv
+
+    import datasets
+
+    out = {}
+    for split, name in (("train", "train"), ("dev", "validation"), ("test", "test")):
+        with open(REPO / "data" / "sib200" / subset / f"{split}.tsv", encoding="utf-8", newline="") as f:
+            kept = list(csv.DictReader(f, delimiter="\t"))[: rows if split == "train" else 12]
+        out[name] = datasets.Dataset.from_dict({k: [r[k] for r in kept] for k in ("index_id", "category", "text")})
+    return datasets.DatasetDict(out)
+
+
+def hub_style_tokenizer(prefix: Path, repo: Path) -> Path:
+    """The tokenizer at ``prefix`` saved as a hub snapshot lays it out: ``snapshots/<rev>/<file>`` are
+    symlinks into ``blobs/``. Returns the snapshot folder."""
+    from finetune.compute.tokenizer import load_tokenizer
+
+    plain = repo / "plain"
+    load_tokenizer(prefix).save_pretrained(str(plain))
+    snapshot = repo / "snapshots" / "0123abcd"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for n, f in enumerate(sorted(plain.iterdir())):
+        blob = repo / "blobs" / f"blob{n}"
+        f.rename(blob)
+        (snapshot / f.name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    plain.rmdir()
+    return snapshot
+
+
+def test_dollar_paths_are_literal_from_plan_to_evaluate(tmp_path, tiny_pretrained):  # noqa: F811
+    """Paths holding $HOME, ${X} and $(cmd) (plan folder, nanoGPT checkpoint folder, a hub-snapshot
+    style tokenizer folder of symlinks, load_from_disk dataset folders, a prefetched hub dataset in
+    the cache, the cache itself) are planned, checked, trained on and evaluated as written: nothing
+    expands them and no shell runs them (the $(touch ...) would leave a file)."""
+    from finetune.login.inputs import hub_snapshot
+
+    ckpt, prefix = tiny_pretrained
+    home = tmp_path / "home"
+    home.mkdir()
+    cmd = "$(touch pwned)"
+    models = tmp_path / "models$HOME"  # the checkpoint folder (nanoGPT's out_dir)
+    shutil.copytree(ckpt.parent, models / "tiny")
+    snapshot = hub_style_tokenizer(prefix, tmp_path / "hub${FT_I14_X}" / "models--x--tiny")
+    mirror = tmp_path / f"data{cmd}"  # load_from_disk folders: <mirror>/<subset>/dataset_dict.json
+    sib_dataset_dict("rus_Cyrl").save_to_disk(str(mirror / "rus_Cyrl"))
+    cache = tmp_path / "cache$HOME${FT_I14_X}"
+    polish = {"dataset": "example/sib-pl", "subset": "pol_Latn"}  # a hub dataset `finetune prefetch` saved
+    sib_dataset_dict("pol_Latn").save_to_disk(str(hub_snapshot(polish, cache)))
+    entry = {"train_features": ["text"], "eval_feature": "category",
+             "splits": {"train": "train", "eval": "validation", "test": "test"}, "task_type": "classification",
+             "classes": 7, "labels": ["science/technology", "travel", "politics", "sports", "health",
+                                      "entertainment", "geography"], "filter_length": False}
+    (tmp_path / "db.json").write_text(json.dumps({
+        "russian": {"espeak": "ru", "topic": {"sib200": {"dataset": "Davlan/sib200", "subset": "rus_Cyrl", **entry}}},
+        "polish": {"espeak": "pl", "topic": {"sib200": {**polish, **entry}}}}))
+    layer = tmp_path / "paths.json"
+    layer.write_text(json.dumps({
+        "database": "db.json", "data": {"mirrors": {"Davlan/sib200": str(mirror)}, "cache_dir": str(cache)},
+        "checkpoints": {"prefix": str(models), "normal": "tiny"},
+        "tokenizers": {"prefix": str(snapshot.parent), "normal_prefix": snapshot.name}}))
+    plan = tmp_path / f"run {cmd} $HOME"
+    e = env(HOME=str(home), FT_I14_X="elsewhere")
+    layers = [str(CONFIG / "finetune-rus-pol.json"), str(CONFIG / "finetune-rus-pol-topic.json"), str(layer)]
+    steps = [["plan", *layers, *SMALL, "--model-type", "normal", "--no-submit", "-o", str(plan)],
+             ["config", "validate", *layers, "--model-type", "normal"],
+             ["submit", str(plan), "--executor", "local"],
+             ["status", str(plan)],
+             ["evaluate", str(plan), "--languages", "russian", "polish", "--threads", "1"],
+             ["collect", str(plan)]]
+    for args in steps:
+        done = finetune(*args, env=e, cwd=tmp_path)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+    (trial,) = (plan / "trials").iterdir()
+    config = json.loads((trial / "config.json").read_text())
+    assert config["checkpoint"] == str(models / "tiny" / "ckpt.pt") and config["tokenizer"] == str(snapshot)
+    assert config["data"]["cache_dir"] == str(cache)
+    assert config["datasets"]["russian"]["path"] == str(mirror / "rus_Cyrl")
+    result = json.loads((trial / "result.json").read_text())
+    assert result["trial"] == trial.name and set(result["metrics"]) == {"russian", "polish"}
+    assert set(json.loads((trial / "evaluations.json").read_text())) == {"russian", "polish"}
+    assert (cache / "maps").is_dir()  # the token ids went into the literal cache folder
+    assert not list(tmp_path.rglob("pwned")) and not (Path.cwd() / "pwned").exists()
+    # where an expansion would have led: nothing was made there
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "modelsr").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["home", "models$HOME", "hub${FT_I14_X}", f"data{cmd}", "cache$HOME${FT_I14_X}", "db.json", "paths.json",
+         f"run {cmd} $HOME"])
