@@ -8,9 +8,11 @@ optional. Jobs run the ``count`` stand-in workload, so each takes a second or tw
 from __future__ import annotations
 
 import json
+import math
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,15 +133,29 @@ def test_scontrol_requeue_resumes_from_the_last_checkpoint(slurm_cluster, tmp_pa
     wait_until(lambda: ckpt.is_file() and json.loads(ckpt.read_text())["count"] >= random.randint(2, 20),
                what="counting")
     assert subprocess.run(["scontrol", "requeue", f"{job}_0"], capture_output=True).returncode == 0
+    requeued = time.time()  # slurmctld revoked the running job's credential before this
 
     def pending() -> bool:
         out = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout
         return out.strip() == "PENDING"
 
     wait_until(pending, what="the job back in the queue")
-    # without this the requeued job would wait 120 s (BeginTime)
+    # Without this the requeued job would wait 120 s (BeginTime). But slurmd refuses to launch a job
+    # whose credential was issued in the second (or before) of the requeue that revoked the old one
+    # (ctime <= revoked, whole seconds; slurmctld's clock when it sent the requeue's kill): "Job
+    # credential revoked", and the job ends instead of running again. So lift BeginTime only once the
+    # clock has left the requeue's second, as the job script's own requeue helper does (it waits 2 s).
+    time.sleep(max(0.0, math.floor(requeued) + 1.05 - time.time()))
     assert subprocess.run(["scontrol", "update", f"jobid={job}_0", "StartTime=now"]).returncode == 0
-    wait_until(lambda: (trial / "result.json").is_file(), timeout=60, what="the requeued job to finish")
+
+    def why() -> str:
+        acct = subprocess.run(["sacct", "-j", job, "--duplicates", "-X", "-n", "-P", "-o", "JobID,State,ExitCode"],
+                              capture_output=True, text=True).stdout
+        log = slurm_cluster / "log" / "slurmd.log"
+        return f"sacct: {acct}slurmd.log:\n" + "\n".join(log.read_text().splitlines()[-15:])
+
+    waiting.wait_until(lambda: (trial / "result.json").is_file(), 60, "the requeued job to finish", every=0.3,
+                       context=why)
     result = json.loads((trial / "result.json").read_text())
     assert result["count"] == target and result["restart_count"] == 1 and len(result["runs"]) == 2
 

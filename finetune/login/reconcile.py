@@ -1,5 +1,7 @@
 """Arrays the scheduler holds for a plan but its manifest does not list: found and adopted.
 
+(SLURM arrays, whether ``sbatch`` or submitit queued them.)
+
 Every array of a plan gets a job name unique to the plan and the array,
 ``ft-<plan folder>-<hash of the plan path>-<batch>-<key>-<n>``, and its index file
 (``jobs/<batch>/<key>-<n>.index``) is on disk before ``sbatch`` runs. So when the submitter is
@@ -20,6 +22,8 @@ from finetune import layout
 from finetune.login import executors
 
 ARRAY_RE = re.compile(r"^(?P<batch>[0-9]{4})-(?P<key>[0-9a-f]{8})-(?P<n>[0-9]+)$")
+# Executors whose arrays are SLURM jobs named by this module (submitit's job ids are SLURM's).
+NAMED = ("slurm", "submitit")
 
 
 def job_prefix(plan_dir: Path) -> str:
@@ -35,11 +39,17 @@ def array_job_name(plan_dir: Path, batch: str, key: str, n: int) -> str:
 
 def may_have_arrays(plan_dir: Path, submissions: dict[str, Any], executor: str = "") -> bool:
     """Worth asking SLURM: array scripts were written (every sbatch follows its script) and either
-    this submit goes to SLURM, the manifest lists SLURM arrays, or it lists nothing (lost)."""
+    this submit goes to SLURM (sbatch or submitit), the manifest lists SLURM arrays, or it lists
+    nothing (lost)."""
     if not layout.jobs_dir(plan_dir).is_dir():
         return False
     entries = [e for e in submissions["submissions"] if isinstance(e, dict)]
-    return executor == "slurm" or not entries or any(e.get("executor") == "slurm" for e in entries)
+    return executor in NAMED or not entries or any(e.get("executor") in NAMED for e in entries)
+
+
+def submitted_by(plan_dir: Path, job_id: str) -> str:
+    """Which executor queued array ``job_id``: submitit leaves its folder ``jobs/submitit/<job id>``."""
+    return "submitit" if (layout.jobs_dir(plan_dir) / "submitit" / job_id).is_dir() else "slurm"
 
 
 def unrecorded(plan_dir: Path, submissions: dict[str, Any], executor: str = "slurm",
@@ -73,7 +83,8 @@ def unrecorded(plan_dir: Path, submissions: dict[str, Any], executor: str = "slu
         except OSError:
             m_per = None
         per_task = max(1, int(m_per.group(1))) if m_per else 1
-        out.extend({"job_id": job_id, "array_index": i // per_task, "trial_id": tid, "executor": executor, "submitted": "",
+        by = submitted_by(plan_dir, job_id) if executor == "slurm" else executor
+        out.extend({"job_id": job_id, "array_index": i // per_task, "trial_id": tid, "executor": by, "submitted": "",
                     "batch": batch, "script": str(script.relative_to(plan_dir)), "adopted": True}
                    for i, tid in enumerate(trial_ids))
     return out

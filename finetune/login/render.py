@@ -127,3 +127,70 @@ def _render_format(text: str, context: Mapping[str, Any], name: str) -> str:
         return text.format(**fields)
     except (ValueError, IndexError, KeyError, AttributeError) as e:
         raise ConfigError(problems=[Problem(name, "", f"bad format template: {e}")]) from None
+
+
+# The requeue protocol for old-style templates (those of the original scripts, which know nothing
+# of it): ``with_requeue_protocol`` adds it to the rendered text, so an unchanged template behaves
+# like jobs/templates/array.sbatch.j2 (USR2 at any moment -> the trial checkpoints -> the job is
+# requeued -> the trial resumes exactly).
+REQUEUE_DIRECTIVES = """#SBATCH --signal=B:USR2@{grace}
+#SBATCH --requeue
+#SBATCH --open-mode=append
+"""
+REQUEUE_PREAMBLE = r"""# -- added by finetune (the template's own lines follow): SLURM sends USR2 to this shell only
+# (--signal=B:USR2), at any moment. This shell runs the rest of the script again in a child, in a
+# session of its own, and passes USR2 to all of it: the trial checkpoints and exits {exit_requeue},
+# and this shell requeues the job. The trial's command must be the script's last line (its exit
+# code is the script's).
+if [ -z "${{FINETUNE_REQUEUE_CHILD:-}}" ]; then
+  child=
+  usr2=0
+  forward_usr2() {{
+    usr2=1
+    echo "== $(date -Is) USR2: asking the trial to checkpoint"
+    [ -n "$child" ] && {{ kill -USR2 -- "-$child" 2>/dev/null || kill -USR2 "$child" 2>/dev/null; }}
+  }}
+  trap forward_usr2 USR2
+  rc={exit_requeue}
+  if [ "$usr2" = 0 ]; then  # else USR2 came before anything ran: requeue at once
+    FINETUNE_REQUEUE_CHILD=1 setsid bash "$0" "$@" &
+    child=$!
+    wait "$child"
+    rc=$?
+    while kill -0 "$child" 2>/dev/null; do  # wait returns early when a trapped signal arrives
+      wait "$child"
+      rc=$?
+    done
+    # killed by the USR2 itself before the trial's interpreter could handle it: nothing was written
+    if [ "$usr2" = 1 ] && [ "$rc" -eq 140 ]; then rc={exit_requeue}; fi
+  fi
+  if [ "$rc" -eq {exit_requeue} ]; then
+    echo "== $(date -Is) the trial checkpointed; requeueing job $SLURM_JOB_ID"
+    # lift the requeued job's 120 s BeginTime once it is pending, 2 s later (slurmd refuses a job
+    # credential issued in the second of the requeue that revoked the old one)
+    setsid bash -c 'for _ in $(seq 240); do sleep 0.25
+      [ "$(squeue -h -j "$1" -o %T 2>/dev/null)" = PENDING ] && sleep 2 && exec scontrol update jobid="$1" StartTime=now
+    done' lift-begin-time "$SLURM_JOB_ID" </dev/null >/dev/null 2>&1 &
+    scontrol requeue "$SLURM_JOB_ID"
+    exit 0
+  fi
+  exit "$rc"
+fi
+trap : USR2  # this copy of the script outlives USR2; the trial gets it (and handles it from its first moment)
+# -- end of what finetune added
+"""
+
+
+def with_requeue_protocol(text: str, *, grace: int, exit_requeue: int) -> str:
+    """``text`` (a rendered old-style script) with the requeue protocol: the ``#SBATCH`` lines
+    right after the first line (the interpreter line; the template's own directives come later and
+    win), the shell part before the template's first command."""
+    lines = text.splitlines(keepends=True)
+    head = 1 if lines and lines[0].startswith("#!") else 0
+    first = next((i for i in range(head, len(lines)) if lines[i].strip() and not lines[i].lstrip().startswith("#")),
+                 len(lines))
+    preamble = REQUEUE_PREAMBLE.format(exit_requeue=int(exit_requeue))
+    directives = REQUEUE_DIRECTIVES.format(grace=int(grace))
+    if head and not lines[0].endswith("\n"):
+        lines[0] += "\n"
+    return "".join(lines[:head] + [directives] + lines[head:first] + [preamble] + lines[first:])

@@ -30,7 +30,15 @@ from finetune.login.batch import write_groups
 from finetune.login.check import check_trials
 from finetune.login.executors.base import ArrayJob, SchedulerError, write_job_files
 from finetune.login.executors.resources import resolve_slurm
-from finetune.login.render import ShellSafe, join, line_breaks, quote, render
+from finetune.login.render import (
+    ShellSafe,
+    engine_for,
+    join,
+    line_breaks,
+    quote,
+    render,
+    with_requeue_protocol,
+)
 from finetune.login.schema import field_error, validate_field
 
 DEFAULT_TEMPLATE = shipped.template(shipped.ARRAY_TEMPLATE)  # jobs/templates/, or the wheel's copy
@@ -204,15 +212,16 @@ def queued_trials(entries: dict[str, dict[str, Any]], made: dict[str, Any] | Non
 def adopt_unrecorded(plan_dir: Path, submissions: dict[str, Any], executor: str) -> dict[str, Any]:
     """Record the plan's queued arrays that the manifest misses (a SIGKILLed submitter, a deleted
     manifest.json): one squeue by the plan's job names (finetune.login.reconcile). Asked when the
-    plan has (or may have had) SLURM arrays; a scheduler that cannot answer stops a SLURM submit."""
+    plan has (or may have had) SLURM arrays, sbatch's or submitit's; a scheduler that cannot answer
+    stops a submit to SLURM."""
     if not reconcile.may_have_arrays(plan_dir, submissions, executor):
         return {}
     made = {"slurm": executors.make_executor("slurm")}  # its one squeue answers queued_trials too
     try:
         reconcile.adopt(plan_dir, submissions, made["slurm"])
     except SchedulerError as e:
-        if executor == "slurm" or any(isinstance(x, dict) and x.get("executor") == "slurm"
-                                      for x in submissions["submissions"]):
+        if executor in reconcile.NAMED or any(isinstance(x, dict) and x.get("executor") in reconcile.NAMED
+                                              for x in submissions["submissions"]):
             raise FinetuneError(f"cannot ask SLURM which arrays of this plan are queued: {e}") from None
     return made
 
@@ -469,7 +478,10 @@ def plan_arrays(plan_dir: Path, trials: list[tuple[str, dict[str, Any]]], *, bat
         for n, part in enumerate(chunks(ids, max_array_size * per_task)):
             name = reconcile.array_job_name(plan_dir, batch, key, n)  # unique per plan and array
             index = folder / f"{key}-{n}.index"
-            text = render(template, script_context(name, plan_dir, index, slurm, time, python))
+            context = script_context(name, plan_dir, index, slurm, time, python)
+            text = render(template, context)
+            if engine_for(template) == "format":  # an old-style template: it knows no requeue protocol
+                text = with_requeue_protocol(text, grace=context["grace"], exit_requeue=context["exit_requeue"])
             jobs.append(ArrayJob(name=name, plan_dir=plan_dir, script_path=folder / f"{key}-{n}.sbatch",
                                  index_path=index, script=text, trial_ids=tuple(part), slurm=slurm,
                                  time=time, throttle=throttle,

@@ -6,19 +6,28 @@ record); each task makes its trial's folder and config.json from the index file
 output appended to the trial's log. Queue state and cancel go through the slurm tools, since
 submitit's job ids are SLURM ids. Needs accounting: without sacct submitit can wait forever on a
 job that died, so ``submit`` here never waits on results.
+
+Each array gets its plan's job name (``finetune.login.reconcile``), so a rerun adopts an array
+that a SIGKILLed submitter queued but did not record, as on the sbatch path. submitit runs
+``sbatch`` with every other descriptor closed, so the plan's submit lock cannot reach it: on SLURM
+``map_array`` runs in a child process that inherits the lock (``pass_fds``) and outlives a killed
+submitter until its array is queued (``python -m finetune.login.executors.submitit_executor``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from finetune import layout
 from finetune.login.batch import prepare_trial
 from finetune.login.executors import slurm as slurm_tools
-from finetune.login.executors.base import ArrayJob, TaskState, write_job_files
+from finetune.login.executors.base import ArrayJob, SchedulerError, TaskState, write_job_files
 from finetune.login.executors.local import run_local_bundle, run_local_trial
 from finetune.login.executors.resources import resolve_slurm
 
@@ -80,7 +89,9 @@ class SubmititExecutor:
     scheduler = True
 
     def __init__(self, *, cluster: str | None = None, **options: Any):
-        self.cluster = cluster  # None: submitit picks (slurm when sbatch works)
+        self.backend = cluster  # None: submitit picks (slurm when sbatch works)
+        # descriptors the submitting process inherits (the plan's submit lock; see the module doc)
+        self.pass_fds: tuple[int, ...] = tuple(options.get("pass_fds") or ())
 
     @classmethod
     def available(cls) -> bool:
@@ -90,17 +101,20 @@ class SubmititExecutor:
         write_job_files(job)
 
     def submit(self, job: ArrayJob) -> str:
-        import submitit
-
-        folder = layout.jobs_dir(job.plan_dir) / "submitit" / "%j"
-        executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster)
-        params = submitit_parameters(job)
-        if executor.cluster != "slurm":
-            params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
-        executor.update_parameters(**params)
-        n = job.tasks
-        jobs = executor.map_array(_task, [str(job.index_path)] * n, list(range(n)), [job.per_task] * n)
-        return str(jobs[0].job_id).split("_")[0]
+        request = {"folder": str(layout.jobs_dir(job.plan_dir) / "submitit" / "%j"), "backend": self.backend,
+                   "parameters": submitit_parameters(job), "index": str(job.index_path), "tasks": job.tasks,
+                   "per_task": job.per_task}
+        if not self.pass_fds or not shutil.which("sbatch"):
+            return map_array(request)
+        # a child holds the lock until sbatch has returned, however this process ends; its own
+        # session: a Ctrl-C meant for the submitter does not cut it short
+        proc = subprocess.run([sys.executable, "-m", __name__, json.dumps(request)], capture_output=True,
+                              text=True, pass_fds=self.pass_fds, start_new_session=True)
+        job_id = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+        if proc.returncode != 0 or not job_id.isdigit():
+            raise SchedulerError(f"submitit could not submit {job.index_path} (exit {proc.returncode}): "
+                                 f"{proc.stderr.strip()[-2000:] or proc.stdout.strip()}")
+        return job_id
 
     def state(self, job_ids: list[str]) -> dict[str, TaskState]:
         return slurm_tools.queue_state([j for j in job_ids if j.isdigit()])
@@ -121,3 +135,24 @@ class SubmititExecutor:
         from finetune.login.nodes import query_cluster
 
         return query_cluster()
+
+
+def map_array(request: dict[str, Any]) -> str:
+    """One array through submitit's ``map_array``; its job id."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=request["folder"], cluster=request["backend"])
+    params = dict(request["parameters"])
+    if executor.cluster != "slurm":
+        params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+    executor.update_parameters(**params)
+    n = int(request["tasks"])
+    jobs = executor.map_array(_task, [request["index"]] * n, list(range(n)), [int(request["per_task"])] * n)
+    return str(jobs[0].job_id).split("_")[0]
+
+
+if __name__ == "__main__":  # the child of SubmititExecutor.submit: argv[1] is the request (JSON)
+    # through the module's own name, so that submitit pickles finetune's ``_task``, not ``__main__``'s
+    from finetune.login.executors.submitit_executor import map_array as _map_array
+
+    print(_map_array(json.loads(sys.argv[1])), flush=True)
