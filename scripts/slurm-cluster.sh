@@ -11,7 +11,8 @@
 #                                                    removes its namespaces and links
 #   scripts/slurm-cluster.sh kill-node DIR I         (--nodes N) node I is lost: SIGKILL to every process in
 #                                                    its namespace (slurmd, slurmstepd, the job's tasks)
-#   scripts/slurm-cluster.sh start-node DIR I        (--nodes N) starts node I's slurmd again
+#   scripts/slurm-cluster.sh start-node DIR I        (--nodes N) starts node I's slurmd again and waits
+#                                                    until slurmctld has the node back in service
 #
 # DIR may also come from $FINETUNE_SLURM_DIR. `start` prints `export ...` lines (SLURM_CONF) to
 # eval; the same lines are in DIR/env.sh. Ports are picked free at start, so two clusters (two
@@ -314,16 +315,45 @@ node_check() {  # node_check I: I names a node of this multi-node cluster
 
 kill_node() {  # a node lost at once: every process in its network namespace, SIGKILL
   node_check "$1"
-  local pid
-  for pid in $(ip netns pids "ft-$HASH-node$1" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-  echo "slurm-cluster: killed node ftnode$1 (every process in its namespace)" >&2
+  local pid pids round
+  # again until none is left: a process forked while the list was read (slurmd starting a
+  # slurmstepd, a step starting its task) would otherwise outlive the node
+  for round in $(seq 50); do
+    pids=$(ip netns pids "ft-$HASH-node$1" 2>/dev/null || true)
+    [ -z "$pids" ] && break
+    for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
+    sleep 0.1
+  done
+  if [ -n "$(ip netns pids "ft-$HASH-node$1" 2>/dev/null || true)" ]; then
+    echo "slurm-cluster: kill-node: processes of ftnode$1 are still alive after SIGKILL" >&2
+    exit 1
+  fi
+  echo "slurm-cluster: killed node ftnode$1 (every process in its namespace, $round round(s))" >&2
 }
 
-start_node() {  # its slurmd again (outside the keeper: stop still ends it, by pid file and namespace)
+node_responding() {  # node I is known to slurmctld, responding and in service (not DOWN)
+  local state
+  state=$(scontrol show node "ftnode$1" 2>/dev/null | sed -n 's/.*State=\([^ ]*\).*/\1/p')
+  [ -n "$state" ] && ! printf %s "$state" | grep -qE 'DOWN|NOT_RESPONDING|UNKNOWN'
+}
+
+start_node() {  # its slurmd again (outside the keeper: stop still ends it, by pid file and namespace);
+  # returns once slurmctld has it back in service (ReturnToService=2), i.e. jobs can use it
   node_check "$1"
-  if alive "slurmd-ftnode$1"; then echo "slurm-cluster: ftnode$1 is running" >&2; return 0; fi
-  start_slurmd "$1"
-  echo "slurm-cluster: started slurmd of ftnode$1" >&2
+  if ! alive "slurmd-ftnode$1"; then
+    start_slurmd "$1"
+    echo "slurm-cluster: started slurmd of ftnode$1" >&2
+  fi
+  local end=$((SECONDS + 60))
+  until node_responding "$1"; do
+    if ! alive "slurmd-ftnode$1" || [ $SECONDS -ge $end ]; then
+      echo "slurm-cluster: ftnode$1 is not back in service: $(scontrol show node "ftnode$1" 2>&1 | grep -E 'State|Reason')" >&2
+      tail -n 20 "$DIR/log/slurmd-ftnode$1.log" "$DIR/log/slurmd-ftnode$1.out" >&2 || true
+      exit 1
+    fi
+    sleep 0.2
+  done
+  echo "slurm-cluster: ftnode$1 is back in service" >&2
 }
 
 boot() {  # run by the keeper: start the daemons (they stay the keeper's descendants) and wait for them
