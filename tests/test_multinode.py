@@ -371,9 +371,9 @@ def node_failure_runs(_slurm_multinode_session, tiny_pretrained, tmp_path_factor
     return out
 
 
-def accounting(job: str) -> list[str]:
-    """sacct: the state of every run of the job's array task 0, oldest first."""
-    return subprocess.run(["sacct", "-j", f"{job}_0", "--duplicates", "-X", "-n", "-P", "-o", "State"],
+def accounting(job: str, task: int = 0) -> list[str]:
+    """sacct: the state of every run of the job's array task, oldest first."""
+    return subprocess.run(["sacct", "-j", f"{job}_{task}", "--duplicates", "-X", "-n", "-P", "-o", "State"],
                           capture_output=True, text=True, check=True).stdout.split()
 
 
@@ -411,9 +411,7 @@ def test_a_node_lost_without_slurm_requeue_submit_requeues_only_that_trial(two_n
     assert "submitted 1 trials in 1 arrays" in n["submit_cli"] and "skipped 1 finished" in n["submit_cli"], n["submit_cli"]
     assert n["resubmit"]["trial_id"] == tid and str(n["resubmit"]["job_id"]) != n["job"]
     assert accounting(n["job"]) == ["COMPLETED"]  # task 0: the first trial
-    task1 = subprocess.run(["sacct", "-j", f"{n['job']}_1", "--duplicates", "-X", "-n", "-P", "-o", "State"],
-                           capture_output=True, text=True, check=True).stdout.split()
-    assert task1 == ["NODE_FAIL"]  # SLURM did not run it again
+    assert accounting(n["job"], 1) == ["NODE_FAIL"]  # task 1: SLURM did not run it again
     assert accounting(str(n["resubmit"]["job_id"])) == ["COMPLETED"]
     log = (trial / "log.txt").read_text(errors="replace")
     assert log.rstrip().endswith(f"trial {tid} exited with 0"), log[-4000:]
