@@ -174,7 +174,7 @@ def test_dollar_paths_are_literal_from_plan_to_evaluate(tmp_path, tiny_pretraine
     models = tmp_path / "models$HOME"  # the checkpoint folder (nanoGPT's out_dir)
     shutil.copytree(ckpt.parent, models / "tiny")
     snapshot = hub_style_tokenizer(prefix, tmp_path / "hub${FT_I14_X}" / "models--x--tiny")
-    mirror = tmp_path / f"data{cmd}"  # load_from_disk folders: <mirror>/<subset>/dataset_dict.json
+    mirror = tmp_path / f"data$HOME{cmd}"  # load_from_disk folders: <mirror>/<subset>/dataset_dict.json
     sib_dataset_dict("rus_Cyrl").save_to_disk(str(mirror / "rus_Cyrl"))
     cache = tmp_path / "cache$HOME${FT_I14_X}"
     polish = {"dataset": "example/sib-pl", "subset": "pol_Latn"}  # a hub dataset `finetune prefetch` saved
@@ -216,5 +216,5 @@ def test_dollar_paths_are_literal_from_plan_to_evaluate(tmp_path, tiny_pretraine
     # where an expansion would have led: nothing was made there
     assert not (tmp_path / "cache").exists() and not (tmp_path / "modelsr").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["home", "models$HOME", "hub${FT_I14_X}", f"data{cmd}", "cache$HOME${FT_I14_X}", "db.json", "paths.json",
+        ["home", "models$HOME", "hub${FT_I14_X}", f"data$HOME{cmd}", "cache$HOME${FT_I14_X}", "db.json", "paths.json",
          f"run {cmd} $HOME"])
