@@ -248,20 +248,22 @@ def collect(plan_dir: str | os.PathLike[str], *, metric: str = "macro_f1", selec
     plan_file = layout.plan_file(plan_dir)
     if not plan_file.is_file():
         raise UsageError(problems=[Problem(str(plan_file), "", "no plan here; make one with `finetune plan ... --output-dir DIR`")])
-    plan = _read(plan_file)
-    if not isinstance(plan, dict) or not isinstance(plan.get("trials"), list):
-        raise UsageError(problems=[Problem(str(plan_file), "$.trials", "expected a list of trials")])
-    from finetune.login.plan_file import records
+    from finetune.login.plan_file import gc_paused, records
 
-    try:  # one listing: a trial whose array task has not started it has no folder, nothing to read
-        started = set(os.listdir(layout.trials_dir(plan_dir)))
-    except OSError:
-        started = set()
-    rows = []
-    for i, trial in enumerate(records(plan)):
-        if not isinstance(trial, dict) or not isinstance(trial.get("id"), str):
-            raise UsageError(problems=[Problem(str(plan_file), f"$.trials[{i}].id", "expected a trial with a string id")])
-        rows.append(_row(plan_dir, trial, folder=trial["id"] in started))
+    with gc_paused():  # reading 100k trials and their files makes objects, not garbage
+        plan = _read(plan_file)
+        if not isinstance(plan, dict) or not isinstance(plan.get("trials"), list):
+            raise UsageError(problems=[Problem(str(plan_file), "$.trials", "expected a list of trials")])
+        try:  # one listing: a trial whose array task has not started it has no folder, nothing to read
+            started = set(os.listdir(layout.trials_dir(plan_dir)))
+        except OSError:
+            started = set()
+        rows = []
+        for i, trial in enumerate(records(plan)):
+            if not isinstance(trial, dict) or not isinstance(trial.get("id"), str):
+                raise UsageError(problems=[Problem(str(plan_file), f"$.trials[{i}].id",
+                                                   "expected a trial with a string id")])
+            rows.append(_row(plan_dir, trial, folder=trial["id"] in started))
     selection = selection or _plan_selection(plan) or DEFAULT_SELECTION
     varying = _varying(rows)
     configs = configurations(rows, [k for k in varying if k != REPLICA_KEY])

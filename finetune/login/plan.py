@@ -733,14 +733,16 @@ def write_plan(plan: Plan, out_dir: str | os.PathLike[str], *, replace: bool = F
     plan.json (their folders stay), so a plan made with a typo can be fixed.
     """
     from finetune.fileio import atomic_write_text
-    from finetune.login.plan_file import appended, dump, parse
+    from finetune.login.plan_file import appended, dump, gc_paused, parse
 
     out = Path(out_dir)
     with _locked(out):
-        old_text, old_data = _read_plan_text(out)
+        with gc_paused():
+            old_text, old_data = _read_plan_text(out)
+            parsed = parse(str(plan_file(out)), old_data) if old_data is not None else None
         old = Plan(trials=[], groups={}, sources=[])
-        if old_data is not None:
-            trials, groups, sources, version = parse(str(plan_file(out)), old_data)
+        if parsed is not None:
+            trials, groups, sources, version = parsed
             old = Plan(trials=trials, groups=groups, sources=sources, version=version, out_dir=out)
         old_trials = list(old.trials)
         new_by_id = {t.id: t for t in plan.trials}
@@ -879,13 +881,14 @@ def load_plan(out_dir: str | os.PathLike[str]) -> Plan:
     """The plan in ``out_dir``; raises ConfigError when there is none, it is unreadable or invalid
     (``finetune.login.plan_file.parse``: ids, uniqueness, fields, hyperparameter values)."""
     from finetune.fileio import read_json
-    from finetune.login.plan_file import parse
+    from finetune.login.plan_file import gc_paused, parse
 
     out = Path(out_dir)
     path = plan_file(out)
     if not path.is_file():
         raise ConfigError(problems=[Problem(str(path), "", "no plan here (run `finetune plan` first)")])
-    trials, groups, sources, version = parse(str(path), read_json(path))
+    with gc_paused():
+        trials, groups, sources, version = parse(str(path), read_json(path))
     return Plan(trials=trials, groups=groups, sources=sources, version=version, out_dir=out)
 
 
