@@ -873,7 +873,7 @@ def _read_plan_text(out: Path) -> tuple[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
         return text, json.loads(text)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return "", read_json(path)  # raises what is wrong with it, with line and column
 
 
