@@ -34,6 +34,7 @@ from typing import Any
 from finetune import layout
 from finetune.errors import Problem, UsageError
 from finetune.fileio import atomic_write_text
+from finetune.login import evaluations
 from finetune.login.tasks import ALL_METRICS, LOWER_IS_BETTER
 
 # every task type's metrics, classification's first (the csv columns keep their old order)
@@ -258,12 +259,15 @@ def collect(plan_dir: str | os.PathLike[str], *, metric: str = "macro_f1", selec
             started = set(os.listdir(layout.trials_dir(plan_dir)))
         except OSError:
             started = set()
+        groups = plan.get("groups") if isinstance(plan.get("groups"), dict) else {}
         rows = []
         for i, trial in enumerate(records(plan)):
             if not isinstance(trial, dict) or not isinstance(trial.get("id"), str):
                 raise UsageError(problems=[Problem(str(plan_file), f"$.trials[{i}].id",
                                                    "expected a trial with a string id")])
-            rows.append(_row(plan_dir, trial, folder=trial["id"] in started))
+            group = groups.get(trial.get("group"))
+            rows.append(_row(plan_dir, trial, folder=trial["id"] in started,
+                             group=group if isinstance(group, dict) else None))
     selection = selection or _plan_selection(plan) or DEFAULT_SELECTION
     varying = _varying(rows)
     configs = configurations(rows, [k for k in varying if k != REPLICA_KEY])
@@ -305,8 +309,9 @@ def _try_read(path: Path) -> tuple[Any, str]:
         return None, f"{path}: unreadable ({e})"
 
 
-def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True) -> TrialRow:
-    """One trial's row; ``folder=False`` (it has none yet): "missing", no file read."""
+def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True, group: dict[str, Any] | None = None) -> TrialRow:
+    """One trial's row; ``folder=False`` (it has none yet): "missing", no file read. ``group``: its
+    plan group (what the plan names now, for finetune.login.evaluations)."""
     tdir = layout.trial_dir(plan_dir, trial["id"]) if folder else None  # (no path made for 100k missing trials)
     hyper = dict(trial.get("hyperparameters") or {})
     config, _ = _try_read(layout.config_file(tdir)) if tdir is not None else (None, "")
@@ -327,7 +332,7 @@ def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True) -> Trial
         selection=selection,
     )
     if tdir is not None:
-        _read_outcome(row, tdir)
+        _read_outcome(row, tdir, group)
     superseded = trial.get("superseded_by")
     if superseded:
         # an input file changed since (see plan.py): the old numbers stay readable but never compete
@@ -335,8 +340,10 @@ def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True) -> Trial
     return row
 
 
-def _read_outcome(row: TrialRow, tdir: Path) -> None:
-    """The row's state, reason and metrics from result.json, else state.json."""
+def _read_outcome(row: TrialRow, tdir: Path, group: dict[str, Any] | None = None) -> None:
+    """The row's state, reason and metrics from result.json, else state.json; a finished trial's
+    metrics are its current scores (finetune.login.evaluations: result.json's and those of
+    later evaluations of the same model, on the datasets ``group`` names now)."""
     result, why = _try_read(layout.result_file(tdir))
     if why:
         row.state, row.reason = "invalid", why
@@ -363,9 +370,11 @@ def _read_outcome(row: TrialRow, tdir: Path) -> None:
             row.state, row.reason = "invalid", problem
             return
         row.state = "finished"
-        row.metrics = dict(result.get("metrics") or {})
+        expected = evaluations.expected_datasets(group, row.eval_languages) if group else None
+        scores = evaluations.current_scores(tdir, result, expected)
+        row.metrics = {lang: {s: v for s, v in splits.items() if s != "source"} for lang, splits in scores.items()}
+        row.eval_languages += [lang for lang in row.metrics if lang not in row.eval_languages]
         row.best_step = result.get("best_step")
-        _add_evaluations(row, tdir)
         if isinstance(result.get("hyperparameters"), dict):
             row.hyperparameters = {**row.hyperparameters, **result["hyperparameters"]}
         return
@@ -378,19 +387,6 @@ def _read_outcome(row: TrialRow, tdir: Path) -> None:
         if row.state == "finished":  # state says finished but the result is gone
             row.state, row.reason = "invalid", (f"{layout.result_file(tdir)}: missing although "
                                                 f"{layout.STATE_FILE} says finished")
-
-
-def _add_evaluations(row: TrialRow, tdir: Path) -> None:
-    """Languages `finetune evaluate` scored later from the trial's model join its metrics."""
-    extra, _ = _try_read(layout.evaluations_file(tdir))
-    if not isinstance(extra, dict):
-        return
-    for lang, splits in extra.items():
-        if lang in row.metrics or not isinstance(splits, dict):
-            continue
-        row.metrics[lang] = {s: v for s, v in splits.items() if s in SPLITS and isinstance(v, dict)}
-        if lang not in row.eval_languages:
-            row.eval_languages.append(lang)
 
 
 def _check_result(path: Path, result: dict[str, Any]) -> str:

@@ -209,8 +209,10 @@ def _array_task(args: argparse.Namespace) -> int:
     trial_dir = prepare_trial(index, task)
     if args.prepare:
         return 0
-    if layout.is_finished(trial_dir):  # says so in the job's output; the trial's files stay untouched
-        return run_trial(trial_dir)
+    from finetune.login.evaluations import request_file
+
+    if layout.is_finished(trial_dir) and not request_file(trial_dir).is_file():
+        return run_trial(trial_dir)  # says so in the job's output; the trial's files stay untouched
     log = open(layout.log_file(trial_dir), "ab", buffering=0)  # noqa: SIM115 - lives as long as the process
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)

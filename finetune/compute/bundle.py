@@ -63,6 +63,7 @@ def run_bundle(index_file: str | os.PathLike[str], task: int, per_task: int) -> 
     from finetune.compute import shared
     from finetune.compute.trial import run_trial
     from finetune.login.batch import prepare_trial
+    from finetune.login.evaluations import request_file
 
     index = Path(index_file).resolve()
     stop: dict[str, Any] = {"usr2": False}
@@ -81,7 +82,7 @@ def run_bundle(index_file: str | os.PathLike[str], task: int, per_task: int) -> 
                 print(f"bundle: USR2 before line {n + 1}; exiting {layout.EXIT_REQUEUE}", flush=True)
                 return layout.EXIT_REQUEUE
             trial_dir = prepare_trial(index, n)
-            if layout.is_done(trial_dir):
+            if layout.is_done(trial_dir) and not request_file(trial_dir).is_file():  # (else: evaluate it)
                 print(f"bundle: {trial_dir.name} already done; skipped", flush=True)
                 continue
             print(f"bundle: {trial_dir.name} (line {n + 1}) starts", flush=True)

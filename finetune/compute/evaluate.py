@@ -19,7 +19,7 @@ best step, which a saved model cannot reproduce for a new language: it is refuse
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,23 +27,53 @@ from typing import Any
 
 from finetune import layout
 from finetune.errors import ConfigError, Problem
+from finetune.login import evaluations
+
+
+def run_request(trial_dir: str | os.PathLike[str]) -> int:
+    """The evaluation job of a finished trial: score the languages its ``evaluate.json`` asks for
+    (written by the array task, finetune.login.batch), then remove the request. Rank 0 only: the
+    other ranks of a multi-task job have nothing to do. Exit code 0, or 1 when scoring failed
+    (the request stays, so the next submit sends it again)."""
+    import sys
+
+    from finetune.fileio import read_json
+
+    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
+    if rank not in ("0", ""):
+        return layout.EXIT_FINISHED
+    path = evaluations.request_file(trial_dir)
+    request = read_json(path)
+    if not isinstance(request, dict) or not isinstance(request.get("languages"), list):
+        raise ConfigError(problems=[Problem(str(path), "$.languages", "not an evaluation request")])
+    langs = [str(lang) for lang in request["languages"]]
+    print(f"== evaluating the saved model of {Path(trial_dir).name} on {', '.join(langs)} (no training)",
+          file=sys.stderr)
+    scored = evaluate_trial(trial_dir, langs, datasets=request.get("datasets") or {},
+                            fingerprints=request.get("fingerprints") or {})
+    for lang, splits in scored.items():
+        shown = ", ".join(f"{split} {name} {value:.4f}" for split, m in splits.items()
+                          for name, value in list(m.items())[:2])
+        print(f"   {lang}: {shown}", file=sys.stderr)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return layout.EXIT_FINISHED
 
 
 def read_evaluations(trial_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    try:
-        data = json.loads(layout.evaluations_file(trial_dir).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return evaluations.read_evaluations(trial_dir)
 
 
 def evaluate_trial(trial_dir: str | os.PathLike[str], languages: list[str] | None = None, *,
-                   datasets: dict[str, dict[str, Any]] | None = None, threads: int | None = None) -> dict[str, Any]:
+                   datasets: dict[str, dict[str, Any]] | None = None, threads: int | None = None,
+                   fingerprints: dict[str, str | None] | None = None) -> dict[str, Any]:
     """Score the trial's saved model on ``languages`` (default: its eval languages); returns
     ``{language: {"eval": metrics, "test": metrics}}`` and merges it into evaluations.json.
 
-    ``datasets`` adds resolved dataset entries (TRIAL_CONFIG form) for languages the trial's
-    frozen config does not have.
+    ``datasets`` adds (or, for a language the plan now names another dataset for, replaces)
+    resolved dataset entries (TRIAL_CONFIG form). Each language's record says what it scored
+    (finetune.login.evaluations): the model (``model_stamp``), the dataset entry (``dataset``)
+    and its content ``fingerprint`` (from ``fingerprints``, None for a hub dataset).
     """
     import torch
 
@@ -82,6 +112,7 @@ def evaluate_trial(trial_dir: str | os.PathLike[str], languages: list[str] | Non
                                             "dataset (the task type the trial was trained on)")])
     settings = settings_from_config(eval_config, 1, file=str(cfg_file))
     task = task_for(eval_config, settings, file=str(cfg_file))
+    stamp = evaluations.model_stamp(trial_dir)  # what these scores are of (read before loading)
     model = load_trial_model(trial_dir, config)
     model.eval()
     data = task.load_data(model.config.block_size, train=False)
@@ -98,7 +129,9 @@ def evaluate_trial(trial_dir: str | os.PathLike[str], languages: list[str] | Non
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     merged = read_evaluations(trial_dir)
     for lang, splits in out.items():
-        merged[lang] = {**splits, "updated": now, "model": layout.MODEL_DIR}
+        merged[lang] = {**splits, "updated": now, "model": layout.MODEL_DIR, "model_stamp": stamp,
+                        "dataset": evaluations.dataset_key(entries[lang]),
+                        "fingerprint": (fingerprints or {}).get(lang)}
     atomic_write_json(layout.evaluations_file(trial_dir), merged)
     return out
 

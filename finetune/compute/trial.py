@@ -18,11 +18,22 @@ TRAINABLE_TASK_TYPES = ("classification", "question-answering", "causal-lm")
 
 
 def run_trial(trial_dir: str | Path) -> int:
-    """Run the trial in ``trial_dir``; a finished one is left exactly as it is (exit 0)."""
+    """Run the trial in ``trial_dir``; a finished one is left exactly as it is (exit 0), unless
+    its array task asked for more scores (``evaluate.json``, finetune.login.evaluations): then
+    its saved model is evaluated on those languages, and nothing is trained."""
     import sys
 
     trial_dir = Path(trial_dir)
     if layout.is_finished(trial_dir):  # before anything is read or written: no state.json, no log line
+        from finetune.login.evaluations import request_file
+
+        if request_file(trial_dir).is_file():  # an evaluation job: score the saved model, train nothing
+            if not _hold_trial_lock(trial_dir):
+                print(f"{trial_dir}: another process holds {layout.TRIAL_LOCK}; not evaluating now", file=sys.stderr)
+                return layout.EXIT_FAILED
+            from finetune.compute.evaluate import run_request
+
+            return run_request(trial_dir)
         print(f"{trial_dir}: already finished ({layout.RESULT_FILE} says so); nothing to do", file=sys.stderr)
         return layout.EXIT_FINISHED
     path = layout.config_file(trial_dir)

@@ -124,7 +124,9 @@ def read_groups(index_file: str | os.PathLike[str]) -> dict[str, dict[str, Any]]
 def prepare_trial(index_file: str | os.PathLike[str], task: int | str) -> Path:
     """Make array task ``task``'s trial folder and frozen ``config.json``; return the folder.
 
-    A done trial (finished or pruned) is left exactly as it is. Otherwise ``config.json`` is
+    A done trial (finished or pruned) is left exactly as it is; a finished one whose eval
+    languages lack a current score (or whose record asks, ``"evaluate"``: `finetune evaluate`)
+    gets an evaluation request (``request_evaluation``) beside it. Otherwise ``config.json`` is
     (re)written when it differs from what this batch froze: a trial submitted again (failed,
     cancelled) runs with its latest submission's settings; a requeued task finds it unchanged.
     """
@@ -132,6 +134,9 @@ def prepare_trial(index_file: str | os.PathLike[str], task: int | str) -> Path:
     tid, record = read_task(index, task)
     tdir = layout.trial_dir(layout.plan_dir_of_index(index), tid)
     tdir.mkdir(parents=True, exist_ok=True)
+    if record is not None and layout.is_finished(tdir):
+        request_evaluation(index, tdir, record)
+        return tdir
     if record is None or layout.is_done(tdir):
         return tdir
     config = trial_config(index, record)
@@ -143,3 +148,26 @@ def prepare_trial(index_file: str | os.PathLike[str], task: int | str) -> Path:
     if current != config:
         atomic_write_json(path, config)
     return tdir
+
+
+def request_evaluation(index_file: str | os.PathLike[str], trial_dir: Path, record: dict[str, Any]) -> list[str]:
+    """Write ``trials/<id>/evaluate.json`` (finetune.login.evaluations) for a finished trial: the
+    languages its record asks for (``"evaluate"``), else the eval languages without a current
+    score, with their dataset entries and fingerprints from the batch's groups. Returns the
+    languages ([] and nothing written when none is missing). ``finetune train`` then scores them."""
+    from finetune.login import evaluations
+
+    group = read_groups(index_file).get(str(record.get("group")))
+    asked = record.get("evaluate")
+    if isinstance(asked, list):
+        langs = sorted({str(lang) for lang in asked})
+    else:
+        langs = evaluations.pending(trial_dir, list(record.get("eval_languages") or []), group)
+    if not langs:
+        return []
+    entries = (group or {}).get("datasets") or {}
+    prints = ((group or {}).get("inputs") or {}).get("datasets") or {}
+    atomic_write_json(evaluations.request_file(trial_dir), {
+        "languages": langs, "datasets": {lang: entries[lang] for lang in langs if lang in entries},
+        "fingerprints": {lang: prints.get(lang) for lang in langs}})
+    return langs

@@ -25,7 +25,7 @@ from typing import Any
 
 from finetune import layout
 from finetune.errors import ConfigError, FinetuneError, Problem, UsageError
-from finetune.login import executors, manifest, reconcile, shipped
+from finetune.login import evaluations, executors, manifest, reconcile, shipped
 from finetune.login.batch import write_groups
 from finetune.login.check import check_trials
 from finetune.login.executors.base import ArrayJob, SchedulerError, write_job_files
@@ -66,6 +66,8 @@ class SubmitReport:
     dry_run: bool = False
     manifest: Path | None = None
     warnings: list[Problem] = field(default_factory=list)  # dry run: missing inputs, listed not refused
+    evaluating: list[str] = field(default_factory=list)  # of the trials sent: finished ones, to be scored only
+    unfinished: list[str] = field(default_factory=list)  # `finetune evaluate`: skipped, no trained model yet
 
     @property
     def sbatch_calls(self) -> int:
@@ -77,19 +79,23 @@ class SubmitReport:
 
     def summary(self) -> str:
         skipped = f"{len(self.finished)} finished, {len(self.active)} queued or running"
+        if self.unfinished:
+            skipped += f", {len(self.unfinished)} not trained yet"
         if self.superseded:
             skipped += f", {len(self.superseded)} superseded"
         if self.deferred:
             skipped += (f"; {len(self.deferred)} left for later (queue limit: room for {self.queue_limit} more "
                         "array tasks; run submit again, or submit --follow)")
+        scoring = (f" ({len(self.evaluating)} of them only evaluated: trained before, eval languages "
+                   "without a current score)" if self.evaluating else "")
         if self.dry_run:
             tasks = sum(len(j.trial_ids) for j in self.arrays)
-            return (f"dry run ({self.executor}): would submit {tasks} trials in {len(self.arrays)} arrays; "
+            return (f"dry run ({self.executor}): would submit {tasks} trials{scoring} in {len(self.arrays)} arrays; "
                     f"skipped {skipped}; scripts: {', '.join(str(p) for p in self.scripts) or '(none)'}")
         if not self.submitted:
             return f"nothing to submit ({skipped})"
         verb = "submitted" if self.scheduler else "ran"
-        return (f"{verb} {len(self.submitted)} trials in {len(self.arrays)} arrays ({self.executor}: "
+        return (f"{verb} {len(self.submitted)} trials{scoring} in {len(self.arrays)} arrays ({self.executor}: "
                 f"{', '.join(self.job_ids)}); skipped {skipped}; manifest: {self.manifest}")
 
 
@@ -118,6 +124,51 @@ class Todo:
     problems: list[Problem] = field(default_factory=list)
     # one representative TRIAL_CONFIG per distinct set of inputs: (file, config, trial ids it stands for)
     checks: list[tuple[str, dict[str, Any], list[str]]] = field(default_factory=list)
+
+
+@dataclass
+class Evaluate:
+    """`finetune evaluate`: submit finished trials to be scored again (no training).
+
+    ``languages``: what to score (None: each trial's eval languages); ``trials``: only these
+    (None: every finished one); ``datasets``/``fingerprints``: TRIAL_CONFIG dataset entries and
+    content fingerprints of languages the plan's groups do not name."""
+
+    languages: list[str] | None = None
+    trials: set[str] | None = None
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fingerprints: dict[str, str | None] = field(default_factory=dict)
+
+
+def _with_evaluation(work: Todo, plan: Any, evaluate: Evaluate) -> None:
+    """Records that ask for scores (``"evaluate"``, read by finetune.login.batch.request_evaluation)
+    and groups that name the datasets of the extra languages."""
+    from finetune.login.batch import record_text
+
+    by_id = {t.id: t for t in plan.trials}
+    for i, tid in enumerate(work.ids):
+        t = by_id[tid]
+        langs = sorted(set(evaluate.languages or t.eval_languages))
+        record = json.loads(work.records[i] or record_text(t))
+        work.records[i] = json.dumps({**record, "evaluate": langs}, ensure_ascii=False)
+    if evaluate.datasets:
+        for gid, group in list(work.groups.items()):
+            inputs = dict(group.get("inputs") or {})
+            inputs["datasets"] = {**(inputs.get("datasets") or {}), **evaluate.fingerprints}
+            work.groups[gid] = {**group, "datasets": {**(group.get("datasets") or {}), **evaluate.datasets},
+                                "inputs": inputs}
+
+
+def _refuse_oracle(plan: Any, trials: list[Any]) -> None:
+    """each-language trials report every language at its own best step: a saved model cannot add one."""
+    oracle = [t.id for t in trials
+              if (((plan.groups.get(t.group) or {}).get("config") or {}).get("training") or {}).get("selection")
+              == "each-language"]
+    if oracle:
+        raise UsageError(problems=[Problem("--trials", "", f"{len(oracle)} trials use training.selection "
+                                           f"each-language ({', '.join(oracle[:5])}{' ...' if len(oracle) > 5 else ''}): "
+                                           "each language is reported at its own best step, which a saved model "
+                                           "cannot reproduce; leave them out with --trials")])
 
 
 def todo_trials(plan_dir: Path, plan: Any, trials: list[Any]) -> Todo:
@@ -321,8 +372,9 @@ def _shell_problems(slurm: Any, config_file: str, provenance: dict[str, str]) ->
 
 
 def _fit_problems(ex: Any, configs: list[tuple[Any, dict[str, Any]]]) -> list[Problem]:
-    """Requests no node of their partition can hold (one scheduler query, one check per distinct request)."""
-    from finetune.login.nodes import request_problems
+    """Requests no node of their partition can hold, and ``training.device`` cuda where the trial
+    cannot get a GPU (one scheduler query, one check per distinct request)."""
+    from finetune.login.nodes import device_request_problems, request_problems
 
     if not ex.scheduler:  # the trials run on this machine: its devices must be there
         from finetune.login.nodes import local_device_problems
@@ -334,19 +386,21 @@ def _fit_problems(ex: Any, configs: list[tuple[Any, dict[str, Any]]]) -> list[Pr
         return out
     ask = getattr(ex, "cluster", None)  # a backend registered from elsewhere may not know its nodes
     cluster = ask() if ask is not None else None
-    if cluster is None:
-        return []
-    out: list[Problem] = []
+    out = []
     seen: set[str] = set()
     for path, cfg in configs:
         slurm = resolve_slurm(cfg.get("slurm", {}))
+        device = str((cfg.get("training") or {}).get("device") or "auto")
         key = json.dumps([slurm.get(k) for k in ("partition", "cpus_per_task", "ntasks_per_node", "mem", "gpus",
-                                                "nodes")])
+                                                "nodes", "extra")] + [device, cfg.get("provenance") or {}],
+                         sort_keys=True, default=str)
         if key in seen:
             continue
         seen.add(key)
-        out += [p for p in request_problems(slurm, cluster, str(path), cfg.get("provenance"))
-                if p not in out]
+        found = device_request_problems(cfg.get("training") or {}, slurm, cluster, str(path), cfg.get("provenance"))
+        if cluster is not None:
+            found += request_problems(slurm, cluster, str(path), cfg.get("provenance"))
+        out += [p for p in found if p not in out]
     return out
 
 
@@ -507,10 +561,12 @@ def check_inputs(checks: list[tuple[str, dict[str, Any], list[str]]]) -> list[Pr
 
 
 def check_rendering(plan: Any, plan_dir: str | Path, *, template: str | Path | None = None,
-                    timeout: str | None = None, python: str | None = None) -> None:
+                    timeout: str | None = None, python: str | None = None, executor: str | None = None) -> None:
     """Render the scripts a submission of ``plan`` into ``plan_dir`` would need, in memory, and
     check the flags and slurm sections: raises what ``submit`` would raise about them, so that a
-    caller can refuse before writing the plan (one render per resource shape, not per trial)."""
+    caller can refuse before writing the plan (one render per resource shape, not per trial).
+    With ``executor``, also what the trials ask of where they run (``_fit_problems``: devices,
+    and for a scheduler the partition's nodes, one query)."""
     plan_dir = Path(plan_dir).resolve()
     template_path = Path(template).resolve() if template else DEFAULT_TEMPLATE
     timeout = str(timeout) if timeout is not None else None
@@ -520,6 +576,9 @@ def check_rendering(plan: Any, plan_dir: str | Path, *, template: str | Path | N
         shapes.setdefault(t.group, (t.id, plan.trial_config(t)))
     problems = [p for _tid, cfg in shapes.values()
                 for p in slurm_problems(cfg.get("slurm", {}), str(layout.plan_file(plan_dir)), cfg.get("provenance"))]
+    if not problems and executor is not None:
+        problems = _fit_problems(executors.make_executor(executor), [(layout.plan_file(plan_dir), cfg)
+                                                                      for _tid, cfg in shapes.values()])
     if problems:
         raise ConfigError("cannot submit:", problems=problems)
     plan_arrays(plan_dir, list(shapes.values()), batch="check", template=template_path, timeout=timeout,
@@ -548,8 +607,14 @@ def _check_flags(template: Path, timeout: str | None, throttle: int | None, max_
 def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path | None = None,
            timeout: str | None = None, throttle: int | None = None, dry_run: bool = False,
            max_array_size: int | None = None, parallel: int | None = None,
-           python: str | None = None, max_trials: int | None = None) -> SubmitReport:
+           python: str | None = None, max_trials: int | None = None,
+           evaluate: Evaluate | None = None) -> SubmitReport:
     """Submit every trial of the plan that is neither finished nor queued (see module doc).
+
+    A finished trial whose eval languages lack a current score (an eval language added to the
+    layers, a dataset changed: finetune.login.evaluations) is sent too: its array task scores
+    the saved model on them and trains nothing. ``evaluate`` (`finetune evaluate`): send the
+    finished trials only, each to be scored on ``evaluate.languages`` whatever it has.
 
     ``max_trials``: refuse (UsageError naming --yes) when more trials than this would go.
 
@@ -577,21 +642,34 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
         submissions = manifest.load(plan_dir)
         made = adopt_unrecorded(plan_dir, submissions, name)
         entries = manifest.latest(submissions)
-        finished, active, todo, superseded = [], [], [], []
+        finished, active, todo, superseded, evaluating, unfinished = [], [], [], [], [], []
         queued = queued_trials(entries, made)
         started = _trial_folders(plan_dir)  # one listing: most trials of a big plan have no folder yet
         for t in plan.trials:
+            tdir = layout.trial_dir(plan_dir, t.id)
+            if evaluate is not None and evaluate.trials is not None and t.id not in evaluate.trials:
+                continue
             if t.superseded_by and t.id not in queued:  # its input files changed: the newer trial runs
                 superseded.append(t.id)
-            elif t.id in started and layout.is_done(layout.trial_dir(plan_dir, t.id)):  # finished, or pruned
-                finished.append(t.id)
+            elif evaluate is not None and not (t.id in started and layout.is_finished(tdir)):
+                unfinished.append(t.id)
+            elif t.id in started and layout.is_done(tdir):  # finished, or pruned
+                if evaluate is None and not evaluations.pending(tdir, t.eval_languages, plan.groups.get(t.group)):
+                    finished.append(t.id)
+                elif t.id in queued:  # its evaluation job
+                    active.append(t.id)
+                else:
+                    todo.append(t)
+                    evaluating.append(t.id)
             elif t.id in queued:
                 active.append(t.id)
             else:
                 todo.append(t)
         report = SubmitReport(executor=name, arrays=[], scheduler=bool(ex.scheduler), finished=finished,
                               active=active, dry_run=dry_run, manifest=layout.manifest_file(plan_dir),
-                              superseded=superseded)
+                              superseded=superseded, evaluating=evaluating, unfinished=unfinished)
+        if evaluate is not None:
+            _refuse_oracle(plan, todo)
         if not todo:
             return report
         if max_trials is not None and len(todo) > max_trials and not dry_run:
@@ -600,6 +678,8 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
 
         # Everything is checked and rendered in memory first: bad input writes nothing.
         work = todo_trials(plan_dir, plan, todo)
+        if evaluate is not None:
+            _with_evaluation(work, plan, evaluate)
         problems = work.problems
         problems += _fit_problems(ex, [(f, c) for f, c, _ in work.checks]) if not problems else []
         missing = check_inputs(work.checks)
