@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 from submit_helpers import make_plan
@@ -13,13 +14,17 @@ from finetune.errors import ConfigError
 from finetune.login.nodes import (
     Cluster,
     Node,
+    device_request_problems,
     gpu_count,
     memory_mb,
     parse_nodes,
     parse_partitions,
     request_problems,
+    requested_gpus,
 )
 from finetune.login.submit import submit
+
+REPO = Path(__file__).resolve().parent.parent
 
 NODES = """NodeName=small Arch=x86_64 CoresPerSocket=1 CPUAlloc=0 CPUTot=2 CPULoad=0.1 Gres=(null) RealMemory=4000 Partitions=cpu,all State=IDLE
 NodeName=gpu1 Arch=x86_64 CoresPerSocket=8 CPUAlloc=0 CPUTot=16 Gres=gpu:a100:4(S:0-1) RealMemory=256000 Partitions=gpu,all State=IDLE
@@ -115,3 +120,59 @@ def test_submit_names_the_layer_of_a_missing_checkpoint(tmp_path, capsys):
                                       "provenance": {"$.checkpoints.normal": "config/typo.json"}}})
     assert main(["submit", str(plan), "--executor", "local"]) == 2
     assert f"config/typo.json: $.checkpoints.normal: checkpoint not found: {tmp_path / 'nope.pt'}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device,slurm,message", [
+    ("cuda", {}, "'cuda', but the SLURM request asks for no GPU (slurm.gpus is 0"),
+    ("cuda:1", {"gpus": 1}, "'cuda:1', but no node of partition 'cpu' (the default) has a GPU (no gpu GRES: small)"),
+    ("cuda", {"gpus": 1, "partition": "gpu"}, None),
+    ("cuda", {"extra": {"gres": "gpu:a100:2"}, "partition": "all"}, None),  # a node of 'all' has GPUs
+    ("cuda", {"extra": {"gpus-per-node": "a100:1"}, "partition": "gpu"}, None),
+    ("cuda", {"extra": {"gres": "shard:2"}, "partition": "gpu"}, "asks for no GPU"),
+    ("auto", {}, None),
+    ("cpu", {"partition": "gpu"}, None),
+])
+def test_cuda_needs_a_request_that_gets_a_gpu(cluster, device, slurm, message):
+    provenance = {"$.training.device": "config/gpu.json"}
+    got = device_request_problems({"device": device}, {**REQUEST, **slurm}, cluster, "trials/x/config.json", provenance)
+    if message is None:
+        assert got == []
+        return
+    (problem,) = got
+    assert (problem.file, problem.path) == ("config/gpu.json", "$.training.device") and message in problem.message
+    # without an answer from the scheduler only the request itself can be judged
+    assert bool(device_request_problems({"device": device}, {**REQUEST, **slurm}, None, "f")) == (requested_gpus(
+        {**REQUEST, **slurm}) == 0)
+
+
+def test_the_test_cluster_refuses_cuda_without_a_gpu(slurm_cluster, tmp_path, capsys):
+    """Issue 17 item 8 on the real (GPU-less) test cluster: training.device cuda is refused at submit
+    and at plan time, before anything is written, whether the request asks for no GPU or for one
+    that no node of the partition has."""
+    from finetune.cli import main
+
+    plan = tmp_path / "plan"
+    make_plan(plan, 2, per_trial={0: {"training": {"device": "cuda"},
+                                      "provenance": {"$.training.device": "config/gpu.json"}}})
+    with pytest.raises(ConfigError) as e:
+        submit(plan, executor="slurm")
+    assert "config/gpu.json: $.training.device: 'cuda', but the SLURM request asks for no GPU" in str(e.value)
+    assert not (plan / "manifest.json").exists() and not (plan / "jobs").exists()
+    assert main(["submit", str(plan), "--executor", "slurm"]) == 2
+    assert "$.training.device: 'cuda', but the SLURM request asks for no GPU" in capsys.readouterr().err
+
+    asks = tmp_path / "asks"
+    make_plan(asks, 1, slurm={"gpus": 1}, per_trial={0: {"training": {"device": "cuda"}}})
+    with pytest.raises(ConfigError) as e:
+        submit(asks, executor="slurm")
+    assert "$.training.device: 'cuda', but no node of partition" in str(e.value) and "has a GPU" in str(e.value)
+    assert not (asks / "manifest.json").exists()
+
+    # at plan time (`finetune plan` submits): refused before plan.json is written
+    out = tmp_path / "planned"
+    files = [str(REPO / f) for f in ("config/finetune-rus-pol.json", "config/finetune-rus-pol-topic.json")]
+    assert main(["plan", *files, "--set", "training.device=cuda", "--set", "slurm.cpus_per_task=1", "--model-type", "normal",
+                 "--executor", "slurm", "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "$.training.device: 'cuda', but the SLURM request asks for no GPU" in err and "--set" in err
+    assert not (out / "plan.json").exists()

@@ -218,7 +218,8 @@ def run(args: argparse.Namespace, *, matrix: bool, search: bool = False) -> int:
         raise UsageError(problems=[Problem("--yes", "", f"this plan has {n} trials (more than {GUARD}); "
                                            "add --yes to submit them, or --dry-run to look first")])
     if not args.no_submit:  # a bad template or slurm section refuses before the plan is written
-        _check_rendering()(plan, out, template=args.template, timeout=args.timeout)
+        _check_rendering()(plan, out, template=args.template, timeout=args.timeout,
+                           executor=args.executor)
     report = write_plan(plan, out, replace=args.replace)
     counts = ", ".join(f"{mt}: {c}" for mt, c in plan.counts().items())
     print(f"planned {n} trials ({counts}) in {out}: {len(report.added)} new, "

@@ -169,3 +169,49 @@ def local_device_problems(training: dict[str, Any], config_file: str,
                         f"{device!r}, but this machine shows no CUDA GPU (the local executor runs trials here); "
                         "use auto or cpu, or submit to a cluster")]
     return []
+
+
+GPU_FLAGS = ("gpus", "gpus-per-node", "gpus-per-task", "gres")  # slurm.extra flags that can ask for GPUs
+
+
+def requested_gpus(slurm: dict[str, Any]) -> int:
+    """GPUs per node a resolved ``slurm`` section asks for: ``gpus`` (``--gres=gpu:N``), or a GPU
+    flag of ``extra`` (``gres: "gpu:a100:2"``, ``gpus-per-node: 2``, ``gpus: "a100:1"``)."""
+    total = int(slurm.get("gpus") or 0)
+    extra = slurm.get("extra") or {}
+    for flag in GPU_FLAGS:
+        value = extra.get(flag) if isinstance(extra, dict) else None
+        if value is None or value is False:
+            continue
+        text = str(value)
+        if flag == "gres":
+            total = max(total, gpu_count(text))
+        else:  # "[type:]count"
+            count = text.rsplit(":", 1)[-1]
+            total = max(total, int(count) if count.isdigit() else 1)
+    return total
+
+
+def device_request_problems(training: dict[str, Any], slurm: dict[str, Any], cluster: Cluster | None,
+                            config_file: str, provenance: dict[str, str] | None = None) -> list[Problem]:
+    """``training.device`` cuda for a trial SLURM runs, when its request cannot give it a GPU: it
+    asks for none (no ``slurm.gpus``, no GPU flag in ``slurm.extra``), or no node of its partition
+    has a GPU GRES (``cluster``: one scheduler query; None: not known, only the first is checked)."""
+    device = str(training.get("device") or "auto")
+    if not device.startswith("cuda"):
+        return []
+    path = "$.training.device"
+    where = (provenance or {}).get(path, config_file)
+    if requested_gpus(slurm) == 0:
+        return [Problem(where, path, f"{device!r}, but the SLURM request asks for no GPU (slurm.gpus is 0 and "
+                                     "slurm.extra has no gres/gpus flag), so the trial would never see one; set "
+                                     "slurm.gpus (e.g. 1), or training.device to auto or cpu")]
+    if cluster is not None:
+        partition = slurm.get("partition")
+        nodes = cluster.partition_nodes(partition)
+        shown = repr(partition) if partition else f"{cluster.default_partition!r} (the default)"
+        if nodes and not any(n.gpus for n in nodes):
+            return [Problem(where, path, f"{device!r}, but no node of partition {shown} has a GPU (no gpu GRES: "
+                                         f"{', '.join(n.name for n in nodes[:8])}); choose a GPU partition with "
+                                         "slurm.partition, or set training.device to auto or cpu")]
+    return []
