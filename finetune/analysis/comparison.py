@@ -28,7 +28,14 @@ from finetune.analysis.results import (
     choose,
     protocol_text,
 )
-from finetune.analysis.significance import SCORES, PooledResult, Stratum, holm, stratified_test
+from finetune.analysis.significance import (
+    EXAMPLE_SCORES,
+    SCORES,
+    PooledResult,
+    Stratum,
+    holm,
+    stratified_test,
+)
 from finetune.errors import Problem, UsageError
 
 CELL_FIELDS = ("model_type", "train_set", "language")
@@ -147,9 +154,9 @@ def compare_conditions(
     Raises UsageError listing the trials without kept predictions (unless ``allow_missing``:
     then those cells are reported untested).
     """
-    if table.metric not in SCORES:
-        raise UsageError(problems=[Problem("--metric", "", f"the test scores {', '.join(SCORES)} from predictions, "
-                                           f"not {table.metric!r}")])
+    if table.metric not in SCORES + EXAMPLE_SCORES:
+        raise UsageError(problems=[Problem("--metric", "", f"the test scores {', '.join(SCORES + EXAMPLE_SCORES)} "
+                                           f"from predictions, not {table.metric!r}")])
     if set(a.values) != set(b.values):
         raise UsageError(problems=[Problem("--b", "", f"must set the same keys as --a ({', '.join(sorted(a.values))}), "
                                            f"got {', '.join(sorted(b.values))}")])
@@ -183,7 +190,8 @@ def compare_conditions(
         pairs.append((cell, ca, cb, common))
         needed += [(sa[s], ca.language) for s in common] + [(sb[s], cb.language) for s in common]
     loaded: dict[tuple[str, str], Predictions | None] = {
-        (tid, lang): load_predictions(table.plan_dir, tid, lang, split) for tid, lang in dict.fromkeys(needed)
+        (tid, lang): load_predictions(table.plan_dir, tid, lang, split, table.metric)
+        for tid, lang in dict.fromkeys(needed)
     }
     missing: dict[str, list[str]] = {}
     for (tid, lang), p in loaded.items():
@@ -204,7 +212,9 @@ def compare_conditions(
             pa, pb = loaded[(sa[s], ca.language)], loaded[(sb[s], cb.language)]
             assert pa is not None and pb is not None
             if pa.labels.shape != pb.labels.shape or (pa.labels != pb.labels).any():
-                raise UsageError(problems=[Problem(str(pb.path), "labels", f"differ from those of {pa.path}: the "
+                what = "labels" if table.metric in SCORES else ("tokens" if table.metric in ("loss", "perplexity")
+                                                                 else "examples")
+                raise UsageError(problems=[Problem(str(pb.path), what, f"differ from those of {pa.path}: the "
                                                    "test needs the same examples in the same order")])
             digest = hashlib.sha256(pa.labels.tobytes()).hexdigest()[:16]
             strata.append(Stratum(pa.predicted, pb.predicted, pa.labels, f"{ca.language}/{split}/{digest}"))
@@ -252,6 +262,8 @@ def comparison_text(cmp: Comparison) -> str:
         rounds = cmp.cells[0].result.rounds
         lines += ["", f"CI: {conf:.0%} bootstrap percentile interval of A - B; p: two-sided, "
                       f"{rounds} rounds; Holm: adjusted over {len(cmp.cells)} cells."]
+        if cmp.cells[0].result.lower_is_better:
+            lines.append(f"Lower {m} is better: a negative A - B favours A.")
         floor = len(cmp.cells) / (rounds + 1)
         if floor > 0.005:
             lines.append(f"Note: with {rounds} rounds no Holm-adjusted p can be below {floor:.2g}; "

@@ -1,7 +1,8 @@
 """Per-example predictions of finished trials: where they live, reading them, and what is missing.
 
 The trainer keeps, for every eval language and split, ``logits`` (n, classes) and ``labels`` (n,)
-in ``<trial>/logits/<trial-id>-<language>-<split>.npz`` (``training.logit_directory`` moves
+(question answering: ``exact_match``, ``f1`` per question; causal LM: ``loss_sum``, ``tokens`` per
+block) in ``<trial>/logits/<trial-id>-<language>-<split>.npz`` (``training.logit_directory`` moves
 them; ``training.dump_logits`` false turns them off). A few kilobytes per language, so they are
 kept by default and a significance test never needs a rerun.
 """
@@ -51,8 +52,15 @@ class Predictions:
     path: Path
 
 
-def load_predictions(plan_dir: str | Path, trial_id: str, language: str, split: str) -> Predictions | None:
-    """The predictions of one trial of a plan, or None when they were not kept."""
+def load_predictions(plan_dir: str | Path, trial_id: str, language: str, split: str,
+                     metric: str = "macro_f1") -> Predictions | None:
+    """The predictions of one trial of a plan, or None when they were not kept.
+
+    Classification metrics: the argmax labels and the gold labels of the logits dump. The
+    per-example metrics of question answering (``exact_match``, ``f1``: ``predicted`` is each
+    question's score, ``labels`` all ones) and causal LM (``loss``, ``perplexity``: each block's
+    summed token loss, ``labels`` its token count) from their score dumps; the statistic is
+    sum(predicted) / sum(labels) (finetune.analysis.significance.statistic)."""
     import json
 
     import numpy as np
@@ -65,9 +73,36 @@ def load_predictions(plan_dir: str | Path, trial_id: str, language: str, split: 
     path = prediction_path(tdir, trial_id, language, split, config if isinstance(config, dict) else None)
     if not path.is_file():
         return None
+    if metric in EXAMPLE_METRICS:
+        return _example_scores(path, trial_id, language, split, metric)
     logits, labels = load_logits(path)
     return Predictions(trial_id, language, split, np.asarray(logits).argmax(axis=1).astype(np.int64),
                        np.asarray(labels, dtype=np.int64), path)
+
+
+EXAMPLE_METRICS = ("exact_match", "f1", "loss", "perplexity")  # = significance.EXAMPLE_SCORES
+
+
+def _example_scores(path: Path, trial_id: str, language: str, split: str, metric: str) -> Predictions:
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise UsageError(problems=[Problem(str(path), "", f"not a dump file (.npz): {e}")]) from None
+    key = "loss_sum" if metric in ("loss", "perplexity") else metric
+    if key not in arrays:
+        raise UsageError(problems=[Problem(str(path), key, f"no per-example {key!r} in this dump (has: "
+                                           f"{', '.join(sorted(arrays))}); is {metric} a metric of this task type?")])
+    values = np.asarray(arrays[key], dtype=np.float64)
+    if key == "loss_sum":
+        if "tokens" not in arrays:
+            raise UsageError(problems=[Problem(str(path), "tokens", "missing: the loss needs each block's token count")])
+        weights = np.asarray(arrays["tokens"], dtype=np.float64)
+    else:
+        weights = np.ones_like(values)
+    return Predictions(trial_id, language, split, values, weights, path)
 
 
 def missing_error(plan_dir: str | Path, missing: dict[str, list[str]], split: str) -> UsageError:

@@ -19,7 +19,7 @@ from finetune import layout
 from finetune.analysis.predictions import load_logits
 from finetune.errors import Problem, UsageError
 
-__all__ = ["approximate_randomization", "compare", "load_logits", "scores", "stratified_test"]
+__all__ = ["approximate_randomization", "compare", "load_logits", "scores", "statistic", "stratified_test"]
 
 SCORES = ("accuracy", "macro_f1")
 # from per-example score dumps (question answering: exact_match and f1 per question; causal LM:
@@ -236,11 +236,17 @@ def _compare_example_scores(file_a: Path, file_b: Path, *, metric: str, rounds: 
 
 @dataclass(frozen=True)
 class Stratum:
-    """One paired comparison on one example set: e.g. seed 2 of both conditions on the Czech test split."""
+    """One paired comparison on one example set: e.g. seed 2 of both conditions on the Czech test split.
 
-    preds_a: Any  # (n,) predicted labels of condition A
+    Classification (SCORES): predicted labels and the gold labels. Per-example scores
+    (EXAMPLE_SCORES): ``preds_a``/``preds_b`` are each example's value (exact match or F1 per
+    question; the summed token loss per block) and ``labels`` its weight (1 per question; the
+    block's token count), the statistic being sum(values) / sum(weights), and for perplexity
+    its exponential."""
+
+    preds_a: Any  # (n,) predicted labels (or per-example values) of condition A
     preds_b: Any  # (n,) of condition B, same examples, same order
-    labels: Any  # (n,)
+    labels: Any  # (n,) gold labels (or per-example weights)
     examples: str  # strata with the same example set share the bootstrap's resampled indices
 
 
@@ -257,9 +263,26 @@ class PooledResult:
     rounds: int
     strata: int
     examples: int  # examples summed over strata
+    lower_is_better: bool = False  # loss and perplexity: a negative difference favours A
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def statistic(values: Any, reference: Any, metric: str) -> Any:
+    """The metric of each row of ``values`` (rounds, n): a classification score against the gold
+    labels ``reference`` (``scores``), or for EXAMPLE_SCORES the weighted mean
+    sum(values) / sum(weights) with ``reference`` the weights (exp of it for perplexity).
+    ``reference`` may be (n,) or (rounds, n)."""
+    import numpy as np
+
+    if metric in SCORES:
+        return scores(values, reference, metric)
+    if metric not in EXAMPLE_SCORES:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(SCORES + EXAMPLE_SCORES)}")
+    v, w = np.atleast_2d(values), np.atleast_2d(reference)
+    mean = v.sum(axis=1) / np.maximum(w.sum(axis=1), 1e-12)
+    return np.exp(mean) if metric == "perplexity" else mean
 
 
 def _chunk(n: int) -> int:
@@ -289,15 +312,18 @@ def stratified_test(
         raise ValueError("rounds must be at least 1")
     if not 0 < confidence < 1:
         raise ValueError("confidence must be between 0 and 1")
+    if metric not in SCORES + EXAMPLE_SCORES:
+        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(SCORES + EXAMPLE_SCORES)}")
+    dtype = np.int64 if metric in SCORES else np.float64
     arrays = []
     for i, st in enumerate(strata):
-        a, b, y = (np.asarray(x, dtype=np.int64) for x in (st.preds_a, st.preds_b, st.labels))
+        a, b, y = (np.asarray(x, dtype=dtype) for x in (st.preds_a, st.preds_b, st.labels))
         if not (a.shape == b.shape == y.shape) or a.ndim != 1 or y.size == 0:
             raise ValueError(f"stratum {i}: predictions {a.shape}, {b.shape} and labels {y.shape} "
                              "must be equal non-empty 1-d shapes")
         arrays.append((a, b, y, st.examples))
-    score_a = np.array([scores(a, y, metric)[0] for a, _, y, _ in arrays])
-    score_b = np.array([scores(b, y, metric)[0] for _, b, y, _ in arrays])
+    score_a = np.array([statistic(a, y, metric)[0] for a, _, y, _ in arrays])
+    score_b = np.array([statistic(b, y, metric)[0] for _, b, y, _ in arrays])
     observed = float((score_a - score_b).mean())
     rng = np.random.default_rng(seed)
 
@@ -307,7 +333,8 @@ def stratified_test(
         while done < rounds:
             r = min(_chunk(y.size), rounds - done)
             swap = rng.random((r, y.size)) < 0.5
-            null[done:done + r] += scores(np.where(swap, b, a), y, metric) - scores(np.where(swap, a, b), y, metric)
+            null[done:done + r] += (statistic(np.where(swap, b, a), y, metric)
+                                    - statistic(np.where(swap, a, b), y, metric))
             done += r
     null /= len(arrays)
     # a tiny slack so that float noise does not turn an equal difference into a smaller one
@@ -327,7 +354,7 @@ def stratified_test(
             idx = rng.integers(0, n, size=(r, n))
             for a, b, y in members:
                 yy = y[idx]
-                boot[done:done + r] += scores(a[idx], yy, metric) - scores(b[idx], yy, metric)
+                boot[done:done + r] += statistic(a[idx], yy, metric) - statistic(b[idx], yy, metric)
             done += r
     boot /= len(arrays)
     tail = (1 - confidence) / 2
@@ -336,6 +363,7 @@ def stratified_test(
         metric=metric, score_a=float(score_a.mean()), score_b=float(score_b.mean()), difference=observed,
         ci_low=float(low), ci_high=float(high), confidence=confidence, p_value=p_value, rounds=rounds,
         strata=len(arrays), examples=int(sum(y.size for _, _, y, _ in arrays)),
+        lower_is_better=metric in ("loss", "perplexity"),
     )
 
 

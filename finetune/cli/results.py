@@ -133,13 +133,14 @@ def _collect(args: argparse.Namespace) -> int:
 def _ipa_vs_normal(table, args: argparse.Namespace, paths: list, notes: list[str]):
     """The IPA-vs-normal test behind the heatmap's marks; None (and a note) when it cannot run."""
     from finetune.analysis.comparison import compare_conditions, comparison_text, parse_condition
-    from finetune.analysis.significance import SCORES
+    from finetune.analysis.significance import EXAMPLE_SCORES, SCORES
     from finetune.fileio import atomic_write_text
 
     if not {"ipa", "normal"} <= set(table.model_types):
         return None
-    if table.metric not in SCORES:
-        notes.append(f"no significance marks: the test scores {', '.join(SCORES)}, not {table.metric}")
+    if table.metric not in SCORES + EXAMPLE_SCORES:
+        notes.append(f"no significance marks: the test scores {', '.join(SCORES + EXAMPLE_SCORES)}, "
+                     f"not {table.metric}")
         return None
     a, b = parse_condition("model_type=ipa", "--a"), parse_condition("model_type=normal", "--b")
     try:

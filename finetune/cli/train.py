@@ -25,7 +25,10 @@ conditions set something else) on the configurations the plan's selection protoc
 approximate randomization test stratified by seed pools them, and a bootstrap over examples gives
 the confidence interval of A - B. Prints one row per cell (p also Holm-adjusted over the cells) and
 the result pooled over the matrix. Uses the per-example predictions the trainer keeps by default
-(training.dump_logits); trials without them are listed with how to get them.
+(training.dump_logits); trials without them are listed with how to get them. Question answering
+(exact_match, f1 per question) and causal LM (loss, perplexity: token-weighted over blocks, lower
+is better) are tested the same way on their per-example scores; the metric defaults to the plan's
+training.metric.
 
 With two trial directories (or two logits .npz files): the same test between two single trials.
 """
@@ -52,9 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="eval language (repeatable; with two trials: needed when they have several)")
     p.add_argument("--split", default=None, choices=["eval", "test"],
                    help="split (default: test for a plan, eval for two trials)")
-    p.add_argument("--metric", default="macro_f1", choices=SCORES + EXAMPLE_SCORES,
-                   help="metric (default: macro_f1; two trials of question answering: exact_match or f1; "
-                        "of causal LM: loss or perplexity, lower is better)")
+    p.add_argument("--metric", default=None, choices=SCORES + EXAMPLE_SCORES,
+                   help="metric (default: a plan's training.metric, else macro_f1; question answering: "
+                        "exact_match or f1; causal LM: loss or perplexity, lower is better)")
     p.add_argument("--selection", default=None, choices=("train-languages", "each-language"),
                    help="how configurations are chosen in a plan (default: the plan's training.selection)")
     p.add_argument("--rounds", type=int, default=10000, help="randomization and bootstrap rounds (default: 10000)")
@@ -88,13 +91,29 @@ def _conditions(args: argparse.Namespace) -> int:
     if not layout.plan_file(plan).is_file():
         raise UsageError(problems=[Problem(str(plan), "", f"not a plan directory (no {layout.PLAN_FILE}); give a plan "
                                            "directory, or two trial directories")])
-    table = collect(plan, metric=args.metric, selection=args.selection)
+    table = collect(plan, metric=args.metric or _plan_metric(plan), selection=args.selection)
     a = parse_condition(args.a or "model_type=ipa", "--a")
     b = parse_condition(args.b or "model_type=normal", "--b")
     cmp = compare_conditions(table, a, b, split=args.split or "test", languages=args.language,
                              rounds=args.rounds, seed=args.seed, confidence=args.confidence)
     print(json.dumps(cmp.to_dict(), indent=2) if args.json else comparison_text(cmp), end="" if not args.json else "\n")
     return 0
+
+
+def _plan_metric(plan: Path) -> str:
+    """The plan's selection metric (training.metric, one for every group) when the test scores
+    it: f1 for a question-answering plan, loss for a causal-LM one; else macro_f1."""
+    from finetune.analysis.significance import EXAMPLE_SCORES, SCORES
+
+    try:
+        data = json.loads(layout.plan_file(plan).read_text(encoding="utf-8"))
+        metrics = {((g.get("config") or {}).get("training") or {}).get("metric")
+                   for g in (data.get("groups") or {}).values()}
+    except (OSError, ValueError, AttributeError):
+        return "macro_f1"
+    if len(metrics) == 1 and (m := metrics.pop()) in SCORES + EXAMPLE_SCORES:
+        return str(m)
+    return "macro_f1"
 
 
 def _two_trials(args: argparse.Namespace) -> int:
@@ -104,7 +123,7 @@ def _two_trials(args: argparse.Namespace) -> int:
     if len(languages) > 1:
         raise UsageError(problems=[Problem("--language", "", "give one language when comparing two trials")])
     r = compare(args.paths[0], args.paths[1], language=languages[0] if languages else None,
-                split=args.split or "eval", metric=args.metric, rounds=args.rounds, seed=args.seed)
+                split=args.split or "eval", metric=args.metric or "macro_f1", rounds=args.rounds, seed=args.seed)
     if args.json:
         print(json.dumps({**r.to_dict(), "better": r.better}, indent=2))
         return 0
