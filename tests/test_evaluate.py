@@ -19,12 +19,18 @@ from finetune.login.plan import build_plan, load_plan, write_plan
 from finetune.login.submit import submit
 
 
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
 def _snapshot(trial):
     files = [trial / "result.json", trial / "metrics.jsonl", *sorted((trial / "model").iterdir())]
     return {str(f): (f.read_bytes(), f.stat().st_mtime_ns) for f in files}
 
 
-def write_layers(folder, ckpt, tokenizer, data_root, cache, languages, evals, *, selection=None):
+def write_layers(folder, ckpt, tokenizer, data_root, cache, languages, evals, *, selection=None, slurm=None):
     """Config layers of a tiny real topic study (the shipped default and database underneath), and
     a grid training on Russian and evaluating on ``evals``: (layer files, grid file)."""
     assert ckpt.name == "ckpt.pt"
@@ -38,7 +44,7 @@ def write_layers(folder, ckpt, tokenizer, data_root, cache, languages, evals, *,
         "hyperparameters": {"epochs": 1, "max_steps": 8, "batch_size": 16, "learning_rate": 2e-3},
         "training": {"eval_interval": 4, "device": "cpu", "num_workers": 0,
                      **({"selection": selection} if selection else {})},
-        "slurm": {"cpus_per_task": 1}}))
+        "slurm": {"cpus_per_task": 1, **(slurm or {})}}))
     grid = folder / f"grid-{'-'.join(evals)}.json"
     grid.write_text(json.dumps({"languages": {"train": "russian", "eval": list(evals)}}))
     return [str(folder / "pair.json"), str(folder / "task.json")], str(grid)
