@@ -19,6 +19,9 @@ heavy: the standard library, ``finetune.fileio`` and nothing else. ::
         log.txt                 the output of every run of the trial, appended
         checkpoints/            resume state (removed once finished)
         model/                  the fine-tuned model (save_pretrained)
+        evaluations.json        scores of model/ made later, per language, with the model and dataset
+                                they are of (finetune.login.evaluations)
+        evaluate.json           an evaluation job's request (languages, datasets), while it runs
         logits/<id>-<language>-<split>.npz   logits dumps (training.dump_logits)
         wandb/                  Weights & Biases run files (offline runs for `wandb sync`), last_step.json
         tensorboard/            TensorBoard event files (tensorboard: true)
@@ -58,6 +61,7 @@ CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
 LOGITS_DIR = "logits"
 EVALUATIONS_FILE = "evaluations.json"  # `finetune evaluate`: languages scored later from model/
+EVALUATE_REQUEST_FILE = "evaluate.json"  # a finished trial's array task asks `finetune train` to score it
 WANDB_DIR = "wandb"
 WANDB_LAST_STEP_FILE = "last_step.json"  # under wandb/: the highest step logged, across requeues
 TENSORBOARD_DIR = "tensorboard"
@@ -157,6 +161,10 @@ def model_dir(trial: PathLike) -> Path:
 
 def evaluations_file(trial: PathLike) -> Path:
     return Path(trial) / EVALUATIONS_FILE
+
+
+def evaluate_request_file(trial: PathLike) -> Path:
+    return Path(trial) / EVALUATE_REQUEST_FILE
 
 
 def trial_lock_file(trial: PathLike) -> Path:

@@ -176,3 +176,15 @@ def test_the_test_cluster_refuses_cuda_without_a_gpu(slurm_cluster, tmp_path, ca
     err = capsys.readouterr().err
     assert "$.training.device: 'cuda', but the SLURM request asks for no GPU" in err and "--set" in err
     assert not (out / "plan.json").exists()
+
+
+def test_cuda_without_a_gpu_here_is_refused_at_plan_time(tmp_path, monkeypatch, capsys):
+    """`finetune plan --executor local` (which submits): the device check runs before plan.json is written."""
+    from finetune.cli import main
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    out = tmp_path / "planned"
+    files = [str(REPO / f) for f in ("config/finetune-rus-pol.json", "config/finetune-rus-pol-topic.json")]
+    assert main(["plan", *files, "--set", "training.device=cuda", "--executor", "local", "--output-dir", str(out)]) == 2
+    assert "--set: $.training.device: 'cuda', but this machine shows no CUDA GPU" in capsys.readouterr().err
+    assert not out.exists()

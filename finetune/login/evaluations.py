@@ -31,15 +31,15 @@ from typing import Any
 from finetune import layout
 
 SPLITS = ("eval", "test")
-# written by the array task of a finished trial that needs scores; read and removed by `finetune train`
-REQUEST_FILE = "evaluate.json"
 # the parts of a TRIAL_CONFIG dataset entry that do not change what is scored: where the files
 # are (a mirror or another cluster) and the language's own name
 _PLACE_KEYS = frozenset({"path", "language"})
 
 
 def request_file(trial_dir: str | os.PathLike[str]) -> Path:
-    return Path(trial_dir) / REQUEST_FILE
+    """``trials/<id>/evaluate.json``: written by the array task of a finished trial that needs
+    scores (finetune.login.batch), read and removed by `finetune train` (finetune.compute.evaluate)."""
+    return layout.evaluate_request_file(trial_dir)
 
 
 def _digest(value: Any) -> str:
