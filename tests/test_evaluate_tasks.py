@@ -32,8 +32,12 @@ def _plan(data, kind: str, lora: int):  # noqa: F811
     other = "causal-lm" if kind == "question-answering" else "question-answering"
     datasets = {"russian": cfg["datasets"]["russian"], "polish": entry(data["root"] / folder / "polish", kind, "polish"),
                 "other": entry(data["root"] / ("text" if folder == "qa" else "qa") / "polish", other, "polish")}
+    group = {"config": {"task": cfg["task"], "training": cfg["training"], "slurm": cfg.get("slurm") or {},
+                        "wandb": {}, "data": cfg.get("data") or {}},
+             "provenance": {}, "grid_config": None, "sources": [], "datasets": datasets,
+             "checkpoints": {"normal": cfg["checkpoint"]}, "tokenizers": {"normal": cfg["tokenizer"]}}
     (plan / "plan.json").write_text(json.dumps({
-        "version": 1, "sources": [], "groups": {"g": {"config": {"task": cfg["task"]}, "datasets": datasets}},
+        "version": 1, "sources": [], "groups": {"g": group},
         "trials": [{"id": TRIAL, "model_type": "normal", "train_languages": ["russian"], "eval_languages": ["russian"],
                     "hyperparameters": cfg["hyperparameters"], "group": "g"}]}))
     return plan, trial
@@ -47,7 +51,8 @@ def test_evaluate_scores_another_language(data, kind, lora, capsys):  # noqa: F8
     before = _snapshot(trial)
     result = json.loads((trial / "result.json").read_text())
 
-    assert main(["evaluate", str(plan), "--languages", "russian", "polish", "--threads", "1"]) == 0
+    assert main(["evaluate", str(plan), "--languages", "russian", "polish", "--threads", "1",
+                 "--executor", "local"]) == 0  # an evaluation job run here
     assert _snapshot(trial) == before  # no training step: nothing of the run changed
     evaluations = json.loads((trial / "evaluations.json").read_text())
     # the saved model (the adapter on its base, for LoRA) is the trial's best: the reported numbers again
@@ -73,7 +78,7 @@ def test_evaluate_scores_another_language(data, kind, lora, capsys):  # noqa: F8
 
     # a dataset of another task type is refused, naming the file and what is wrong; nothing written
     evaluated = (trial / "evaluations.json").read_bytes()
-    assert main(["evaluate", str(plan), "--languages", "other"]) == 2
+    assert main(["evaluate", str(plan), "--languages", "other", "--executor", "local"]) == 2
     err = capsys.readouterr().err
     assert "config.json" in err and "$.datasets" in err and f"other: not a {kind} dataset" in err
     assert (trial / "evaluations.json").read_bytes() == evaluated

@@ -198,7 +198,7 @@ def test_dollar_paths_are_literal_from_plan_to_evaluate(tmp_path, tiny_pretraine
              ["config", "validate", *layers, "--model-type", "normal"],
              ["submit", str(plan), "--executor", "local"],
              ["status", str(plan)],
-             ["evaluate", str(plan), "--languages", "russian", "polish", "--threads", "1"],
+             ["evaluate", str(plan), "--languages", "russian", "polish", "--threads", "1", "--executor", "local"],
              ["collect", str(plan)]]
     for args in steps:
         done = finetune(*args, env=e, cwd=tmp_path)

@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", default=None, metavar="ID[,ID...]", help="only these trials (default: every finished one)")
     p.add_argument("--config", nargs="+", default=[], metavar="LAYER",
                    help="config layers that name the datasets of languages the plan does not have")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads of each evaluation")
     add_submit_arguments(p)
     p.set_defaults(func=_evaluate)
 
@@ -103,7 +104,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     known = {t.id for t in plan.trials}
     if wanted and wanted - known:
         raise UsageError(problems=[Problem("--trials", "", f"not in the plan: {', '.join(sorted(wanted - known))}")])
-    request = Evaluate(languages=args.languages, trials=wanted)
+    request = Evaluate(languages=args.languages, trials=wanted, threads=args.threads)
     if args.config and args.languages:
         groups = [plan.groups[t.group] for t in plan.trials if t.group in plan.groups]
         if groups:

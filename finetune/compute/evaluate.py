@@ -49,8 +49,10 @@ def run_request(trial_dir: str | os.PathLike[str]) -> int:
     langs = [str(lang) for lang in request["languages"]]
     print(f"== evaluating the saved model of {Path(trial_dir).name} on {', '.join(langs)} (no training)",
           file=sys.stderr)
+    threads = request.get("threads")
     scored = evaluate_trial(trial_dir, langs, datasets=request.get("datasets") or {},
-                            fingerprints=request.get("fingerprints") or {})
+                            fingerprints=request.get("fingerprints") or {},
+                            threads=threads if isinstance(threads, int) and threads > 0 else None)
     for lang, splits in scored.items():
         shown = ", ".join(f"{split} {name} {value:.4f}" for split, m in splits.items()
                           for name, value in list(m.items())[:2])

@@ -167,7 +167,9 @@ def request_evaluation(index_file: str | os.PathLike[str], trial_dir: Path, reco
         return []
     entries = (group or {}).get("datasets") or {}
     prints = ((group or {}).get("inputs") or {}).get("datasets") or {}
+    threads = record.get("evaluate_threads")
     atomic_write_json(evaluations.request_file(trial_dir), {
         "languages": langs, "datasets": {lang: entries[lang] for lang in langs if lang in entries},
-        "fingerprints": {lang: prints.get(lang) for lang in langs}})
+        "fingerprints": {lang: prints.get(lang) for lang in langs},
+        **({"threads": threads} if isinstance(threads, int) and threads > 0 else {})})
     return langs

@@ -138,7 +138,46 @@ class Evaluate:
     trials: set[str] | None = None
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     fingerprints: dict[str, str | None] = field(default_factory=dict)
+    threads: int | None = None  # torch CPU threads of each evaluation (None: the job's default)
 
+
+def _known_datasets(plan: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Dataset entries and fingerprints of every language some build of this plan configured."""
+    entries: dict[str, dict[str, Any]] = {}
+    prints: dict[str, Any] = {}
+    for group in plan.groups.values():
+        for lang, entry in (group.get("datasets") or {}).items():
+            if lang not in entries:
+                entries[lang] = entry
+                prints[lang] = ((group.get("inputs") or {}).get("datasets") or {}).get(lang)
+    return entries, prints
+
+
+def _evaluation_problems(plan_dir: Path, plan: Any, trials: list[Any], evaluate: Evaluate) -> list[Problem]:
+    """Before anything is sent: every asked language has a dataset (in the trial's group, another
+    build of the plan, or --config) of the task type the trial was trained on."""
+    from finetune.login.tasks import task_type
+
+    known, _ = _known_datasets(plan)
+    out: list[Problem] = []
+    for t in trials:
+        group = plan.groups.get(t.group) or {}
+        entries = {**known, **(group.get("datasets") or {}), **evaluate.datasets}
+        langs = sorted(set(evaluate.languages or t.eval_languages))
+        where = str(layout.config_file(layout.trial_dir(plan_dir, t.id)))
+        missing = [lang for lang in langs if lang not in entries]
+        if missing:
+            out.append(Problem("--languages", "", f"no dataset for {', '.join(missing)} in this plan's configs "
+                                                  f"(trial {t.id}): pass the layers that name it with --config"))
+            continue
+        trained = {task_type(entries[lang]) for lang in t.train_languages if lang in entries}
+        if len(trained) == 1:
+            kind = trained.pop()
+            other = [lang for lang in langs if task_type(entries[lang]) != kind]
+            if other:
+                out.append(Problem(where, "$.datasets", f"{', '.join(other)}: not a {kind} dataset (the task type "
+                                                        "the trial was trained on)"))
+    return sorted(set(out))
 
 def _with_evaluation(work: Todo, plan: Any, evaluate: Evaluate) -> None:
     """Records that ask for scores (``"evaluate"``, read by finetune.login.batch.request_evaluation)
@@ -150,13 +189,14 @@ def _with_evaluation(work: Todo, plan: Any, evaluate: Evaluate) -> None:
         t = by_id[tid]
         langs = sorted(set(evaluate.languages or t.eval_languages))
         record = json.loads(work.records[i] or record_text(t))
-        work.records[i] = json.dumps({**record, "evaluate": langs}, ensure_ascii=False)
-    if evaluate.datasets:
-        for gid, group in list(work.groups.items()):
-            inputs = dict(group.get("inputs") or {})
-            inputs["datasets"] = {**(inputs.get("datasets") or {}), **evaluate.fingerprints}
-            work.groups[gid] = {**group, "datasets": {**(group.get("datasets") or {}), **evaluate.datasets},
-                                "inputs": inputs}
+        extra = {"evaluate_threads": evaluate.threads} if evaluate.threads else {}
+        work.records[i] = json.dumps({**record, "evaluate": langs, **extra}, ensure_ascii=False)
+    known, known_prints = _known_datasets(plan)
+    for gid, group in list(work.groups.items()):  # the group's own entries first, then --config's
+        inputs = dict(group.get("inputs") or {})
+        inputs["datasets"] = {**known_prints, **(inputs.get("datasets") or {}), **evaluate.fingerprints}
+        work.groups[gid] = {**group, "datasets": {**known, **(group.get("datasets") or {}), **evaluate.datasets},
+                            "inputs": inputs}
 
 
 def _refuse_oracle(plan: Any, trials: list[Any]) -> None:
@@ -677,6 +717,10 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
                                                f"{max_trials}); add --yes to submit them, or --dry-run to look first")])
 
         # Everything is checked and rendered in memory first: bad input writes nothing.
+        if evaluate is not None:
+            found = _evaluation_problems(plan_dir, plan, todo, evaluate)
+            if found:
+                raise ConfigError("cannot evaluate:", problems=found)
         work = todo_trials(plan_dir, plan, todo)
         if evaluate is not None:
             _with_evaluation(work, plan, evaluate)
