@@ -111,12 +111,17 @@ class Configuration:
     language: str
     hyperparameters: dict[str, Any]  # the varying hyperparameters except the seed
     trials: list[TrialRow]  # every trial of the configuration evaluated on ``language``
+    _finished: Any = field(default=None, repr=False, compare=False)  # (states seen, finished rows)
 
     @property
     def finished(self) -> list[TrialRow]:
-        """Finished trials that have metrics for this language, in seed order."""
-        done = [r for r in self.trials if r.state == "finished" and self.language in r.metrics]
-        return sorted(done, key=lambda r: (json.dumps(r.seed, sort_keys=True), r.trial_id))
+        """Finished trials that have metrics for this language, in seed order (sorted once per
+        state of the trials, not on every statistic: collect asks it a dozen times per configuration)."""
+        seen = tuple((r.state, id(r.metrics), len(r.metrics), r.trial_id) for r in self.trials)
+        if self._finished is None or self._finished[0] != seen:
+            done = [r for r in self.trials if r.state == "finished" and self.language in r.metrics]
+            self._finished = (seen, sorted(done, key=lambda r: (json.dumps(r.seed, sort_keys=True), r.trial_id)))
+        return list(self._finished[1])
 
     @property
     def seeds(self) -> list[Any]:
