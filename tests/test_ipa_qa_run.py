@@ -60,18 +60,20 @@ def test_ipa_qa_trial_planned_and_run_locally(tmp_path, ipa_model, config_dir):
                            "--model-type", "ipa", "-o", str(plan), "--executor", "local", "--yes"],
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    records = json.loads((plan / "plan.json").read_text())["trials"]
-    assert records and {t["model_type"] for t in records} == {"ipa"}
+    from finetune.login.plan import load_plan
+
+    records = load_plan(plan).trials
+    assert records and {t.model_type for t in records} == {"ipa"}
     for record in records:
-        trial = plan / "trials" / record["id"]
+        trial = plan / "trials" / record.id
         result = json.loads((trial / "result.json").read_text())
         assert result["state"] == "finished"
-        for lang in record["eval_languages"]:
+        for lang in record.eval_languages:
             m = result["metrics"][lang]["eval"]
             assert set(m) == {"loss", "exact_match", "f1"} and 0 <= m["exact_match"] <= m["f1"] <= 1
     # one trial's predictions, against the IPA data it was scored on (transcribed by the trial)
-    record = next(t for t in records if "russian" in t["eval_languages"])
-    trial = plan / "trials" / record["id"]
+    record = next(t for t in records if "russian" in t.eval_languages)
+    trial = plan / "trials" / record.id
     config = json.loads((trial / "config.json").read_text())
     assert config["model_type"] == "ipa" and config["checkpoint"].endswith("tiny-ipa/ckpt.pt")
     from finetune.compute.data import load_trial_raw
@@ -82,7 +84,7 @@ def test_ipa_qa_trial_planned_and_run_locally(tmp_path, ipa_model, config_dir):
     assert not problems
     ds = raw["russian"]["eval"]
     originals = squad_rows("russian", offset=20)
-    dump = np.load(trial / "logits" / f"{record['id']}-russian-eval.npz")
+    dump = np.load(trial / "logits" / f"{record.id}-russian-eval.npz")
     predictions = [str(p) for p in dump["prediction"]]
     assert len(predictions) == len(ds) == len(originals)
     for row, original, prediction in zip(ds, originals, predictions, strict=True):
