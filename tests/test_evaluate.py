@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 from nanogpt_fixtures import tiny_pretrained  # noqa: F401
@@ -189,3 +191,50 @@ def test_a_score_is_current_only_for_the_present_model_and_the_dataset_the_plan_
     for f in (trial / "model").iterdir():
         f.unlink()
     assert evaluations.pending(trial, ["polish", "russian"], group) == []
+
+
+def test_a_training_time_score_goes_stale_when_its_local_dataset_changes_under_the_same_name(study, tmp_path):
+    """An eval-only language is not in the trial id, so its local files can change while the trial
+    keeps its id: the frozen config.json records the content fingerprint the score was made from,
+    and the changed data makes that score stale (an evaluation job scores it again)."""
+    conf = study["conf"]
+    files, grid = write_layers(conf, study["ckpt"], study["tokenizer"], study["data"], study["cache"],
+                               ["russian", "polish"], ["russian", "polish"])
+    shipped = Path(__file__).resolve().parent.parent / "config"
+    shutil.copy(shipped / "default.json", conf / "default.json")
+    db = json.loads((shipped / "language-database.json").read_text(encoding="utf-8"))
+    for lang in ("russian", "polish"):  # the same data as a local dataset (not a hub mirror)
+        db[lang]["topic"]["mine"] = {**db[lang]["topic"]["sib200"], "dataset": str(study["data"])}
+    (conf / "language-database.json").write_text(json.dumps(db), encoding="utf-8")
+    (conf / "local.json").write_text('{"datasets": {"russian": "mine", "polish": "mine"}}')
+    files.append(str(conf / "local.json"))
+    out = tmp_path / "plan"
+    write_plan(build_plan(files, grid_config=grid, model_types=["normal"]), out)
+    plan = load_plan(out)
+    (trial,) = plan.trials
+    config = plan.trial_config(trial)
+    prints = plan.groups[trial.group]["inputs"]["datasets"]
+    assert config["dataset_fingerprints"] == {"polish": prints["polish"], "russian": prints["russian"]}
+    assert prints["polish"]  # a local dataset has a content fingerprint
+    # the trial as its array task froze and trained it (hand-written: no training needed here)
+    tdir = out / "trials" / trial.id
+    (tdir / "model").mkdir(parents=True)
+    (tdir / "model" / "config.json").write_text("{}")
+    (tdir / "config.json").write_text(json.dumps(config))
+    scores = {"eval": {"macro_f1": 0.5}, "test": {"macro_f1": 0.4}}
+    (tdir / "result.json").write_text(json.dumps({"id": trial.id, "trial_id": trial.id, "state": "finished",
+                                                  "metrics": {"russian": scores, "polish": scores}}))
+    group = plan.groups[trial.group]
+    assert evaluations.pending(tdir, ["polish", "russian"], group) == []
+
+    test_tsv = study["data"] / "pol_Latn" / "test.tsv"
+    rows = test_tsv.read_text(encoding="utf-8").splitlines()
+    test_tsv.write_text("\n".join(rows[:-1]) + "\n", encoding="utf-8")  # one test row fewer
+    write_plan(build_plan(files, grid_config=grid, model_types=["normal"]), out)
+    replanned = load_plan(out)
+    assert [t.id for t in replanned.trials] == [trial.id]  # same trained model: no retraining
+    group = replanned.groups[replanned.trials[0].group]
+    assert group["inputs"]["datasets"]["polish"] != prints["polish"]
+    assert evaluations.pending(tdir, ["polish", "russian"], group) == ["polish"]
+    assert set(evaluations.current_scores(tdir, expected=evaluations.expected_datasets(group, ["polish", "russian"]))) \
+        == {"russian"}

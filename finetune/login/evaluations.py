@@ -10,7 +10,10 @@ A score is *current* when it was made from the trial's present model and the dat
 now names for that language:
 
 - ``result.json``'s metrics (scored when the trial trained): the dataset entry of the frozen
-  ``config.json`` must be the one the plan names now (``dataset_key``);
+  ``config.json`` must be the one the plan names now (``dataset_key``), and so must the content
+  fingerprint it froze (``dataset_fingerprints``: a local dataset whose files changed under the
+  same name and entry makes the training-time score stale; a config.json frozen before this
+  field existed is judged by the entry alone);
 - ``evaluations.json`` (``finetune.compute.evaluate``): each language records the ``model`` it
   scored (``model_stamp``: names, sizes and modification times of ``model/``'s files, so a model
   saved again by a rerun makes the old evaluations stale), the ``dataset`` key and the local
@@ -100,12 +103,15 @@ def current_scores(trial_dir: str | os.PathLike[str], result: Any = None,
     if isinstance(metrics, dict):
         config = _read(layout.config_file(tdir))
         frozen = (config.get("datasets") if isinstance(config, dict) else None) or {}
+        prints = (config.get("dataset_fingerprints") if isinstance(config, dict) else None) or {}
         for lang, splits in metrics.items():
             if not isinstance(splits, dict):
                 continue
             if expected is not None and lang in expected and lang in frozen \
                     and dataset_key(frozen[lang]) != expected[lang][0]:
                 continue  # scored on a dataset the plan no longer names for it
+            if expected is not None and lang in expected and lang in prints and prints[lang] != expected[lang][1]:
+                continue  # the same dataset entry, but its local files changed since the trial scored them
             out[lang] = {**{s: v for s, v in splits.items() if s in SPLITS and isinstance(v, dict)},
                          "source": "result"}
     evaluations = read_evaluations(tdir)

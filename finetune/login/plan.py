@@ -105,6 +105,7 @@ class Plan:
         for name in trial.grid_point:
             provenance[join_path("$.hyperparameters", name)] = g["grid_config"]
         languages = sorted(set(trial.train_languages) | set(trial.eval_languages))
+        prints = (g.get("inputs") or {}).get("datasets") or {}
         return {
             "id": trial.id,
             "model_type": trial.model_type,
@@ -120,6 +121,7 @@ class Plan:
             "checkpoint": g["checkpoints"][trial.model_type],
             "tokenizer": g["tokenizers"][trial.model_type],
             "datasets": {lang: g["datasets"][lang] for lang in languages},
+            "dataset_fingerprints": {lang: prints.get(lang) for lang in languages},
             "provenance": provenance,
             "grid_point": dict(trial.grid_point),
             "sources": g["sources"],
