@@ -266,13 +266,14 @@ def collect(plan_dir: str | os.PathLike[str], *, metric: str = "macro_f1", selec
             started = set()
         groups = plan.get("groups") if isinstance(plan.get("groups"), dict) else {}
         rows = []
+        expected_of: dict[tuple[Any, ...], Any] = {}  # (group, eval languages) -> what the plan names now
         for i, trial in enumerate(records(plan)):
             if not isinstance(trial, dict) or not isinstance(trial.get("id"), str):
                 raise UsageError(problems=[Problem(str(plan_file), f"$.trials[{i}].id",
                                                    "expected a trial with a string id")])
             group = groups.get(trial.get("group"))
             rows.append(_row(plan_dir, trial, folder=trial["id"] in started,
-                             group=group if isinstance(group, dict) else None))
+                             group=group if isinstance(group, dict) else None, expected_of=expected_of))
     selection = selection or _plan_selection(plan) or DEFAULT_SELECTION
     varying = _varying(rows)
     configs = configurations(rows, [k for k in varying if k != REPLICA_KEY])
@@ -314,7 +315,8 @@ def _try_read(path: Path) -> tuple[Any, str]:
         return None, f"{path}: unreadable ({e})"
 
 
-def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True, group: dict[str, Any] | None = None) -> TrialRow:
+def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True, group: dict[str, Any] | None = None,
+         expected_of: dict[tuple[Any, ...], Any] | None = None) -> TrialRow:
     """One trial's row; ``folder=False`` (it has none yet): "missing", no file read. ``group``: its
     plan group (what the plan names now, for finetune.login.evaluations)."""
     tdir = layout.trial_dir(plan_dir, trial["id"]) if folder else None  # (no path made for 100k missing trials)
@@ -337,7 +339,7 @@ def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True, group: d
         selection=selection,
     )
     if tdir is not None:
-        _read_outcome(row, tdir, group)
+        _read_outcome(row, tdir, group, config=config, expected_of=expected_of)
     superseded = trial.get("superseded_by")
     if superseded:
         # an input file changed since (see plan.py): the old numbers stay readable but never compete
@@ -345,16 +347,20 @@ def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True, group: d
     return row
 
 
-def _read_outcome(row: TrialRow, tdir: Path, group: dict[str, Any] | None = None) -> None:
+def _read_outcome(row: TrialRow, tdir: Path, group: dict[str, Any] | None = None, *, config: Any = None,
+                  expected_of: dict[tuple[Any, ...], Any] | None = None) -> None:
     """The row's state, reason and metrics from result.json, else state.json; a finished trial's
     metrics are its current scores (finetune.login.evaluations: result.json's and those of
-    later evaluations of the same model, on the datasets ``group`` names now)."""
-    result, why = _try_read(layout.result_file(tdir))
+    later evaluations of the same model, on the datasets ``group`` names now). ``config``: the
+    trial's config.json as _row read it (None: missing or unreadable); ``expected_of``: a cache of
+    expected datasets per (group, eval languages), shared by the trials of one collect."""
+    result_path = layout.result_file(tdir)
+    result, why = _try_read(result_path)
     if why:
         row.state, row.reason = "invalid", why
         return
-    if not isinstance(result, dict) and (result is not None or layout.result_file(tdir).is_file()):
-        row.state, row.reason = "invalid", (f"{layout.result_file(tdir)}: not a result (a JSON object), "
+    if not isinstance(result, dict) and (result is not None or result_path.is_file()):
+        row.state, row.reason = "invalid", (f"{result_path}: not a result (a JSON object), "
                                             f"but {type(result).__name__}")
         return
     wrong = layout.result_problem(tdir, result)
@@ -367,16 +373,24 @@ def _read_outcome(row: TrialRow, tdir: Path, group: dict[str, Any] | None = None
         row.metrics = result.get("metrics") or {}
         return
     if result is not None and not layout.says_finished(result):  # the rule submit and status follow
-        row.state, row.reason = "invalid", f"{layout.result_file(tdir)}: does not say \"state\": \"finished\""
+        row.state, row.reason = "invalid", f"{result_path}: does not say \"state\": \"finished\""
         return
     if result is not None:
-        problem = _check_result(layout.result_file(tdir), result)
+        problem = _check_result(result_path, result)
         if problem:
             row.state, row.reason = "invalid", problem
             return
         row.state = "finished"
-        expected = evaluations.expected_datasets(group, row.eval_languages) if group else None
-        scores = evaluations.current_scores(tdir, result, expected)
+        if not group:
+            expected = None
+        elif expected_of is None:
+            expected = evaluations.expected_datasets(group, row.eval_languages)
+        else:  # one plan group serves thousands of trials: its dataset keys are digested once
+            key = (id(group), tuple(row.eval_languages))
+            if key not in expected_of:
+                expected_of[key] = evaluations.expected_datasets(group, row.eval_languages)
+            expected = expected_of[key]
+        scores = evaluations.current_scores(tdir, result, expected, config=config)
         row.metrics = {lang: {s: v for s, v in splits.items() if s != "source"} for lang, splits in scores.items()}
         row.eval_languages += [lang for lang in row.metrics if lang not in row.eval_languages]
         row.best_step = result.get("best_step")
@@ -390,7 +404,7 @@ def _read_outcome(row: TrialRow, tdir: Path, group: dict[str, Any] | None = None
         row.state = str(state["state"])
         row.reason = str(state.get("reason") or "")
         if row.state == "finished":  # state says finished but the result is gone
-            row.state, row.reason = "invalid", (f"{layout.result_file(tdir)}: missing although "
+            row.state, row.reason = "invalid", (f"{result_path}: missing although "
                                                 f"{layout.STATE_FILE} says finished")
 
 

@@ -86,14 +86,20 @@ def read_evaluations(trial_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+_UNREAD = object()
+
+
 def current_scores(trial_dir: str | os.PathLike[str], result: Any = None,
-                   expected: dict[str, tuple[str, str | None]] | None = None) -> dict[str, dict[str, Any]]:
+                   expected: dict[str, tuple[str, str | None]] | None = None,
+                   config: Any = _UNREAD) -> dict[str, dict[str, Any]]:
     """language -> {"eval": metrics, "test": metrics, "source": "result" | "evaluation"}: the
     trial's current scores. An evaluation of the present model replaces the training-time score
     of its language (it is newer: a dataset changed, or predictions were made again).
 
     ``expected``: language -> (dataset_key, fingerprint) the plan names now; a score of another
     dataset is left out (None: every dataset counts, as for a plan folder without its configs).
+    ``config``: the trial's parsed config.json when the caller has read it already (collect reads
+    each trial file once), None when it is missing or unreadable.
     """
     tdir = Path(trial_dir)
     if result is None:
@@ -101,7 +107,8 @@ def current_scores(trial_dir: str | os.PathLike[str], result: Any = None,
     out: dict[str, dict[str, Any]] = {}
     metrics = result.get("metrics") if isinstance(result, dict) else None
     if isinstance(metrics, dict):
-        config = _read(layout.config_file(tdir))
+        if config is _UNREAD:
+            config = _read(layout.config_file(tdir))
         frozen = (config.get("datasets") if isinstance(config, dict) else None) or {}
         prints = (config.get("dataset_fingerprints") if isinstance(config, dict) else None) or {}
         for lang, splits in metrics.items():
