@@ -29,6 +29,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from sys import intern
 from typing import Any
 
 from finetune import layout
@@ -52,7 +53,7 @@ SELECTION_TEXT = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class TrialRow:
     """One trial of the plan, whatever became of it."""
 
@@ -391,7 +392,7 @@ def _read_outcome(row: TrialRow, tdir: Path, group: dict[str, Any] | None = None
                 expected_of[key] = evaluations.expected_datasets(group, row.eval_languages)
             expected = expected_of[key]
         scores = evaluations.current_scores(tdir, result, expected, config=config)
-        row.metrics = {lang: {s: v for s, v in splits.items() if s != "source"} for lang, splits in scores.items()}
+        row.metrics = _compact(scores)
         row.eval_languages += [lang for lang in row.metrics if lang not in row.eval_languages]
         row.best_step = result.get("best_step")
         if isinstance(result.get("hyperparameters"), dict):
@@ -406,6 +407,16 @@ def _read_outcome(row: TrialRow, tdir: Path, group: dict[str, Any] | None = None
         if row.state == "finished":  # state says finished but the result is gone
             row.state, row.reason = "invalid", (f"{result_path}: missing although "
                                                 f"{layout.STATE_FILE} says finished")
+
+
+def _compact(scores: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """language -> split -> metric -> value without "source", its names interned: 100k rows share
+    one "macro_f1" instead of holding one copy each (json.loads makes new key strings per file)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for lang, splits in scores.items():
+        out[intern(lang)] = {intern(s): {intern(m): v for m, v in values.items()} if isinstance(values, dict) else values
+                             for s, values in splits.items() if s != "source"}
+    return out
 
 
 def _check_result(path: Path, result: dict[str, Any]) -> str:
