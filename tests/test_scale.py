@@ -268,3 +268,38 @@ def test_collect_reads_no_file_of_a_trial_that_has_no_folder(tmp_path, monkeypat
     table = results.collect(out, metric="loss")
     assert [r.state for r in table.rows] == ["finished"] + ["missing"] * 4
     assert read and {p.parent.name for p in read} == {ids[0]}  # one listing told the other four apart
+
+
+_OPENED: list[str] | None = None
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and _OPENED is not None and isinstance(args[0], (str, bytes, os.PathLike)):
+        _OPENED.append(os.fsdecode(args[0]))
+
+
+def test_collect_opens_each_file_of_a_started_trial_once(tmp_path):
+    """100k finished trials: every open costs; config.json is read once (its frozen datasets serve
+    both the row and the current-score check), as are result.json and evaluations.json (absent)."""
+    global _OPENED
+    from finetune.analysis import results
+
+    out, ids = _bundle_plan(tmp_path, 3, 1, count_to=2, sleep_s=0)
+    for tid in ids[:2]:
+        d = layout.trial_dir(out, tid)
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"hyperparameters": {"note": "frozen"}}))
+        split = {"loss": 0.5, "macro_f1": 0.5}
+        (d / "result.json").write_text(json.dumps({"state": "finished", "trial": tid,
+                                                   "metrics": {"polish": {"eval": split, "test": split}}}))
+    sys.addaudithook(_audit)  # (an audit hook stays for the process: it records only while _OPENED is a list)
+    _OPENED = []
+    try:
+        table = results.collect(out, metric="loss")
+    finally:
+        opened, _OPENED = _OPENED, None
+    assert [r.state for r in table.rows] == ["finished", "finished", "missing"]
+    for tid in ids[:2]:
+        names = [Path(p).name for p in opened if Path(p).parent.name == tid]
+        assert sorted(names) == ["config.json", "evaluations.json", "result.json"], names
+    assert not [p for p in opened if ids[2] in p]
