@@ -58,6 +58,28 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+@contextlib.contextmanager
+def atomic_text_writer(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """A text file (UTF-8) that replaces ``path`` atomically when the block ends without an error,
+    for output too big to build as one string first (collect's tables of 100k trials)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 
 @contextlib.contextmanager
 def atomic_directory(out: str | os.PathLike[str]) -> Iterator[Path]:

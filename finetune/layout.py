@@ -246,14 +246,16 @@ def result_problem(trial: PathLike, result: Any) -> str:
     "invalid": never finished, never scored."""
     if not isinstance(result, dict):
         return ""
-    path = result_file(trial)
     owner = result.get("trial")
-    if owner is not None and owner != Path(trial).name:
-        return f"{path}: $.trial is {owner!r}, not this trial ({Path(trial).name}): the result of another trial"
+    name = os.path.basename(os.fspath(trial).rstrip(os.sep)) if owner is not None else ""
+    if owner is not None and owner != name:
+        name = Path(trial).name
+        if owner != name:
+            return f"{result_file(trial)}: $.trial is {owner!r}, not this trial ({name}): the result of another trial"
     if "state" in result and not isinstance(result["state"], str):
-        return f"{path}: $.state: expected a string"
+        return f"{result_file(trial)}: $.state: expected a string"
     if "metrics" in result and not isinstance(result["metrics"], dict):
-        return f"{path}: $.metrics: expected an object"
+        return f"{result_file(trial)}: $.metrics: expected an object"
     return ""
 
 

@@ -67,7 +67,7 @@ def parse_condition(text: str, flag: str) -> Condition:
 
 def _matches(config: Configuration, cond: Condition) -> bool:
     fields = {"model_type": config.model_type, "train_set": config.train_set, "language": config.language}
-    hyper = config.trials[0].hyperparameters  # the same for every trial of a configuration but the seed
+    hyper = config.trial_hyperparameters  # the same for every trial of a configuration but the seed
     for key, want in cond.values.items():
         have = fields[key] if key in fields else hyper.get(key)
         if isinstance(want, (int, float)) and isinstance(have, (int, float)) and not isinstance(have, bool):

@@ -26,7 +26,9 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable
+import pickle
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from sys import intern
@@ -34,7 +36,7 @@ from typing import Any
 
 from finetune import layout
 from finetune.errors import Problem, UsageError
-from finetune.fileio import atomic_write_text
+from finetune.fileio import atomic_text_writer
 from finetune.login import evaluations
 from finetune.login.tasks import ALL_METRICS, LOWER_IS_BETTER
 
@@ -102,6 +104,31 @@ class Stat:
         return cls(mean, std, n)
 
 
+@dataclass(slots=True)
+class Member:
+    """A trial as one configuration sees it: its id, state, seed and the scores of the
+    configuration's language only (collect keeps these, not whole rows, for 100k trials)."""
+
+    trial_id: str
+    state: str
+    seed: Any
+    pruned_step: int | None
+    language: str
+    scores: dict[str, dict[str, Any]] | None  # split -> metric -> value on ``language``; None: no metrics
+
+    def metric(self, language: str, split: str, metric: str) -> float | None:
+        if language != self.language or self.scores is None:
+            return None
+        value = self.scores.get(split, {}).get(metric)
+        return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
+
+
+def member(row: TrialRow, language: str) -> Member:
+    scores = row.metrics.get(language) if row.state == "finished" else None
+    return Member(row.trial_id, row.state, row.seed, row.pruned_step, language,
+                  scores if isinstance(scores, dict) else None)
+
+
 @dataclass
 class Configuration:
     """Trials that differ only in their seed, on one eval language."""
@@ -111,16 +138,17 @@ class Configuration:
     train_languages: list[str]
     language: str
     hyperparameters: dict[str, Any]  # the varying hyperparameters except the seed
-    trials: list[TrialRow]  # every trial of the configuration evaluated on ``language``
-    _finished: Any = field(default=None, repr=False, compare=False)  # (states seen, finished rows)
+    trials: list[Member]  # every trial of the configuration evaluated on ``language``
+    trial_hyperparameters: dict[str, Any] = field(default_factory=dict)  # all hyperparameters of its first trial
+    _finished: Any = field(default=None, repr=False, compare=False)  # (states seen, finished members)
 
     @property
-    def finished(self) -> list[TrialRow]:
+    def finished(self) -> list[Member]:
         """Finished trials that have metrics for this language, in seed order (sorted once per
         state of the trials, not on every statistic: collect asks it a dozen times per configuration)."""
-        seen = tuple((r.state, id(r.metrics), len(r.metrics), r.trial_id) for r in self.trials)
+        seen = tuple((r.state, id(r.scores), r.trial_id) for r in self.trials)
         if self._finished is None or self._finished[0] != seen:
-            done = [r for r in self.trials if r.state == "finished" and self.language in r.metrics]
+            done = [r for r in self.trials if r.state == "finished" and r.scores is not None]
             self._finished = (seen, sorted(done, key=lambda r: (json.dumps(r.seed, sort_keys=True), r.trial_id)))
         return list(self._finished[1])
 
@@ -172,16 +200,119 @@ class BestCell:
         return self.test.mean
 
 
+class RowSpool(Sequence[TrialRow]):
+    """The rows of a collect, kept on disk as they are read (pickled in batches into an unnamed
+    temporary file), not in memory: iterating reads them back a batch at a time, so a plan of
+    100k trials costs the memory of one batch. Each iteration yields fresh row objects."""
+
+    BATCH = 1000
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(prefix="finetune-collect-")
+        self._batches: list[tuple[int, int, int]] = []  # (offset, size, rows)
+        self._pending: list[TrialRow] = []
+        self._end = 0
+        self._len = 0
+
+    def append(self, row: TrialRow) -> None:
+        self._pending.append(row)
+        self._len += 1
+        if len(self._pending) >= self.BATCH:
+            data = pickle.dumps(self._pending, protocol=pickle.HIGHEST_PROTOCOL)
+            os.pwrite(self._file.fileno(), data, self._end)
+            self._batches.append((self._end, len(data), len(self._pending)))
+            self._end += len(data)
+            self._pending = []
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _batch(self, i: int) -> list[TrialRow]:
+        offset, size, _ = self._batches[i]
+        return pickle.loads(os.pread(self._file.fileno(), size, offset))
+
+    def __iter__(self) -> Iterator[TrialRow]:
+        for i in range(len(self._batches)):
+            yield from self._batch(i)
+        yield from list(self._pending)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._len))]
+        i = index + self._len if index < 0 else index
+        if not 0 <= i < self._len:
+            raise IndexError("row index out of range")
+        for b, (_, _, n) in enumerate(self._batches):
+            if i < n:
+                return self._batch(b)[i]
+            i -= n
+        return self._pending[i]
+
+
+@dataclass
+class Facts:
+    """What the tables need from all rows, gathered in collect's one pass (no second read)."""
+
+    languages: dict[str, None] = field(default_factory=dict)  # eval languages, first-seen order
+    model_types: dict[str, None] = field(default_factory=dict)
+    train_sets: dict[str, list[str]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    selections: set[Any] = field(default_factory=set)  # training.selection of finished trials
+    reported: set[str] = field(default_factory=set)  # metric names any trial reports
+    hyper_values: dict[str, set[Any]] = field(default_factory=dict)
+    hyper_rows: dict[str, int] = field(default_factory=dict)  # rows that have the key
+    rows: int = 0
+
+    def add(self, row: TrialRow) -> None:
+        self.rows += 1
+        for lang in row.eval_languages:
+            self.languages.setdefault(lang, None)
+        self.model_types.setdefault(row.model_type, None)
+        self.train_sets[row.train_set] = row.train_languages
+        self.counts[row.state] = self.counts.get(row.state, 0) + 1
+        if row.state == "finished":
+            self.selections.add(row.selection)
+        for splits in row.metrics.values():
+            if isinstance(splits, dict):
+                for values in splits.values():
+                    if isinstance(values, dict):
+                        self.reported.update(values)
+        for k, v in row.hyperparameters.items():
+            try:  # (type, value): 1, 1.0 and True stay apart, as their JSON texts do
+                self.hyper_values.setdefault(k, set()).add((type(v), v))
+            except TypeError:  # a list or an object
+                self.hyper_values.setdefault(k, set()).add(json.dumps(v, sort_keys=True))
+            self.hyper_rows[k] = self.hyper_rows.get(k, 0) + 1
+
+    def varying(self) -> list[str]:
+        """Hyperparameters that differ between trials (a key absent from some trials also varies)."""
+        return sorted(k for k, vals in self.hyper_values.items() if len(vals) > 1 or self.hyper_rows[k] < self.rows)
+
+    @classmethod
+    def of(cls, rows: Iterable[TrialRow]) -> Facts:
+        facts = cls()
+        for row in rows:
+            facts.add(row)
+        return facts
+
+
 @dataclass
 class ResultsTable:
     plan_dir: Path
     metric: str
-    rows: list[TrialRow]
+    rows: Sequence[TrialRow]  # a RowSpool from collect: iterate it, do not hold it as a list
     varying: list[str]  # hyperparameter names whose values differ between trials
     best: list[BestCell]
     configurations: list[Configuration] = field(default_factory=list)
     selection: str = DEFAULT_SELECTION
     unselectable: list[str] = field(default_factory=list)  # why some cells have no choice
+    _facts: Facts | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def facts(self) -> Facts:
+        if self._facts is None:
+            self._facts = Facts.of(self.rows)
+        return self._facts
 
     @property
     def config_keys(self) -> list[str]:
@@ -191,28 +322,21 @@ class ResultsTable:
     @property
     def languages(self) -> list[str]:
         """Eval languages in the plan, in first-seen order."""
-        seen: dict[str, None] = {}
-        for row in self.rows:
-            for lang in row.eval_languages:
-                seen.setdefault(lang, None)
-        return list(seen)
+        return list(self.facts.languages)
 
     @property
     def model_types(self) -> list[str]:
-        seen: dict[str, None] = {}
-        for row in self.rows:
-            seen.setdefault(row.model_type, None)
-        return sorted(seen, key=_model_type_order)
+        return sorted(self.facts.model_types, key=_model_type_order)
 
     @property
     def train_sets(self) -> list[str]:
-        seen = {row.train_set: row.train_languages for row in self.rows}
+        seen = self.facts.train_sets
         return sorted(seen, key=lambda name: (len(seen[name]), name))
 
     @property
     def checkpoint_selection(self) -> str:
         """How the trainer chose each trial's best checkpoint, in words."""
-        kinds = {r.selection for r in self.rows if r.state == "finished"}
+        kinds = self.facts.selections
         if not kinds:
             return "no finished trials"
         if kinds == {None}:
@@ -221,8 +345,8 @@ class ResultsTable:
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(STATES, 0)
-        for row in self.rows:
-            out[row.state] = out.get(row.state, 0) + 1
+        for state, n in self.facts.counts.items():
+            out[state] = out.get(state, 0) + n
         return {k: v for k, v in out.items() if v}
 
     def best_cell(self, model_type: str, train_set: str, language: str) -> BestCell | None:
@@ -266,20 +390,24 @@ def collect(plan_dir: str | os.PathLike[str], *, metric: str = "macro_f1", selec
         except OSError:
             started = set()
         groups = plan.get("groups") if isinstance(plan.get("groups"), dict) else {}
-        rows = []
+        rows, facts, groups_of = RowSpool(), Facts(), _Grouping()
         expected_of: dict[tuple[Any, ...], Any] = {}  # (group, eval languages) -> what the plan names now
         for i, trial in enumerate(records(plan)):
             if not isinstance(trial, dict) or not isinstance(trial.get("id"), str):
                 raise UsageError(problems=[Problem(str(plan_file), f"$.trials[{i}].id",
                                                    "expected a trial with a string id")])
             group = groups.get(trial.get("group"))
-            rows.append(_row(plan_dir, trial, folder=trial["id"] in started,
-                             group=group if isinstance(group, dict) else None, expected_of=expected_of))
+            row = _row(plan_dir, trial, folder=trial["id"] in started,
+                       group=group if isinstance(group, dict) else None, expected_of=expected_of)
+            rows.append(row)  # to disk: what stays in memory is per configuration, not per row
+            facts.add(row)
+            groups_of.add(row)
+            del row
     selection = selection or _plan_selection(plan) or DEFAULT_SELECTION
-    varying = _varying(rows)
-    configs = configurations(rows, [k for k in varying if k != REPLICA_KEY])
+    varying = facts.varying()
+    configs = groups_of.configurations([k for k in varying if k != REPLICA_KEY])
     best, unselectable = choose(configs, metric, selection)
-    return ResultsTable(plan_dir, metric, rows, varying, best, configs, selection, unselectable)
+    return ResultsTable(plan_dir, metric, rows, varying, best, configs, selection, unselectable, facts)
 
 
 def _plan_selection(plan: dict[str, Any]) -> str | None:
@@ -301,7 +429,7 @@ def _read(path: Path) -> Any:
         raise UsageError(problems=[Problem(str(path), "", f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}")]) from None
 
 
-def _try_read(path: Path) -> tuple[Any, str]:
+def _try_read(path: str | os.PathLike[str]) -> tuple[Any, str]:
     """(object, "") or (None, why): one broken trial file must not hide the other results."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -322,7 +450,8 @@ def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True, group: d
     plan group (what the plan names now, for finetune.login.evaluations)."""
     tdir = layout.trial_dir(plan_dir, trial["id"]) if folder else None  # (no path made for 100k missing trials)
     hyper = dict(trial.get("hyperparameters") or {})
-    config, _ = _try_read(layout.config_file(tdir)) if tdir is not None else (None, "")
+    # (file names joined as text: a Path per file was most of the time of 100k trials)
+    config, _ = _try_read(os.path.join(str(tdir), layout.CONFIG_FILE)) if tdir is not None else (None, "")
     selection = None
     if isinstance(config, dict):
         if isinstance(config.get("hyperparameters"), dict):
@@ -355,12 +484,12 @@ def _read_outcome(row: TrialRow, tdir: Path, group: dict[str, Any] | None = None
     later evaluations of the same model, on the datasets ``group`` names now). ``config``: the
     trial's config.json as _row read it (None: missing or unreadable); ``expected_of``: a cache of
     expected datasets per (group, eval languages), shared by the trials of one collect."""
-    result_path = layout.result_file(tdir)
+    result_path = os.path.join(str(tdir), layout.RESULT_FILE)  # (str(tdir) is what layout.result_file names)
     result, why = _try_read(result_path)
     if why:
         row.state, row.reason = "invalid", why
         return
-    if not isinstance(result, dict) and (result is not None or result_path.is_file()):
+    if not isinstance(result, dict) and (result is not None or os.path.isfile(result_path)):
         row.state, row.reason = "invalid", (f"{result_path}: not a result (a JSON object), "
                                             f"but {type(result).__name__}")
         return
@@ -398,7 +527,7 @@ def _read_outcome(row: TrialRow, tdir: Path, group: dict[str, Any] | None = None
         if isinstance(result.get("hyperparameters"), dict):
             row.hyperparameters = {**row.hyperparameters, **result["hyperparameters"]}
         return
-    state, why = _try_read(layout.state_file(tdir))
+    state, why = _try_read(os.path.join(str(tdir), layout.STATE_FILE))
     if why:
         row.state, row.reason = "invalid", why
     elif isinstance(state, dict) and state.get("state") in layout.TRIAL_STATES:
@@ -434,35 +563,46 @@ def _check_result(path: Path, result: dict[str, Any]) -> str:
     return ""
 
 
-def _varying(rows: list[TrialRow]) -> list[str]:
-    """Hyperparameters that differ between trials: these are what a grid varied."""
-    keys: dict[str, set[Any]] = {}
-    for row in rows:
-        for k, v in row.hyperparameters.items():
-            try:  # (type, value): 1, 1.0 and True stay apart, as their JSON texts do
-                keys.setdefault(k, set()).add((type(v), v))
-            except TypeError:  # a list or an object
-                keys.setdefault(k, set()).add(json.dumps(v, sort_keys=True))
-    for row in rows:  # a key absent from some trials also varies
-        for k in keys:
-            if k not in row.hyperparameters:
-                keys[k].add("<absent>")
-    return sorted(k for k, vals in keys.items() if len(vals) > 1)
+class _Grouping:
+    """Trials grouped into configurations as they are read, before the varying hyperparameters
+    are known: by every hyperparameter but the seed (trials alike in all of them are alike in the
+    varying ones); ``configurations`` then merges the groups that agree on the varying ones."""
 
+    def __init__(self) -> None:
+        # (model type, train set, language, hyperparameters but the seed as JSON) ->
+        # [first row's number, its train languages, its hyperparameters, members]
+        self.groups: dict[tuple[str, str, str, str], list[Any]] = {}
+        self.n = 0
 
-def configurations(rows: list[TrialRow], keys: list[str]) -> list[Configuration]:
-    """Group trials by (model type, train set, eval language, hyperparameters except the seed)."""
-    groups: dict[tuple[str, str, str, str], Configuration] = {}
-    for row in rows:
-        hyper = {k: row.hyperparameters.get(k) for k in keys}
-        key_text = json.dumps(hyper, sort_keys=True)
+    def add(self, row: TrialRow) -> None:
+        text = json.dumps({k: v for k, v in row.hyperparameters.items() if k != REPLICA_KEY}, sort_keys=True)
         for lang in row.eval_languages:
-            key = (row.model_type, row.train_set, lang, key_text)
-            if key not in groups:
-                groups[key] = Configuration(row.model_type, row.train_set, list(row.train_languages), lang, hyper, [])
-            groups[key].trials.append(row)
-    # stable: within a cell, configurations keep the plan's (grid's) order
-    return sorted(groups.values(), key=lambda c: _cell_order(c.model_type, c.train_set, c.language))
+            key = (row.model_type, row.train_set, lang, text)
+            group = self.groups.get(key)
+            if group is None:
+                group = self.groups[key] = [self.n, list(row.train_languages), row.hyperparameters, []]
+            group[3].append(member(row, lang))
+        self.n += 1
+
+    def configurations(self, keys: list[str]) -> list[Configuration]:
+        out: dict[tuple[str, str, str, str], Configuration] = {}
+        for (model_type, train_set, lang, _), (_, train_languages, hyper_all, members) in \
+                sorted(self.groups.items(), key=lambda kv: kv[1][0]):
+            hyper = {k: hyper_all.get(k) for k in keys}
+            key = (model_type, train_set, lang, json.dumps(hyper, sort_keys=True))
+            if key not in out:
+                out[key] = Configuration(model_type, train_set, train_languages, lang, hyper, [], dict(hyper_all))
+            out[key].trials.extend(members)
+        # stable: within a cell, configurations keep the plan's (grid's) order
+        return sorted(out.values(), key=lambda c: _cell_order(c.model_type, c.train_set, c.language))
+
+
+def configurations(rows: Iterable[TrialRow], keys: list[str]) -> list[Configuration]:
+    """Group trials by (model type, train set, eval language, hyperparameters except the seed)."""
+    grouping = _Grouping()
+    for row in rows:
+        grouping.add(row)
+    return grouping.configurations(keys)
 
 
 def _cell_order(model_type: str, train_set: str, language: str) -> tuple[Any, ...]:
@@ -553,17 +693,22 @@ def fmt_stat(stat: Stat) -> str:
 
 def _reported(table: ResultsTable) -> list[str]:
     """The metrics the trials report, in METRICS order (a classification plan has no f1 column)."""
-    present = {m for row in table.rows for splits in row.metrics.values() if isinstance(splits, dict)
-               for values in splits.values() if isinstance(values, dict) for m in values}
+    present = table.facts.reported
     return [m for m in METRICS if m in present or (not present and m in METRICS[:5])]
 
 
 def csv_text(table: ResultsTable) -> str:
     """Every trial, every metric of every eval language: the machine-readable table."""
+    buf = io.StringIO()
+    write_csv(table, buf)
+    return buf.getvalue()
+
+
+def write_csv(table: ResultsTable, out: Any) -> None:
+    """``csv_text`` into the text file ``out``, a row at a time."""
     langs = table.languages
     metric_cols = [(lang, split, m) for lang in langs for split in SPLITS for m in _reported(table)]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(out, lineterminator="\n")
     w.writerow(
         ["trial", "model_type", "train_set", "state", "reason", "best_step", *table.varying]
         + [f"{lang}/{split}/{m}" for lang, split, m in metric_cols]
@@ -574,7 +719,6 @@ def csv_text(table: ResultsTable) -> str:
              _fmt(row.best_step), *(_fmt(row.hyperparameters.get(k)) for k in table.varying)]
             + [_fmt_metric(row.metric(lang, split, m)) for lang, split, m in metric_cols]
         )
-    return buf.getvalue()
 
 
 def summary_csv_text(table: ResultsTable) -> str:
@@ -612,12 +756,15 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
-    if not rows:
-        lines.append("| " + " | ".join(["n/a"] * len(head)) + " |")
-    return lines
+def _md_table(head: list[str], rows: Iterable[list[str]]) -> Iterator[str]:
+    yield "| " + " | ".join(head) + " |"
+    yield "|" + "---|" * len(head)
+    empty = True
+    for row in rows:
+        empty = False
+        yield "| " + " | ".join(_md_escape(c) for c in row) + " |"
+    if empty:
+        yield "| " + " | ".join(["n/a"] * len(head)) + " |"
 
 
 def protocol_text(table: ResultsTable) -> str:
@@ -627,58 +774,69 @@ def protocol_text(table: ResultsTable) -> str:
 
 def markdown_text(table: ResultsTable) -> str:
     """A human report: one row per trial, then one per configuration (over seeds), then the choice per cell."""
+    return "".join(line + "\n" for line in markdown_lines(table))
+
+
+def markdown_lines(table: ResultsTable) -> Iterator[str]:
+    """``markdown_text`` a line at a time (without line ends); the trials' table is made as the
+    rows are read back, never held whole."""
     m = table.metric
     langs = table.languages
     counts = ", ".join(f"{n} {s}" for s, n in table.counts().items())
-    lines = [f"# Results: {table.plan_dir.name}", "", f"{len(table.rows)} trials: {counts}.", "",
-             f"Hyperparameters: {protocol_text(table)}; seeds are replicas (mean ± sample std over n seeds).",
-             f"Best checkpoint of each trial: {table.checkpoint_selection}.", ""]
+    yield from [f"# Results: {table.plan_dir.name}", "", f"{len(table.rows)} trials: {counts}.", "",
+                f"Hyperparameters: {protocol_text(table)}; seeds are replicas (mean ± sample std over n seeds).",
+                f"Best checkpoint of each trial: {table.checkpoint_selection}.", ""]
     head = ["trial", "model", "train set", *table.varying, "state"]
     head += [f"{lang} {split} {m}" for lang in langs for split in SPLITS]
-    rows = []
-    for row in table.rows:
-        state = row.state + (f": {row.reason}" if row.reason else "")
-        cells = [row.trial_id, row.model_type, row.train_set]
-        cells += [_fmt(row.hyperparameters.get(k)) for k in table.varying]
-        cells += [state]
-        cells += [
-            _fmt_metric(row.metric(lang, split, m)) if lang in row.eval_languages else "-"
-            for lang in langs for split in SPLITS
-        ]
-        rows.append(cells)
-    lines += _md_table(head, rows)
 
-    lines += ["", f"## Configurations over seeds ({m}, mean ± std (n))", ""]
+    def trial_rows() -> Iterator[list[str]]:
+        for row in table.rows:
+            state = row.state + (f": {row.reason}" if row.reason else "")
+            cells = [row.trial_id, row.model_type, row.train_set]
+            cells += [_fmt(row.hyperparameters.get(k)) for k in table.varying]
+            cells += [state]
+            cells += [
+                _fmt_metric(row.metric(lang, split, m)) if lang in row.eval_languages else "-"
+                for lang in langs for split in SPLITS
+            ]
+            yield cells
+    yield from _md_table(head, trial_rows())
+
+    yield from ["", f"## Configurations over seeds ({m}, mean ± std (n))", ""]
     keys = table.config_keys
     head = ["model", "train set", "eval language", *keys, "seeds", f"eval {m}", f"test {m}"]
-    rows = [[c.model_type, c.train_set, c.language, *(_fmt(c.hyperparameters.get(k)) for k in keys),
+    rows = ([c.model_type, c.train_set, c.language, *(_fmt(c.hyperparameters.get(k)) for k in keys),
              ", ".join(_fmt(s) for s in c.seeds) or "-", fmt_stat(c.stat("eval", m)), fmt_stat(c.stat("test", m))]
-            for c in table.configurations]
-    lines += _md_table(head, rows)
+            for c in table.configurations)
+    yield from _md_table(head, rows)
 
-    lines += ["", f"## Best hyperparameters per cell (mean eval {m} over seeds, {protocol_text(table)}; "
-                  f"reporting test {m})", ""]
+    yield from ["", f"## Best hyperparameters per cell (mean eval {m} over seeds, {protocol_text(table)}; "
+                    f"reporting test {m})", ""]
     head = ["model", "train set", "eval language", "hyperparameters", "trials", f"chosen on (eval {m})",
             f"eval {m}", f"test {m}", "finished"]
-    rows = []
+    best = []
     for c in table.best:
         hp = ", ".join(f"{k}={_fmt(v)}" for k, v in c.hyperparameters.items()) or "-"
-        rows.append([c.model_type, c.train_set, c.language, hp, ", ".join(c.trial_ids), _fmt_metric(c.selection_value),
+        best.append([c.model_type, c.train_set, c.language, hp, ", ".join(c.trial_ids), _fmt_metric(c.selection_value),
                      fmt_stat(c.eval), fmt_stat(c.test), f"{c.finished}/{c.total}"])
-    lines += _md_table(head, rows)
+    yield from _md_table(head, best)
     if table.unselectable:
-        lines += ["", "Cells without a choice:", *(f"- {w}" for w in table.unselectable)]
-    return "\n".join(lines) + "\n"
+        yield from ["", "Cells without a choice:", *(f"- {w}" for w in table.unselectable)]
 
 
 def write_tables(table: ResultsTable) -> tuple[Path, ...]:
-    """Write results.csv, results.md, summary.csv and best.csv into the plan dir, atomically."""
-    out = {
-        "results.csv": csv_text(table), "results.md": markdown_text(table),
-        "summary.csv": summary_csv_text(table), "best.csv": best_csv_text(table),
-    }
+    """Write results.csv, results.md, summary.csv and best.csv into the plan dir, atomically; the
+    per-trial tables are written a row at a time as the rows are read back from disk."""
     paths = []
-    for name, text in out.items():
-        atomic_write_text(table.plan_dir / name, text)
-        paths.append(table.plan_dir / name)
+    for name in ("results.csv", "results.md", "summary.csv", "best.csv"):
+        path = table.plan_dir / name
+        with atomic_text_writer(path) as f:
+            if name == "results.csv":
+                write_csv(table, f)
+            elif name == "results.md":
+                for line in markdown_lines(table):
+                    f.write(line + "\n")
+            else:
+                f.write(summary_csv_text(table) if name == "summary.csv" else best_csv_text(table))
+        paths.append(path)
     return tuple(paths)
