@@ -303,3 +303,41 @@ def test_collect_opens_each_file_of_a_started_trial_once(tmp_path):
         names = [Path(p).name for p in opened if Path(p).parent.name == tid]
         assert sorted(names) == ["config.json", "evaluations.json", "result.json"], names
     assert not [p for p in opened if ids[2] in p]
+
+
+def test_collect_streams_rows_to_disk_as_it_reads_them(tmp_path, monkeypatch):
+    """Memory does not hold every row: when the last trial is read, the earlier rows are already
+    on disk and at most one batch of rows is alive; the tables come out whole all the same."""
+    import gc
+
+    from finetune.analysis import results
+
+    out, ids = _bundle_plan(tmp_path, 7, 1, count_to=2, sleep_s=0)
+    for i, tid in enumerate(ids):
+        d = layout.trial_dir(out, tid)
+        d.mkdir(parents=True)
+        split = {"loss": 0.5 + i / 100, "macro_f1": 0.5 - i / 100}
+        (d / "result.json").write_text(json.dumps({"state": "finished", "trial": tid,
+                                                   "metrics": {"polish": {"eval": split, "test": split}}}))
+    monkeypatch.setattr(results.RowSpool, "BATCH", 2)
+    spools: list[results.RowSpool] = []
+    real_init, real_row = results.RowSpool.__init__, results._row
+    monkeypatch.setattr(results.RowSpool, "__init__", lambda self: real_init(self) or spools.append(self))
+    seen: dict[str, object] = {}
+
+    def row(plan_dir, trial, **kw):
+        if trial["id"] == ids[-1]:  # the last trial, before it is read
+            seen["alive"] = sum(isinstance(o, results.TrialRow) for o in gc.get_objects())
+            on_disk = [r.trial_id for b in range(len(spools[0]._batches)) for r in spools[0]._batch(b)]
+            seen["on_disk"] = on_disk
+        return real_row(plan_dir, trial, **kw)
+
+    monkeypatch.setattr(results, "_row", row)
+    table = results.collect(out, metric="loss")
+    assert seen["on_disk"] == ids[:6]
+    assert seen["alive"] <= 2
+    assert [r.trial_id for r in table.rows] == ids and len(table.rows) == 7
+    assert table.rows[-1].trial_id == ids[-1] and table.rows[3].metric("polish", "eval", "loss") == 0.53
+    results.write_tables(table)
+    lines = (out / "results.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ids

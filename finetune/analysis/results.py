@@ -114,19 +114,31 @@ class Member:
     seed: Any
     pruned_step: int | None
     language: str
-    scores: dict[str, dict[str, Any]] | None  # split -> metric -> value on ``language``; None: no metrics
+    # the scores on ``language`` as a tuple in ``columns``' order (a dict per split and trial was
+    # most of collect's memory); None: not finished, or no metrics for the language
+    values: tuple[Any, ...] | None
+    columns: dict[tuple[str, str], int]  # (split, metric) -> position, shared by one collect's members
 
     def metric(self, language: str, split: str, metric: str) -> float | None:
-        if language != self.language or self.scores is None:
+        if language != self.language or self.values is None:
             return None
-        value = self.scores.get(split, {}).get(metric)
+        i = self.columns.get((split, metric))
+        value = self.values[i] if i is not None and i < len(self.values) else None
         return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
 
 
-def member(row: TrialRow, language: str) -> Member:
+def member(row: TrialRow, language: str, columns: dict[tuple[str, str], int]) -> Member:
+    """``row`` as a configuration on ``language`` keeps it; ``columns`` grows by the new metrics."""
     scores = row.metrics.get(language) if row.state == "finished" else None
-    return Member(row.trial_id, row.state, row.seed, row.pruned_step, language,
-                  scores if isinstance(scores, dict) else None)
+    values = None
+    if isinstance(scores, dict):
+        for split, metrics in scores.items():
+            if isinstance(metrics, dict):
+                for m in metrics:
+                    columns.setdefault((split, m), len(columns))
+        values = tuple(metrics.get(m) if isinstance(metrics := scores.get(split), dict) else None
+                       for split, m in columns)
+    return Member(row.trial_id, row.state, row.seed, row.pruned_step, language, values, columns)
 
 
 @dataclass
@@ -146,9 +158,9 @@ class Configuration:
     def finished(self) -> list[Member]:
         """Finished trials that have metrics for this language, in seed order (sorted once per
         state of the trials, not on every statistic: collect asks it a dozen times per configuration)."""
-        seen = tuple((r.state, id(r.scores), r.trial_id) for r in self.trials)
+        seen = tuple((r.state, id(r.values), r.trial_id) for r in self.trials)
         if self._finished is None or self._finished[0] != seen:
-            done = [r for r in self.trials if r.state == "finished" and r.scores is not None]
+            done = [r for r in self.trials if r.state == "finished" and r.values is not None]
             self._finished = (seen, sorted(done, key=lambda r: (json.dumps(r.seed, sort_keys=True), r.trial_id)))
         return list(self._finished[1])
 
@@ -573,6 +585,7 @@ class _Grouping:
         # [first row's number, its train languages, its hyperparameters, members]
         self.groups: dict[tuple[str, str, str, str], list[Any]] = {}
         self.n = 0
+        self.columns: dict[tuple[str, str], int] = {}
 
     def add(self, row: TrialRow) -> None:
         text = json.dumps({k: v for k, v in row.hyperparameters.items() if k != REPLICA_KEY}, sort_keys=True)
@@ -581,7 +594,7 @@ class _Grouping:
             group = self.groups.get(key)
             if group is None:
                 group = self.groups[key] = [self.n, list(row.train_languages), row.hyperparameters, []]
-            group[3].append(member(row, lang))
+            group[3].append(member(row, lang, self.columns))
         self.n += 1
 
     def configurations(self, keys: list[str]) -> list[Configuration]:
