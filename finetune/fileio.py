@@ -16,12 +16,20 @@ from finetune.errors import ConfigError, Problem, UsageError
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never half."""
+    with _atomic_file(path, "wb") as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: str | os.PathLike[str], mode: str, **open_kw: Any) -> Iterator[Any]:
+    """An open temporary file beside ``path`` that replaces it (fsynced) when the block ends
+    without an error and is removed otherwise: the one mechanism behind every atomic file write."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode, **open_kw) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates 0600; give the file the mode a plain open() would (shared clusters).
@@ -62,23 +70,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_text_writer(path: str | os.PathLike[str]) -> Iterator[Any]:
     """A text file (UTF-8) that replaces ``path`` atomically when the block ends without an error,
     for output too big to build as one string first (collect's tables of 100k trials)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
+    with _atomic_file(path, "w", encoding="utf-8", newline="") as f:
+        yield f
 
 
 @contextlib.contextmanager
