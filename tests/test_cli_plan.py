@@ -305,3 +305,16 @@ def test_a_dry_run_with_a_bad_template_writes_nothing(tmp_path, capsys, text, na
                            "--dry-run", "--executor", "local", "-t", str(template))
     assert code == 2 and (out / "plan.json").read_bytes() == plan_json
     assert not (out / "trials").exists() and not (out / "jobs").exists()
+
+
+def test_plan_run_here_exits_1_when_a_trial_fails(tmp_path, capsys):
+    """`finetune plan --executor local` runs the trials here: a failed one is named with its log, exit 1."""
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "plan", PAIR, TASK, "--model-type", "normal", "-o", str(out),
+                                "--executor", "local", "--set", "training.workload=count",
+                                "--set", "training.count_to=2", "--set", "training.count_sleep_s=0",
+                                "--set", "training.count_fail_at=1")
+    (tid,) = [t["id"] for t in json.loads((out / "plan.json").read_text())["trials"]]
+    assert code == 1, err
+    assert f"1 of 1 trials failed:\n  {tid} failed [count_fail_at=1 reached]; log: {out.resolve() / 'trials' / tid / 'log.txt'}\n" in stdout
+    assert "error: 1 trials failed (exit 1)" in err

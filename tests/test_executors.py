@@ -161,8 +161,39 @@ def test_local_executor_runs_trials_through_the_trial_entry(tmp_path, monkeypatc
     assert json.loads((plan / "trials" / ids[2] / "state.json").read_text())["state"] == "failed"
     assert [e["executor"] for e in load_manifest(plan)["submissions"]] == ["local"] * 3
     assert report.arrays[0].index_path.read_text().split() == ids  # same files as an array task
+    assert report.failed == [ids[2]]
     again = submit(plan, executor="local")  # only the failed one runs again
-    assert again.finished == ids[:2] and again.submitted == [ids[2]]
+    assert again.finished == ids[:2] and again.submitted == [ids[2]] and again.failed == [ids[2]]
+
+
+def test_local_submit_exits_1_naming_each_failed_trial_and_its_log(tmp_path, capsys):
+    """`finetune submit --executor local` after a failed trial: exit 1 (not 0, not 2), the trial
+    named with state.json's reason and its log.txt; finished trials stay as they are, a rerun runs
+    only the failed one, and once it finishes the exit is 0."""
+    from finetune.cli import main
+
+    plan = tmp_path / "plan"
+    ids = make_plan(plan, 3, count_to=3, per_trial={1: {"training": {"count_fail_at": 2}}})
+    assert main(["submit", str(plan), "--executor", "local", "--parallel", "2"]) == 1
+    out, err = capsys.readouterr()
+    log = plan / "trials" / ids[1] / "log.txt"
+    assert f"1 of 3 trials failed:\n  {ids[1]} failed [count_fail_at=2 reached]; log: {log}\n" in out
+    assert "count: failing on purpose at 2" in log.read_text()
+    assert err.startswith("error: 1 trials failed (exit 1)")
+    finished = {tid: (plan / "trials" / tid / "result.json").stat().st_mtime_ns for tid in (ids[0], ids[2])}
+
+    assert main(["submit", str(plan), "--executor", "local"]) == 1  # still failing: only it ran again
+    out, _ = capsys.readouterr()
+    assert "ran 1 trials" in out and "skipped 2 finished" in out and f"  {ids[1]} failed" in out
+    config = plan / "trials" / ids[1] / "config.json"
+    fixed = json.loads(config.read_text())
+    fixed["training"]["count_fail_at"] = None
+    config.write_text(json.dumps(fixed))
+    assert main(["submit", str(plan), "--executor", "local"]) == 0
+    out, err = capsys.readouterr()
+    assert "ran 1 trials" in out and "failed" not in out + err
+    assert json.loads((plan / "trials" / ids[1] / "result.json").read_text())["state"] == "finished"
+    assert {tid: (plan / "trials" / tid / "result.json").stat().st_mtime_ns for tid in finished} == finished
 
 
 def test_count_workload_checkpoints_on_usr2_and_resumes(tmp_path):

@@ -164,9 +164,34 @@ def test_local_search_spends_the_budget_exactly_and_runs_no_trial_twice(tmp_path
     status = plan_status(out).counts
     assert status.get("finished", 0) + status.get("pruned", 0) == 7 and len(status) <= 2
     assert report.counts.get("complete", 0) + report.counts.get("pruned", 0) >= 7
+    assert report.failed == [] and report.worker_exits == {} and report.failures() == []
     # started again, the search has nothing left to do
     again = start_search(plan, out, executor="local")
     assert again.workers == [] and len(study_trials(out)) == len(trials)
+
+
+def test_a_local_search_whose_trials_fail_exits_1_naming_them(tmp_path, capsys):
+    """`finetune search --executor local`: the trials its workers told the study failed are named
+    with their logs, exit 1 (a search that only pruned exits 0, above)."""
+    from search_helpers import CONFIGS
+
+    from finetune.cli import main
+
+    grid = tmp_path / "g.json"
+    grid.write_text(json.dumps({"parameters": {"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}},
+                                "search": {"sampler": "random", "trials": 2, "workers": 1, "seed": 0}}))
+    out = tmp_path / "s"
+    argv = ["search", *CONFIGS, "--grid-config", str(grid), "--model-type", "normal", "-o", str(out),
+            "--executor", "local"]
+    for s in count_sets() + ["training.count_fail_at=1"]:
+        argv += ["--set", s]
+    assert main(argv) == 1
+    stdout, err = capsys.readouterr()
+    failed = [t.user_attrs["trial_id"] for t in study_trials(out) if t.state.name == "FAIL"]
+    assert len(failed) == 2
+    for tid in failed:
+        assert f"  trial {tid} failed [count_fail_at=1 reached]; log: {out.resolve() / 'trials' / tid / 'log.txt'}\n" in stdout
+    assert "error: 2 trials failed, 0 workers ended in error (exit 1)" in err
 
 
 def test_a_bad_learning_rate_is_pruned_at_its_first_evaluation(tmp_path):

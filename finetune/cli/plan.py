@@ -20,6 +20,8 @@ Plans grid x model types into DIR/plan.json (trial ids are content hashes: rerun
 ids, adds only new trials and never touches materialised ones), then submits the trials that
 are neither finished nor queued. --dry-run renders the job scripts into DIR/jobs and submits
 nothing. Submitting more than {guard} trials needs --yes. Default DIR: runs/<config names>.
+Exit codes: 0 planned and submitted (run here: every trial finished); 1 trials run here
+(--executor local) failed, each listed with its log; 2 bad input (nothing written).
 """
 
 MATRIX_EPILOG = """examples:
@@ -31,6 +33,8 @@ evaluates every trial on every language: n + 1 trials per model type and grid po
 languages, 2 model types: 6 trials covering A->A, A->B, B->A, B->B, A+B->A, A+B->B). A grid
 config adds its parameters on top (its "languages" section is not used). Submitting more than
 {guard} trials needs --yes. Default DIR: runs/matrix-<config names>.
+Exit codes: 0 planned and submitted (run here: every trial finished); 1 trials run here
+(--executor local) failed, each listed with its log; 2 bad input (nothing written).
 """
 
 
@@ -66,6 +70,25 @@ def submit_following(once, args: argparse.Namespace):
         time.sleep(args.follow_interval)
         report = once()
     return report
+
+
+EXIT_TRIALS_FAILED = 1  # trials run here (local executor) that failed; 2 stays bad input, 75 requeue
+
+
+def report_failures(report, plan_dir) -> int:
+    """After trials ran here (``report.failed``, the local executor): name each failed trial with
+    its reason and log; EXIT_TRIALS_FAILED when there is one, else 0. A rerun runs only them."""
+    failed = getattr(report, "failed", None) or []
+    if not failed:
+        return 0
+    from finetune.login.submit import failures
+
+    print(f"{len(failed)} of {len(report.submitted)} trials failed:")
+    for f in failures(plan_dir, failed):
+        print(f"  {f.line()}")
+    print(f"error: {len(failed)} trials failed (exit {EXIT_TRIALS_FAILED}); `finetune submit {plan_dir}` "
+          "runs only the unfinished ones again", file=sys.stderr)
+    return EXIT_TRIALS_FAILED
 
 
 def add_plan_arguments(p: argparse.ArgumentParser, *, matrix: bool) -> None:
@@ -247,6 +270,7 @@ def run(args: argparse.Namespace, *, matrix: bool, search: bool = False) -> int:
         print(f"dry run: nothing submitted; one rendered script: {script if script else '(none rendered)'}")
     elif result is not None:
         print(_summary(result))
+        return report_failures(result, out)
     return 0
 
 
@@ -270,6 +294,13 @@ def run_search(args: argparse.Namespace, plan, out: Path) -> int:
         return 0
     report = start_search(plan, out, executor=args.executor, timeout=args.timeout, dry_run=args.dry_run)
     print(report.summary())
+    problems = report.failures()  # a local run: failed trials and workers, named with their logs
+    for line in problems:
+        print(f"  {line}")
+    if problems:
+        print(f"error: {len(report.failed)} trials failed, {len(report.worker_exits)} workers ended in error "
+              f"(exit {EXIT_TRIALS_FAILED})", file=sys.stderr)
+        return EXIT_TRIALS_FAILED
     return 0
 
 

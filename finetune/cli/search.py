@@ -17,6 +17,8 @@ ranges. Submits ONE array of `workers` tasks; each asks the study (DIR/search/st
 Optuna's journal file storage) for a trial, runs it as an ordinary trial in DIR/trials/<id>/,
 reports every evaluation for pruning, tells the result and asks again until the budget is spent.
 Running it again continues the study. scripts/grid-search.py does the same for such a grid.
+Exit codes: 0 done (submitted, or run here); 1 with --executor local, trials of this run failed
+or a worker ended in error, each listed with its log; 2 bad input.
 """
 
 WORKER_EPILOG = """examples:

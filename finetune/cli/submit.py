@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from finetune.cli.plan import GUARD, add_submit_arguments, positive_int, submit_following
+from finetune.cli.plan import GUARD, add_submit_arguments, positive_int, report_failures, submit_following
 
 SUBMIT_EPILOG = """examples:
   finetune submit runs/rus-pol
@@ -25,6 +25,9 @@ Queue limits: at most as many array tasks are queued as MaxJobCount, the QOS's
 MaxSubmitJobsPerUser (sacctmgr) and slurm.max_queued leave room for; run it again, or with
 --follow (waits and tops up), to queue the rest. slurm.trials_per_task K: each array task runs K trials.
 Templates: *.j2 = jinja2 (StrictUndefined), any other file = old-style str.format fields.
+Exit codes: 0 submitted (or, run here, every trial finished); 1 trials run here (--executor
+local) failed: each is listed with its reason and log.txt, and running submit again reruns only
+the unfinished ones; 2 bad input (nothing written or submitted).
 """
 
 STATUS_EPILOG = """examples:
@@ -125,7 +128,7 @@ def _submit(args: argparse.Namespace) -> int:
 
         counts = plan_status(args.plan_dir).counts
         print("states: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    return 0
+    return report_failures(report, args.plan_dir)
 
 
 def _status(args: argparse.Namespace) -> int:

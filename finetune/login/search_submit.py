@@ -44,6 +44,17 @@ class SearchReport:
     dry_run: bool = False
     budget: int = 0
     done_before: int = 0
+    failed: list[str] = field(default_factory=list)  # a local run: trial ids its workers told the study failed
+    worker_exits: dict[str, int] = field(default_factory=dict)  # a local run: workers that ended neither 0 nor 75
+
+    def failures(self) -> list[str]:
+        """One line per failed trial (its reason and log.txt) and per worker that ended in error (its log)."""
+        from finetune.login.submit import failures
+
+        lines = [f"trial {f.line()}" for f in failures(self.plan_dir, self.failed)]
+        lines += [f"worker {w} exited {rc}; log: {S.worker_path(self.plan_dir, w).with_suffix('.log')}"
+                  for w, rc in self.worker_exits.items()]
+        return lines
 
     def summary(self) -> str:
         if self.dry_run:
@@ -150,12 +161,18 @@ def start_search(plan, out_dir: str | Path, *, executor: str = "auto", timeout: 
         _record(out, {"job_id": f"local-{batch}", "executor": "local", "workers": report.workers, "batch": batch})
         env = trial_env(parallel or n_workers)
         with ThreadPoolExecutor(max_workers=parallel or n_workers) as pool:
-            list(pool.map(lambda w: run_local_worker(out, w, env, python), report.workers))
+            codes = list(pool.map(lambda w: run_local_worker(out, w, env, python), report.workers))
+        report.worker_exits = {w: rc for w, rc in zip(report.workers, codes, strict=True) if rc != 0}
         with S.AskLock(out):
             study = S.open_study(out, spec)
             from collections import Counter
 
-            report.counts = dict(Counter(tr.state.name.lower() for tr in study.get_trials(deepcopy=False)))
+            trials = study.get_trials(deepcopy=False)
+            report.counts = dict(Counter(tr.state.name.lower() for tr in trials))
+            ours = set(report.workers)  # this run's: a failure of an earlier run was reported then
+            report.failed = [tr.user_attrs["trial_id"] for tr in trials
+                             if tr.state.name == "FAIL" and tr.user_attrs.get("worker") in ours
+                             and "trial_id" in tr.user_attrs and "duplicate_of" not in tr.user_attrs]
         return report
     ex = make_executor(name)
     ex.write(job)

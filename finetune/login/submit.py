@@ -68,6 +68,7 @@ class SubmitReport:
     warnings: list[Problem] = field(default_factory=list)  # dry run: missing inputs, listed not refused
     evaluating: list[str] = field(default_factory=list)  # of the trials sent: finished ones, to be scored only
     unfinished: list[str] = field(default_factory=list)  # `finetune evaluate`: skipped, no trained model yet
+    failed: list[str] = field(default_factory=list)  # ran here (no scheduler) and did not end done: see failures()
 
     @property
     def sbatch_calls(self) -> int:
@@ -774,7 +775,49 @@ def submit(plan_dir: str | Path, *, executor: str = "auto", template: str | Path
                                 batch=batch, script=job.script_path, per_task=job.per_task)
             report.job_ids.append(job_id)
             report.submitted.extend(job.trial_ids)
+        if not ex.scheduler:  # the trials ran to their end here: which did not get there
+            report.failed = not_done(plan_dir, report.submitted)
         return report
+
+
+def not_done(plan_dir: Path, trial_ids: Sequence[str]) -> list[str]:
+    """Of trials that have run to their end, those that did not end done: no finished (or pruned)
+    result.json, or an evaluation still asked for (``evaluate.json`` stays when scoring fails)."""
+    out = []
+    for tid in trial_ids:
+        tdir = layout.trial_dir(plan_dir, tid)
+        if not layout.is_done(tdir) or evaluations.request_file(tdir).is_file():
+            out.append(tid)
+    return out
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A trial that failed here: why (state.json's reason, when it says) and where its log is."""
+
+    trial_id: str
+    reason: str
+    log: Path
+
+    def line(self) -> str:
+        return f"{self.trial_id} failed{f' [{self.reason}]' if self.reason else ''}; log: {self.log}"
+
+
+def failures(plan_dir: str | Path, trial_ids: Sequence[str]) -> list[Failure]:
+    """``trial_ids`` (e.g. ``SubmitReport.failed``) with their reason and log: the trial's log.txt,
+    or for a trial whose folder was never made the array's own log folder (jobs/logs/)."""
+    plan_dir = Path(plan_dir).resolve()
+    out = []
+    for tid in trial_ids:
+        tdir = layout.trial_dir(plan_dir, tid)
+        saved = layout.read_state(tdir)
+        if layout.is_done(tdir):  # trained before; its evaluation job is what failed
+            reason = "evaluation failed"
+        else:
+            reason = str(saved.get("reason") or (f"state {saved['state']}" if saved.get("state") else ""))
+        log = layout.log_file(tdir)
+        out.append(Failure(tid, reason, log if log.is_file() else layout.job_logs_dir(plan_dir)))
+    return out
 
 
 def cap_arrays(arrays: list[ArrayJob], room: int) -> tuple[list[ArrayJob], list[str]]:
