@@ -170,3 +170,25 @@ def test_cli_bad_template_exits_2_and_writes_nothing(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "finetune", "submit", str(plan), "--template", "nope.j2"],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and "--template" in proc.stderr and "nope.j2" in proc.stderr
+
+
+def test_the_three_requeueing_scripts_lift_the_start_delay_with_the_one_snippet():
+    """array.sbatch.j2, search.sbatch.j2 and the old-style requeue block all run render.py's
+    LIFT_BEGIN_TIME, right before `scontrol requeue`, at their own indentation."""
+    from finetune.login.render import LIFT_BEGIN_TIME, lift_begin_time, with_requeue_protocol
+
+    ctx = golden_context()
+    scripts = {
+        "array": (render(DEFAULT_TEMPLATE, ctx), 2),
+        "bundle": (render(DEFAULT_TEMPLATE, {**ctx, "per_task": 3}), 2),
+        "search": (render(TEMPLATES / "search.sbatch.j2", {**ctx, "batch": "0001", "launcher_word": ""}), 2),
+        "old-style": (with_requeue_protocol(render(TEMPLATES / "old-style.sbatch", ctx), grace=120,
+                                            exit_requeue=layout.EXIT_REQUEUE), 4),
+    }
+    command = [line for line in LIFT_BEGIN_TIME.splitlines() if not line.startswith("#")]
+    assert command[0].startswith("setsid bash -c ") and len(command) == 3
+    for name, (text, indent) in scripts.items():
+        block = " " * indent + lift_begin_time(indent) + "\n" + " " * indent + 'scontrol requeue "$SLURM_JOB_ID"\n'
+        assert text.count(block) == 1, name
+        assert text.count("lift-begin-time") == 1 and text.count("scontrol update jobid=") == 1, name
+        assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0, name

@@ -114,7 +114,7 @@ def _render_jinja(text: str, context: Mapping[str, Any], name: str) -> str:
 
 
 def _render_format(text: str, context: Mapping[str, Any], name: str) -> str:
-    fields = {k: quote(v) for k, v in context.items() if not isinstance(v, (Mapping, list, tuple))}
+    fields = {k: quote(v) for k, v in context.items() if not isinstance(v, (Mapping, list, tuple)) and not callable(v)}
     missing = sorted(
         {f for _, f, _, _ in string.Formatter().parse(text) if f is not None and f.split(".")[0].split("[")[0] not in fields}
     )
@@ -127,6 +127,26 @@ def _render_format(text: str, context: Mapping[str, Any], name: str) -> str:
         return text.format(**fields)
     except (ValueError, IndexError, KeyError, AttributeError) as e:
         raise ConfigError(problems=[Problem(name, "", f"bad format template: {e}")]) from None
+
+
+# After `scontrol requeue`, the one owner of what every shipped script (array.sbatch.j2,
+# search.sbatch.j2) and the old-style block below run next, rendered into each with
+# ``{{ lift_begin_time(indent) }}`` / ``lift_begin_time(indent)``.
+LIFT_BEGIN_TIME = """\
+# A requeued job waits 120 s (BeginTime) unless `scontrol update StartTime=now` follows once it
+# is pending again, i.e. after this script is gone: a helper outside the job's process group
+# does that (where proctrack/cgroup kills it too, the job simply starts 120 s later). It waits 2 s
+# first: slurmd refuses a job credential issued in the same second as the requeue revoked the old
+# one ("Job credential revoked"), and the job would end failed instead of running again.
+setsid bash -c 'for _ in $(seq 240); do sleep 0.25
+  [ "$(squeue -h -j "$1" -o %T 2>/dev/null)" = PENDING ] && sleep 2 && exec scontrol update jobid="$1" StartTime=now
+done' lift-begin-time "$SLURM_JOB_ID" </dev/null >/dev/null 2>&1 &"""
+
+
+def lift_begin_time(indent: int = 0) -> ShellSafe:
+    """``LIFT_BEGIN_TIME`` for a script that runs it ``indent`` spaces deep: the lines after the
+    first are indented (the template's own text indents the first), and no line break ends it."""
+    return ShellSafe(LIFT_BEGIN_TIME.replace("\n", "\n" + " " * int(indent)))
 
 
 # The requeue protocol for old-style templates (those of the original scripts, which know nothing
@@ -166,11 +186,7 @@ if [ -z "${{FINETUNE_REQUEUE_CHILD:-}}" ]; then
   fi
   if [ "$rc" -eq {exit_requeue} ]; then
     echo "== $(date -Is) the trial checkpointed; requeueing job $SLURM_JOB_ID"
-    # lift the requeued job's 120 s BeginTime once it is pending, 2 s later (slurmd refuses a job
-    # credential issued in the second of the requeue that revoked the old one)
-    setsid bash -c 'for _ in $(seq 240); do sleep 0.25
-      [ "$(squeue -h -j "$1" -o %T 2>/dev/null)" = PENDING ] && sleep 2 && exec scontrol update jobid="$1" StartTime=now
-    done' lift-begin-time "$SLURM_JOB_ID" </dev/null >/dev/null 2>&1 &
+    {lift_begin_time}
     scontrol requeue "$SLURM_JOB_ID"
     exit 0
   fi
@@ -189,7 +205,7 @@ def with_requeue_protocol(text: str, *, grace: int, exit_requeue: int) -> str:
     head = 1 if lines and lines[0].startswith("#!") else 0
     first = next((i for i in range(head, len(lines)) if lines[i].strip() and not lines[i].lstrip().startswith("#")),
                  len(lines))
-    preamble = REQUEUE_PREAMBLE.format(exit_requeue=int(exit_requeue))
+    preamble = REQUEUE_PREAMBLE.format(exit_requeue=int(exit_requeue), lift_begin_time=lift_begin_time(4))
     directives = REQUEUE_DIRECTIVES.format(grace=int(grace))
     if head and not lines[0].endswith("\n"):
         lines[0] += "\n"

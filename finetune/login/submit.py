@@ -34,6 +34,7 @@ from finetune.login.render import (
     ShellSafe,
     engine_for,
     join,
+    lift_begin_time,
     line_breaks,
     quote,
     render,
@@ -530,6 +531,7 @@ def script_context(job_name: str, plan_dir: Path, index_file: Path, slurm: dict[
         "trials_dir": layout.TRIALS_DIR,
         "log_file": layout.LOG_FILE,
         "exit_requeue": layout.EXIT_REQUEUE,
+        "lift_begin_time": lift_begin_time,  # after `scontrol requeue`: {{ lift_begin_time(indent) }}
         # old-style names
         "cpus": slurm["cpus_per_task"],
         "gpus": slurm["gpus"],
