@@ -11,15 +11,8 @@ import pytest
 
 from finetune.errors import ConfigError
 from finetune.layout import trial_dir
-from finetune.login.plan import (
-    build_plan,
-    canonical_json,
-    load_plan,
-    materialize_trial,
-    materialize_trials,
-    trial_id,
-    write_plan,
-)
+from finetune.login.identity import canonical_json, trial_id
+from finetune.login.plan import build_plan, load_plan, materialize_trial, materialize_trials, write_plan
 
 PAIR = """// pair
 {"checkpoints": {"prefix": "../models", "normal": "n-ckpt", "ipa": "i-ckpt"},

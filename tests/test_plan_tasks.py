@@ -111,9 +111,9 @@ def test_lora_keys_only_with_adapters_and_swept_zero_rank_collapses(confdir):
 
 
 def test_qlora_is_refused_without_cuda_or_bitsandbytes(confdir, monkeypatch):
-    import finetune.login.plan as plan_module
+    import finetune.login.plan_checks as checks
 
-    monkeypatch.setattr(plan_module, "qlora_missing", lambda gpus=0: [] if gpus else ["CUDA", "bitsandbytes"])
+    monkeypatch.setattr(checks, "qlora_missing", lambda gpus=0: [] if gpus else ["CUDA", "bitsandbytes"])
     [(file, path, message)] = problems(confdir, {**QA_TASK, "hyperparameters": {"lora_r": 8, "lora_4bit": True}})
     assert file.endswith("task.json") and path == "$.hyperparameters.lora_4bit"
     assert message.startswith("4-bit QLoRA needs CUDA and bitsandbytes, which this machine lacks")
@@ -126,7 +126,7 @@ def test_qlora_check_on_this_machine(confdir):
     import glob
     import importlib.util
 
-    from finetune.login.plan import qlora_missing
+    from finetune.login.plan_checks import qlora_missing
 
     expect = ([] if glob.glob("/dev/nvidia[0-9]*") else ["CUDA"]) + (
         [] if importlib.util.find_spec("bitsandbytes") else ["bitsandbytes"])

@@ -125,7 +125,8 @@ def test_samplers_and_pruners_are_optunas(tmp_path):
 def test_a_sampled_point_is_an_ordinary_trial_with_a_content_id(tmp_path):
     from search_helpers import CONFIGS
 
-    from finetune.login.plan import build_plan, searched_trial
+    from finetune.login.expand import searched_trial
+    from finetune.login.plan import build_plan
 
     spec = search_plan(tmp_path, {"parameters": {"learning_rate": {"low": 1e-5, "high": 1e-2, "log": True}},
                                   "search": {"trials": 3}}).search

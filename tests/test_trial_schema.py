@@ -19,7 +19,7 @@ from test_trainer import DEFAULTS, make_trial, run_in_process, settings_config
 
 from finetune.compute.training.settings import DERIVED, Settings, settings_from_config
 from finetune.errors import ConfigError
-from finetune.login.plan import LORA_KEYS
+from finetune.login.expand import LORA_KEYS
 from finetune.login.schema import field_error, load_schema, validate_hyperparameter, validate_trial
 from finetune.login.submit import submit
 

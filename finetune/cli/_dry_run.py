@@ -11,7 +11,8 @@ MAX_ROWS = 50
 
 def trial_table(plan_dir: str | Path, trial_ids: list[str]) -> list[str]:
     """One line per trial: id, model type, train set, eval languages, the varying hyperparameters."""
-    from finetune.login.plan import canonical_json, load_plan
+    from finetune.login.identity import canonical_json
+    from finetune.login.plan import load_plan
 
     plan = load_plan(plan_dir)
     wanted = set(trial_ids)

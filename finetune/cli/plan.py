@@ -205,7 +205,7 @@ def _guard_before_expanding(args: argparse.Namespace, search: bool) -> None:
     expanding: more than GUARD trials without --yes (when submitting), more than MAX_PLAN_TRIALS
     at all. The count is a lower bound (exclude rules subtracted at their most)."""
     from finetune.errors import Problem, UsageError
-    from finetune.login.plan import grid_lower_bound
+    from finetune.login.plan_checks import grid_lower_bound
 
     if search or not getattr(args, "grid_config", None):
         return

@@ -159,7 +159,8 @@ def _status(args: argparse.Namespace) -> int:
 def _trial_descriptions(plan_dir: str) -> dict[str, str]:
     """trial id -> 'ipa, train czech+slovak, learning_rate=0.0001 seed=2' (only the varying hyperparameters)."""
     from finetune.errors import FinetuneError
-    from finetune.login.plan import canonical_json, load_plan
+    from finetune.login.identity import canonical_json
+    from finetune.login.plan import load_plan
 
     try:
         trials = load_plan(plan_dir).trials

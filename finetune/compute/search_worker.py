@@ -50,7 +50,8 @@ def ask(plan_dir: Path, spec: dict[str, Any], worker: str) -> dict[str, Any] | N
     None when nothing is left to ask. When the budget is taken only because other workers still
     run trials, waits: one of them may fail and need replacing.
     """
-    from finetune.login.plan import Plan, searched_trial, write_plan
+    from finetune.login.expand import searched_trial
+    from finetune.login.plan import Plan, write_plan
 
     duplicates = 0
     while True:

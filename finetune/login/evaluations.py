@@ -1,6 +1,6 @@
 """Which eval languages of a finished trial have a current score, and which still need one.
 
-A trial id is the identity of its trained model (finetune.login.plan): the eval languages are
+A trial id is the identity of its trained model (finetune.login.identity): the eval languages are
 not in it, so adding an eval language to the layers plans the same trial with one more eval
 language. Its trained model (``model/``) is then scored on the new language by an evaluation
 job instead of training again (submit sends it; the array task asks for it with

@@ -1,6 +1,6 @@
 """Content fingerprints of the files a trial reads (checkpoint, tokenizer, local dataset).
 
-Trial ids cover them (finetune.login.plan), so pretraining again under the same name, or editing
+Trial ids cover them (finetune.login.identity), so pretraining again under the same name, or editing
 a local dataset, plans new trials instead of reporting the old results as finished. Hashing a
 checkpoint of gigabytes on every ``finetune plan`` would be slow, so each file's SHA-256 is cached
 by (absolute path, size, modification time in ns) in one JSON file:
