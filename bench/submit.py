@@ -36,26 +36,35 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+CONFIGS = [str(REPO / "config" / n) for n in ("finetune-rus-pol.json", "finetune-rus-pol-topic.json", "data-local.json")]
 
 
-def dry_run_one(trials: int, root: Path) -> dict:
+def bench_plan(trials: int, root: Path, sets: list[str]):
+    """The benchmark's plan of ``trials`` count trials (nothing written but ROOT/grid.json):
+    learning rates x 10 seeds (1 seed when ``trials`` is not a multiple of 10), normal model type,
+    the shipped rus-pol configs with ``sets``."""
     import json
-    import os
-    import resource
 
-    from finetune.analysis.results import collect
-    from finetune.login.plan import build_plan, load_plan, write_plan
-    from finetune.login.status import plan_status
-    from finetune.login.submit import submit
+    from finetune.login.plan import build_plan
 
     seeds = 10 if trials % 10 == 0 else 1
     grid = root / "grid.json"
     grid.write_text(json.dumps({"parameters": {"learning_rate": [round(1e-6 * (i + 1), 9) for i in range(trials // seeds)],
                                                "seed": list(range(seeds))}}))
-    configs = [str(REPO / "config" / n) for n in ("finetune-rus-pol.json", "finetune-rus-pol-topic.json", "data-local.json")]
+    return build_plan(CONFIGS, sets, grid_config=str(grid), model_types=("normal",))
+
+
+def dry_run_one(trials: int, root: Path) -> dict:
+    import os
+
+    from finetune.analysis.results import collect
+    from finetune.login.plan import load_plan, write_plan
+    from finetune.login.status import plan_status
+    from finetune.login.submit import submit
+
     out = root / "plan"
     t0 = time.perf_counter()
-    plan = build_plan(configs, ["training.workload=count"], grid_config=str(grid), model_types=("normal",))
+    plan = bench_plan(trials, root, ["training.workload=count"])
     write_plan(plan, out)
     del plan
     t1 = time.perf_counter()
@@ -74,8 +83,7 @@ def dry_run_one(trials: int, root: Path) -> dict:
     files = sum(len(f) for _, _, f in os.walk(out))
     size = sum(os.path.getsize(os.path.join(d, x)) for d, _, f in os.walk(out) for x in f)
     return {"trials": trials, "plan_s": t1 - t0, "dry_run_s": t2 - t1, "load_s": t4 - t3, "status_s": t5 - t4,
-            "collect_s": t6 - t5, "files": files, "mb": size / 1e6,
-            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+            "collect_s": t6 - t5, "files": files, "mb": size / 1e6, "peak_gb": _peak_gb()}
 
 
 def dry_runs(sizes: list[int]) -> int:
@@ -101,10 +109,9 @@ def _peak_gb() -> float:
 
 def scale_one(trials: int, per_task: int) -> dict:
     """Plan, submit (held) and ask the status of ``trials`` trials on a test cluster of its own."""
-    import json
     import os
 
-    from finetune.login.plan import build_plan, write_plan
+    from finetune.login.plan import write_plan
     from finetune.login.status import plan_status
     from finetune.login.submit import submit
 
@@ -116,17 +123,10 @@ def scale_one(trials: int, per_task: int) -> dict:
         subprocess.run(["bash", str(script), "start", str(cluster)], check=True, capture_output=True, timeout=300)
         os.environ["SLURM_CONF"] = str(cluster / "etc" / "slurm.conf")
         try:
-            seeds = 10 if trials % 10 == 0 else 1
-            grid = root / "grid.json"
-            grid.write_text(json.dumps({"parameters": {
-                "learning_rate": [round(1e-6 * (i + 1), 9) for i in range(trials // seeds)], "seed": list(range(seeds))}}))
-            configs = [str(REPO / "config" / n)
-                       for n in ("finetune-rus-pol.json", "finetune-rus-pol-topic.json", "data-local.json")]
             plan_dir = root / "plan"
             t0 = time.perf_counter()
-            plan = build_plan(configs, ["training.workload=count", "slurm.cpus_per_task=1",
-                                        f"slurm.trials_per_task={per_task}", 'slurm.extra={"hold": true}'],
-                              grid_config=str(grid), model_types=("normal",))
+            plan = bench_plan(trials, root, ["training.workload=count", "slurm.cpus_per_task=1",
+                                             f"slurm.trials_per_task={per_task}", 'slurm.extra={"hold": true}'])
             write_plan(plan, plan_dir)
             del plan
             out["plan_s"] = time.perf_counter() - t0
@@ -156,15 +156,10 @@ def collect_one(trials: int, root: Path) -> dict:
 
     from finetune import layout
     from finetune.analysis.results import collect, write_tables
-    from finetune.login.plan import build_plan, write_plan
+    from finetune.login.plan import write_plan
 
-    seeds = 10 if trials % 10 == 0 else 1
-    grid = root / "grid.json"
-    grid.write_text(json.dumps({"parameters": {"learning_rate": [round(1e-6 * (i + 1), 9) for i in range(trials // seeds)],
-                                               "seed": list(range(seeds))}}))
-    configs = [str(REPO / "config" / n) for n in ("finetune-rus-pol.json", "finetune-rus-pol-topic.json", "data-local.json")]
     out = root / "plan"
-    plan = build_plan(configs, ["training.workload=count"], grid_config=str(grid), model_types=("normal",))
+    plan = bench_plan(trials, root, ["training.workload=count"])
     write_plan(plan, out)
     for i, t in enumerate(plan.trials):  # what a finished trial leaves (metrics of one evaluation)
         d = layout.trial_dir(out, t.id)

@@ -29,7 +29,7 @@ import contextlib
 import gc
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from finetune.errors import ConfigError, Problem
@@ -383,8 +383,10 @@ def _records_look_right(records: Any, n_sets: int) -> bool:
                                                                             if optional else ""))
 
 
-def record_problems(path: str, records: Any, n_sets: int) -> list[Problem]:
-    """Every problem of version 2's trial records, each with its JSON path (the slow walk)."""
+def _walk(path: str, records: Any, check: Callable[[str, dict[str, Any], _HyperChecks], list[Problem]]
+          ) -> list[Problem]:
+    """The walk both versions share: a list of objects, each with a trial id no other record has;
+    ``check(where, record, hyperparameter_checks)`` adds what the version's record holds."""
     if not isinstance(records, list):
         return [Problem(path, "$.trials", "must be a list of trial records")]
     checks = _HyperChecks()
@@ -395,7 +397,22 @@ def record_problems(path: str, records: Any, n_sets: int) -> list[Problem]:
         if not isinstance(r, dict):
             out.append(Problem(path, where, "must be a trial record (an object)"))
             continue
-        out += _id_problems(path, where, r, seen, i)
+        tid = r.get("id")
+        if not isinstance(tid, str) or not TRIAL_ID_RE.match(tid):
+            out.append(Problem(path, f"{where}.id", f"{tid!r} is not a trial id (12 lowercase hex digits)"))
+        elif tid in seen:
+            out.append(Problem(path, f"{where}.id", f"{tid} appears twice (also $.trials[{seen[tid]}])"))
+        else:
+            seen[tid] = i
+        out += check(where, r, checks)
+    return out
+
+
+def record_problems(path: str, records: Any, n_sets: int) -> list[Problem]:
+    """Every problem of version 2's trial records, each with its JSON path (the slow walk)."""
+
+    def check(where: str, r: dict[str, Any], checks: _HyperChecks) -> list[Problem]:
+        out: list[Problem] = []
         s = r.get("set")
         if "set" not in r:
             out.append(Problem(path, f"{where}.set", "missing"))
@@ -411,33 +428,17 @@ def record_problems(path: str, records: Any, n_sets: int) -> list[Problem]:
         for key in ("lineage", "superseded_by"):
             if key in r and not (isinstance(r[key], str) and TRIAL_ID_RE.match(r[key])):
                 out.append(Problem(path, f"{where}.{key}", f"{r[key]!r} is not a trial id (12 lowercase hex digits)"))
-    return out
+        return out
 
-
-def _id_problems(path: str, where: str, r: dict[str, Any], seen: dict[str, int], i: int) -> list[Problem]:
-    tid = r.get("id")
-    if not isinstance(tid, str) or not TRIAL_ID_RE.match(tid):
-        return [Problem(path, f"{where}.id", f"{tid!r} is not a trial id (12 lowercase hex digits)")]
-    if tid in seen:
-        return [Problem(path, f"{where}.id", f"{tid} appears twice (also $.trials[{seen[tid]}])")]
-    seen[tid] = i
-    return []
+    return _walk(path, records, check)
 
 
 def v1_record_problems(path: str, records: Any) -> list[Problem]:
     """Everything wrong with version 1's whole trial records: ids, unique ids, the fields every
     record has, and each hyperparameter against the schema."""
-    if not isinstance(records, list):
-        return [Problem(path, "$.trials", "must be a list of trial records")]
-    checks = _HyperChecks()
-    out: list[Problem] = []
-    seen: dict[str, int] = {}
-    for i, r in enumerate(records):
-        where = f"$.trials[{i}]"
-        if not isinstance(r, dict):
-            out.append(Problem(path, where, "must be a trial record (an object)"))
-            continue
-        out += _id_problems(path, where, r, seen, i)
+
+    def check(where: str, r: dict[str, Any], checks: _HyperChecks) -> list[Problem]:
+        out: list[Problem] = []
         for key in SET_KEYS:
             kind, ok = _FIELDS[key]
             if key not in r:
@@ -446,4 +447,6 @@ def v1_record_problems(path: str, records: Any) -> list[Problem]:
                 out.append(Problem(path, f"{where}.{key}", f"must be {kind}"))
         if isinstance(r.get("hyperparameters"), dict):
             out += checks.problems(path, f"{where}.hyperparameters", r["hyperparameters"])
-    return out
+        return out
+
+    return _walk(path, records, check)
