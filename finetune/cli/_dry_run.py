@@ -11,17 +11,12 @@ MAX_ROWS = 50
 
 def trial_table(plan_dir: str | Path, trial_ids: list[str]) -> list[str]:
     """One line per trial: id, model type, train set, eval languages, the varying hyperparameters."""
-    from finetune.login.identity import canonical_json
     from finetune.login.plan import load_plan
 
     plan = load_plan(plan_dir)
     wanted = set(trial_ids)
     trials = [t for t in plan.trials if t.id in wanted]
-    values: dict[str, set[str]] = {}
-    for t in trials:
-        for k, v in t.hyperparameters.items():
-            values.setdefault(k, set()).add(canonical_json(v))
-    varying = sorted(k for k, vs in values.items() if len(vs) > 1)
+    varying = varying_hyperparameters(trials)
     head = ["trial", "model", "train set", "eval languages", *varying]
     rows = [[t.id, t.model_type, "+".join(sorted(t.train_languages)), ",".join(t.eval_languages),
              *(str(t.hyperparameters.get(k)) for k in varying)] for t in trials]
@@ -32,6 +27,17 @@ def trial_table(plan_dir: str | Path, trial_ids: list[str]) -> list[str]:
     if len(rows) > MAX_ROWS:
         lines.append(f"... and {len(rows) - MAX_ROWS} more")
     return lines
+
+
+def varying_hyperparameters(trials: list[Any]) -> list[str]:
+    """The hyperparameters whose value is not the same in every trial, sorted."""
+    from finetune.login.identity import canonical_json
+
+    values: dict[str, set[str]] = {}
+    for t in trials:
+        for k, v in t.hyperparameters.items():
+            values.setdefault(k, set()).add(canonical_json(v))
+    return sorted(k for k, vs in values.items() if len(vs) > 1)
 
 
 def dry_run_lines(report: Any, plan_dir: str | Path) -> list[str]:

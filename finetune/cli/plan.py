@@ -131,22 +131,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def grid_search_parser(prog: str = "grid-search.py") -> argparse.ArgumentParser:
-    from finetune.cli import HelpFormatter
-
-    p = argparse.ArgumentParser(
-        prog=prog, description="Plan a grid search (grid x model types) and submit it (same as `finetune plan`).",
-        epilog=PLAN_EPILOG.format(prog=f"python scripts/{prog}", guard=GUARD), formatter_class=HelpFormatter)
-    add_plan_arguments(p, matrix=False)
-    return p
+    return _script_parser(prog, "Plan a grid search (grid x model types) and submit it (same as `finetune plan`).",
+                          PLAN_EPILOG, matrix=False)
 
 
 def generator_parser(prog: str = "finetuning-generator.py") -> argparse.ArgumentParser:
+    return _script_parser(prog, "Plan the cross-language matrix and submit it (same as `finetune matrix`).",
+                          MATRIX_EPILOG, matrix=True)
+
+
+def _script_parser(prog: str, description: str, epilog: str, *, matrix: bool) -> argparse.ArgumentParser:
+    """The parser of a script in scripts/: the flags of `finetune plan` (or `matrix`), its own name."""
     from finetune.cli import HelpFormatter
 
-    p = argparse.ArgumentParser(
-        prog=prog, description="Plan the cross-language matrix and submit it (same as `finetune matrix`).",
-        epilog=MATRIX_EPILOG.format(prog=f"python scripts/{prog}", guard=GUARD), formatter_class=HelpFormatter)
-    add_plan_arguments(p, matrix=True)
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter,
+                                epilog=epilog.format(prog=f"python scripts/{prog}", guard=GUARD))
+    add_plan_arguments(p, matrix=matrix)
     return p
 
 

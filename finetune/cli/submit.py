@@ -158,19 +158,15 @@ def _status(args: argparse.Namespace) -> int:
 
 def _trial_descriptions(plan_dir: str) -> dict[str, str]:
     """trial id -> 'ipa, train czech+slovak, learning_rate=0.0001 seed=2' (only the varying hyperparameters)."""
+    from finetune.cli._dry_run import varying_hyperparameters
     from finetune.errors import FinetuneError
-    from finetune.login.identity import canonical_json
     from finetune.login.plan import load_plan
 
     try:
         trials = load_plan(plan_dir).trials
     except FinetuneError:
         return {}
-    values: dict[str, set[str]] = {}
-    for t in trials:
-        for k, v in t.hyperparameters.items():
-            values.setdefault(k, set()).add(canonical_json(v))
-    varying = sorted(k for k, vs in values.items() if len(vs) > 1)
+    varying = varying_hyperparameters(trials)
     return {t.id: f"{t.model_type}, train {'+'.join(sorted(t.train_languages))}"
                   + "".join(f", {k}={t.hyperparameters.get(k)}" for k in varying)
             for t in trials}

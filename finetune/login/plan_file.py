@@ -337,14 +337,22 @@ def set_problems(path: str, sets: Any) -> list[Problem]:
         if not isinstance(s, dict):
             out.append(Problem(path, where, "must be a trial set (an object)"))
             continue
-        for key in SET_KEYS:
-            kind, ok = _FIELDS[key]
-            if key not in s:
-                out.append(Problem(path, f"{where}.{key}", "missing"))
-            elif not ok(s[key]):
-                out.append(Problem(path, f"{where}.{key}", f"must be {kind}"))
-        if isinstance(s.get("hyperparameters"), dict):
-            out += checks.problems(path, f"{where}.hyperparameters", s["hyperparameters"])
+        out += _shared_problems(path, where, s, checks)
+    return out
+
+
+def _shared_problems(path: str, where: str, obj: dict[str, Any], checks: _HyperChecks) -> list[Problem]:
+    """What a version 2 set and a version 1 record both hold (SET_KEYS): present, of their type,
+    and each hyperparameter against the schema."""
+    out: list[Problem] = []
+    for key in SET_KEYS:
+        kind, ok = _FIELDS[key]
+        if key not in obj:
+            out.append(Problem(path, f"{where}.{key}", "missing"))
+        elif not ok(obj[key]):
+            out.append(Problem(path, f"{where}.{key}", f"must be {kind}"))
+    if isinstance(obj.get("hyperparameters"), dict):
+        out += checks.problems(path, f"{where}.hyperparameters", obj["hyperparameters"])
     return out
 
 
@@ -436,17 +444,4 @@ def record_problems(path: str, records: Any, n_sets: int) -> list[Problem]:
 def v1_record_problems(path: str, records: Any) -> list[Problem]:
     """Everything wrong with version 1's whole trial records: ids, unique ids, the fields every
     record has, and each hyperparameter against the schema."""
-
-    def check(where: str, r: dict[str, Any], checks: _HyperChecks) -> list[Problem]:
-        out: list[Problem] = []
-        for key in SET_KEYS:
-            kind, ok = _FIELDS[key]
-            if key not in r:
-                out.append(Problem(path, f"{where}.{key}", "missing"))
-            elif not ok(r[key]):
-                out.append(Problem(path, f"{where}.{key}", f"must be {kind}"))
-        if isinstance(r.get("hyperparameters"), dict):
-            out += checks.problems(path, f"{where}.hyperparameters", r["hyperparameters"])
-        return out
-
-    return _walk(path, records, check)
+    return _walk(path, records, lambda where, r, checks: _shared_problems(path, where, r, checks))
