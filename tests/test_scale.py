@@ -267,7 +267,7 @@ def test_collect_reads_no_file_of_a_trial_that_has_no_folder(tmp_path, monkeypat
     monkeypatch.setattr(results, "_try_read", lambda path: read.append(Path(path)) or real(path))
     table = results.collect(out, metric="loss")
     assert [r.state for r in table.rows] == ["finished"] + ["missing"] * 4
-    assert read and {p.parent.name for p in read} == {ids[0]}  # one listing told the other four apart
+    assert read and {p.parent.name for p in read} == {ids[0]}  # no folder: nothing opened for the other four
 
 
 _OPENED: list[str] | None = None
@@ -280,7 +280,8 @@ def _audit(event: str, args: tuple) -> None:
 
 def test_collect_opens_each_file_of_a_started_trial_once(tmp_path):
     """100k finished trials: every open costs; config.json is read once (its frozen datasets serve
-    both the row and the current-score check), as are result.json and evaluations.json (absent)."""
+    both the row and the current-score check), as is result.json; evaluations.json, absent, is
+    not tried (the trial's folder is listed once)."""
     global _OPENED
     from finetune.analysis import results
 
@@ -301,8 +302,16 @@ def test_collect_opens_each_file_of_a_started_trial_once(tmp_path):
     assert [r.state for r in table.rows] == ["finished", "finished", "missing"]
     for tid in ids[:2]:
         names = [Path(p).name for p in opened if Path(p).parent.name == tid]
-        assert sorted(names) == ["config.json", "evaluations.json", "result.json"], names
+        assert sorted(names) == ["config.json", "result.json"], names
     assert not [p for p in opened if ids[2] in p]
+    (layout.trial_dir(out, ids[0]) / "evaluations.json").write_text("{}")  # there: read, once
+    _OPENED = []
+    try:
+        results.collect(out, metric="loss")
+    finally:
+        opened, _OPENED = _OPENED, None
+    names = [Path(p).name for p in opened if Path(p).parent.name == ids[0]]
+    assert sorted(names) == ["config.json", "evaluations.json", "result.json"], names
 
 
 def test_collect_streams_rows_to_disk_as_it_reads_them(tmp_path, monkeypatch):
@@ -341,3 +350,104 @@ def test_collect_streams_rows_to_disk_as_it_reads_them(tmp_path, monkeypatch):
     results.write_tables(table)
     lines = (out / "results.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ids
+
+
+def _finished_plan(tmp_path: Path, rates: int, seeds: int) -> Path:
+    """A plan of rates x seeds finished trials (a result.json each, scores varying by trial)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg = _layers(tmp_path)
+    out = tmp_path / "plan"
+    plan = build_plan([str(cfg / n) for n in LAYERS], COUNT, grid_config=str(_grid(tmp_path, rates, seeds)),
+                      model_types=("normal",))
+    write_plan(plan, out)
+    for i, t in enumerate(plan.trials):
+        d = layout.trial_dir(out, t.id)
+        d.mkdir(parents=True)
+        split = {"loss": 1 - (i % 89) / 100, "macro_f1": (i % 97) / 100, "accuracy": (i % 83) / 100}
+        (d / "result.json").write_text(json.dumps({"state": "finished", "trial": t.id,
+                                                   "metrics": {lang: {"eval": split, "test": split}
+                                                               for lang in t.eval_languages}}))
+    return out
+
+
+def test_collect_memory_does_not_grow_with_the_trials(tmp_path, monkeypatch):
+    """Flat memory: collect and write_tables of 4x the finished trials of the same two
+    configurations peak (tracemalloc) within a little of the smaller plan's peak. What is still
+    held a trial: the seed (a shared text) and id (an integer) of each finished trial of a
+    configuration, 16 bytes a language, and the best configuration's trial ids and seeds (what
+    best.csv and results.md show); no row, plan record, listing entry or score list (which were
+    1.4 KB a trial here). Seeds grow with trials here (the configurations may not): the few seeds
+    collect keeps at hand are capped low, so that both plans fill the cache."""
+    import tracemalloc
+
+    from finetune.analysis import results
+    from finetune.login import plan_stream
+
+    monkeypatch.setattr(results.RowSpool, "BATCH", 20)  # (the spool's and the reader's batches stay
+    monkeypatch.setattr(plan_stream, "_BATCH", 20)      # small, as they are small beside 100k trials)
+    monkeypatch.setattr(results, "SEED_CACHE", 8)
+    monkeypatch.setattr(results, "_seed_values", {})
+    peaks = []
+    for seeds in (100, 100, 400):  # (the first warms up: imports, caches)
+        out = _finished_plan(tmp_path / f"{seeds}-{len(peaks)}", 2, seeds)
+        tracemalloc.start()
+        try:
+            table = results.collect(out, metric="macro_f1")
+            results.write_tables(table)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert len(table.rows) == 2 * seeds and table.counts() == {"finished": 2 * seeds}
+        assert [c.n_finished for c in table.configurations] == [seeds] * len(table.configurations)
+    per_trial = (peaks[2] - peaks[1]) / (2 * 400 - 2 * 100)
+    assert per_trial < 250, f"collect holds {per_trial:.0f} bytes a trial more (peaks {peaks})"
+
+
+def test_running_sums_give_the_mean_of_fsum_and_the_two_pass_std():
+    """A configuration's mean is math.fsum's over n to the last bit, whatever the order and the
+    range of the scores (ties between configurations stay ties); the std is the two-pass one but
+    for rounding; infinities and NaN as Stat.of treats them."""
+    import math
+    import random
+
+    from finetune.analysis.results import Columns, Stat, _Scores, _stat
+
+    rng = random.Random(7)
+    cases = [[rng.random() for _ in range(9)], [0.1] * 7, [rng.randint(0, 100) / 100 for _ in range(12)],
+             [rng.random() * 10.0 ** rng.randint(-30, 30) for _ in range(40)], [1e16, 1.0, -1e16, 3.0, 1e-300],
+             [0.5], [1.0, math.inf, 2.0], [2.0, float("nan"), 4.0]]
+    for values in cases:
+        for order in (values, list(reversed(values))):
+            columns, scores = Columns(), _Scores()
+            for v in order:
+                scores.add({"eval": {"m": v}}, columns)
+            got = _stat([p] if (p := scores.parts(columns.get(("eval", "m")))) else [])
+            want = Stat.of(v for v in values if not math.isnan(v))
+            assert (got.n, got.mean) == (want.n, want.mean), values
+            if want.std is None or math.isnan(want.std):
+                assert got.std is want.std or (math.isnan(got.std) and math.isnan(want.std)), values
+            else:
+                assert got.std == pytest.approx(want.std, rel=1e-9, abs=1e-12), values  # (tables show 4 decimals)
+
+
+def test_plan_json_is_read_a_line_at_a_time_and_anything_else_is_read_whole(tmp_path):
+    """collect reads plan.json's trials one line at a time (the records are what json reads);
+    a file laid out otherwise (edited by hand, version 1) is read whole, with the same rows."""
+    from finetune.analysis import results
+    from finetune.login.plan_file import records
+    from finetune.login.plan_stream import NotStreamable, open_plan
+
+    out = _finished_plan(tmp_path, 2, 3)
+    path = layout.plan_file(out)
+    header, lines = open_plan(str(path))
+    data = json.loads(path.read_text())
+    assert list(lines) == list(records(data)) and header == {k: v for k, v in data.items() if k != "trials"}
+    before = results.csv_text(results.collect(out))
+    path.write_text(json.dumps(data))  # one line: not as dump writes it
+    with pytest.raises(NotStreamable):
+        open_plan(str(path))
+    assert results.csv_text(results.collect(out)) == before
+    text = json.dumps(data, indent=2)
+    path.write_text(text[:len(text) // 2])  # cut short: json says where
+    with pytest.raises(Exception, match=r"plan.json: invalid JSON"):
+        results.collect(out)

@@ -24,11 +24,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import marshal
 import math
 import os
 import pickle
+import re
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from sys import intern
@@ -104,77 +107,259 @@ class Stat:
         return cls(mean, std, n)
 
 
-@dataclass(slots=True)
-class Member:
-    """A trial as one configuration sees it: its id, state, seed and the scores of the
-    configuration's language only (collect keeps these, not whole rows, for 100k trials)."""
-
-    trial_id: str
-    state: str
-    seed: Any
-    pruned_step: int | None
-    language: str
-    # the scores on ``language`` as a tuple in ``columns``' order (a dict per split and trial was
-    # most of collect's memory); None: not finished, or no metrics for the language
-    values: tuple[Any, ...] | None
-    columns: dict[tuple[str, str], int]  # (split, metric) -> position, shared by one collect's members
-
-    def metric(self, language: str, split: str, metric: str) -> float | None:
-        if language != self.language or self.values is None:
-            return None
-        i = self.columns.get((split, metric))
-        value = self.values[i] if i is not None and i < len(self.values) else None
-        return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
+def _two_sum(a: float, b: float) -> tuple[float, float]:
+    """(s, e): s = a + b rounded, and e exactly what rounding lost (a + b == s + e exactly)."""
+    s = a + b
+    bp = s - a
+    return s, (a - (s - bp)) + (b - bp)
 
 
-def member(row: TrialRow, language: str, columns: dict[tuple[str, str], int]) -> Member:
-    """``row`` as a configuration on ``language`` keeps it; ``columns`` grows by the new metrics."""
-    scores = row.metrics.get(language) if row.state == "finished" else None
-    values = None
-    if isinstance(scores, dict):
+def _partials(values: Iterable[float]) -> list[float]:
+    """Floats whose exact sum is that of ``values``, few and not overlapping (Shewchuk, as
+    math.fsum sums): a long list of residuals folded into a handful of floats."""
+    partials: list[float] = []
+    for x in values:
+        i = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            x, y = _two_sum(x, y)
+            if y:
+                partials[i] = y
+                i += 1
+        partials[i:] = [x]
+    return partials
+
+
+class _Scores:
+    """Running sums of one configuration's scores on one language, in place of a list per seed
+    (collect's memory is then per configuration, not per trial): per (split, metric) column, at
+    the position a collect's ``Columns`` gives it, 4 floats: the count, the sum exactly as
+    hi + lo (what two floats cannot hold goes to a short list of residuals, so the mean is
+    math.fsum's to the last bit and ties between configurations still tie) and Welford's sum of
+    squared deviations (the sample std, equal to the two-pass one but for rounding). +-inf
+    values are counted aside (rare: no slot for them)."""
+
+    __slots__ = ("a", "rest")
+
+    def __init__(self) -> None:
+        self.a = array("d")
+        self.rest: dict[Any, Any] | None = None  # column -> exact residuals of its sum; (column, +-1) -> infs
+
+    def add(self, scores: dict[str, Any], columns: Columns) -> None:
+        """One trial's scores on the language: {split: {metric: value}}; a value counts when it
+        is a number and not NaN, as TrialRow.metric reads it."""
+        a = self.a
         for split, metrics in scores.items():
-            if isinstance(metrics, dict):
-                for m in metrics:
-                    columns.setdefault((split, m), len(columns))
-        values = tuple(metrics.get(m) if isinstance(metrics := scores.get(split), dict) else None
-                       for split, m in columns)
-    return Member(row.trial_id, row.state, row.seed, row.pruned_step, language, values, columns)
+            if type(metrics) is not dict:
+                if not isinstance(metrics, dict):
+                    continue
+            where = columns.splits.get(split) or columns.of_split(split)
+            for m, x in metrics.items():
+                b = where.get(m)
+                if b is None:
+                    b = columns.add(split, m)
+                if type(x) is not float:
+                    if not isinstance(x, (int, float)):
+                        continue
+                    x = float(x)
+                if x != x:
+                    continue
+                if len(a) <= b:
+                    a.extend([0.0] * (b + 4 - len(a)))
+                n = a[b] + 1.0
+                a[b] = n
+                if x - x:  # +-inf (NaN never comes here): its sign is noted, once
+                    if self.rest is None:
+                        self.rest = {}
+                    self.rest[(b, 1 if x > 0 else -1)] = True
+                    continue
+                hi = a[b + 1]
+                s = hi + x
+                bp = s - hi
+                err = (hi - (s - bp)) + (x - bp)
+                a[b + 1] = s
+                if err:
+                    lo = a[b + 2]
+                    t = lo + err
+                    bp = t - lo
+                    lost = (lo - (t - bp)) + (err - bp)
+                    a[b + 2] = t
+                    if lost:
+                        self._keep(b, lost)
+                if n > 1.0:  # Welford, with the means from the exact running sums
+                    a[b + 3] += (x - hi / (n - 1.0)) * (x - s / n)
+
+    def _keep(self, i: int, lost: float) -> None:
+        if self.rest is None:
+            self.rest = {}
+        kept = self.rest.setdefault(i, [])
+        kept.append(lost)
+        if len(kept) > 16:  # folded: a few floats hold any number of residuals exactly
+            self.rest[i] = _partials(kept)
+
+    def parts(self, b: int) -> tuple[int, list[float], float, float] | None:
+        """(count, floats whose exact sum is the column's (one +-inf for any), the mean of the
+        finite values, their sum of squared deviations; nan with an inf), None: no values.
+        ``b``: the column's position (Columns)."""
+        a = self.a
+        if b >= len(a) or not a[b]:
+            return None
+        n, hi, lo, m2 = a[b:b + 4]
+        rest = self.rest or {}
+        sums = [hi, lo, *(rest.get(b) or ())]
+        infs = [math.inf] * bool(rest.get((b, 1))) + [-math.inf] * bool(rest.get((b, -1)))
+        if infs:
+            return int(n), sums + infs, math.nan, math.nan
+        return int(n), sums, math.fsum(sums) / n, m2
+
+
+class Columns:
+    """(split, metric) -> position in the _Scores of one collect (shared by its configurations):
+    the index of the column's first float (4 a column)."""
+
+    def __init__(self) -> None:
+        self.splits: dict[str, dict[str, int]] = {}
+        self.n = 0
+
+    def of_split(self, split: str) -> dict[str, int]:
+        where = self.splits.get(split)
+        if where is None:
+            where = self.splits[split] = {}
+        return where
+
+    def add(self, split: str, metric: str) -> int:
+        self.n += 1
+        b = self.of_split(split)[metric] = 4 * (self.n - 1)
+        return b
+
+    def get(self, key: tuple[str, str]) -> int | None:
+        return self.splits.get(key[0], {}).get(key[1])
+
+
+def _stat(parts: list[tuple[int, list[float], float, float]]) -> Stat:
+    """Stat.of's mean (exactly: math.fsum of the values over n) and sample std (to rounding)
+    from the running sums of one or more parts of a configuration."""
+    n = sum(p[0] for p in parts)
+    if not n:
+        return Stat(None, None, 0)
+    mean = math.fsum(x for p in parts for x in p[1]) / n
+    if n < 2:
+        return Stat(mean, None, n)
+    if any(math.isnan(p[3]) for p in parts):  # an inf: Stat.of's two-pass std is nan then
+        return Stat(mean, math.nan, n)
+    m2 = math.fsum(p[3] + p[0] * (p[2] - mean) ** 2 for p in parts) if len(parts) > 1 else parts[0][3]
+    return Stat(mean, math.sqrt(m2 / (n - 1)), n)
+
+
+class _Group:
+    """Trials of one (model type, train set, eval language, hyperparameters but the seed), as
+    collect keeps them: counts, the smallest trial id, pruned steps, the seeds and ids of the
+    finished ones (16 bytes a trial: an interned seed text and the id as an integer) and
+    _Scores. Nothing else of a trial stays in memory."""
+
+    __slots__ = ("n", "train_languages", "hyper", "total", "first_id", "pruned", "seeds", "ids", "scores")
+
+    def __init__(self, n: int, train_languages: list[str], hyper: dict[str, Any], trial_id: str) -> None:
+        self.n, self.train_languages, self.hyper = n, train_languages, hyper
+        self.total, self.first_id = 0, trial_id
+        self.pruned: list[Any] = []
+        self.seeds: list[str] = []  # json.dumps(seed, sort_keys=True) of each finished trial, interned
+        self.ids: array[int] | list[str] = array("Q")  # their ids (as integers while all are 12 hex digits)
+        self.scores = _Scores()
+
+    def add_id(self, trial_id: str) -> None:
+        ids = self.ids
+        if isinstance(ids, array):
+            if len(trial_id) == 12 and _HEX12.fullmatch(trial_id):
+                ids.append(int(trial_id, 16))
+                return
+            ids = self.ids = [format(v, "012x") for v in ids]
+        ids.append(trial_id)
+
+    def finished(self) -> list[tuple[str, str]]:
+        """(seed text, trial id) of the finished trials."""
+        ids = self.ids
+        names = (format(v, "012x") for v in ids) if isinstance(ids, array) else ids
+        return list(zip(self.seeds, names, strict=True))
+
+
+_HEX12 = re.compile(r"[0-9a-f]{12}")
+
+
+SEED_CACHE = 256  # seeds whose JSON text and value collect keeps at hand (a plan has a few)
+_seed_values: dict[str, Any] = {}
+
+
+def _seed_value(text: str) -> Any:
+    """A seed from its JSON text (the few seeds of a plan are parsed once; a list or object anew)."""
+    value = _seed_values.get(text, _seed_values)
+    if value is _seed_values:
+        value = json.loads(text)
+        if isinstance(value, (list, dict)):
+            return value
+        if len(_seed_values) < SEED_CACHE:
+            _seed_values[text] = value
+    return value
 
 
 @dataclass
 class Configuration:
-    """Trials that differ only in their seed, on one eval language."""
+    """Trials that differ only in their seed, on one eval language (their running sums: see
+    _Group and _Scores)."""
 
     model_type: str
     train_set: str
     train_languages: list[str]
     language: str
     hyperparameters: dict[str, Any]  # the varying hyperparameters except the seed
-    trials: list[Member]  # every trial of the configuration evaluated on ``language``
+    parts: list[_Group]  # its trials as collect grouped them (one group but for odd hyperparameters)
+    columns: Columns  # (split, metric) -> position in the parts' _Scores
     trial_hyperparameters: dict[str, Any] = field(default_factory=dict)  # all hyperparameters of its first trial
-    _finished: Any = field(default=None, repr=False, compare=False)  # (states seen, finished members)
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
-    def finished(self) -> list[Member]:
-        """Finished trials that have metrics for this language, in seed order (sorted once per
-        state of the trials, not on every statistic: collect asks it a dozen times per configuration)."""
-        seen = tuple((r.state, id(r.values), r.trial_id) for r in self.trials)
-        if self._finished is None or self._finished[0] != seen:
-            done = [r for r in self.trials if r.state == "finished" and r.values is not None]
-            self._finished = (seen, sorted(done, key=lambda r: (json.dumps(r.seed, sort_keys=True), r.trial_id)))
-        return list(self._finished[1])
+    def total(self) -> int:
+        """Trials of the configuration evaluated on ``language``, whatever their state."""
+        return sum(g.total for g in self.parts)
+
+    @property
+    def n_finished(self) -> int:
+        """Finished trials that have metrics for this language."""
+        return sum(len(g.seeds) for g in self.parts)
+
+    def _finished(self) -> list[tuple[str, str]]:
+        """(seed text, id) of the finished trials in seed order, then id (made when asked, not
+        kept: kept for every configuration they would be a tuple per trial again)."""
+        return sorted(x for g in self.parts for x in g.finished())
+
+    @property
+    def trial_ids(self) -> list[str]:
+        """The finished trials' ids, in seed order."""
+        return [tid for _, tid in self._finished()]
 
     @property
     def seeds(self) -> list[Any]:
-        return [r.seed for r in self.finished]
+        """The finished trials' seeds, in order (their texts sorted: no ids needed for that)."""
+        return [_seed_value(text) for text in sorted(s for g in self.parts for s in g.seeds)]
 
     @property
     def first_id(self) -> str:
-        return min(r.trial_id for r in self.trials)
+        return min(g.first_id for g in self.parts)
+
+    @property
+    def pruned_steps(self) -> list[Any]:
+        return [s for g in self.parts for s in g.pruned]
 
     def stat(self, split: str, metric: str, language: str | None = None) -> Stat:
-        lang = language or self.language
-        return Stat.of(v for r in self.finished if (v := r.metric(lang, split, metric)) is not None)
+        if language is not None and language != self.language:
+            return Stat(None, None, 0)
+        key = (split, metric)
+        if key not in self._cache:
+            i = self.columns.get(key)
+            parts = [p for g in self.parts if i is not None and (p := g.scores.parts(i)) is not None]
+            self._cache[key] = _stat(parts)
+        return self._cache[key]
 
 
 @dataclass(frozen=True)
@@ -212,6 +397,13 @@ class BestCell:
         return self.test.mean
 
 
+def _row_tuple(row: TrialRow) -> tuple[Any, ...]:
+    """A row's fields in TrialRow's order: what RowSpool pickles (a slotted dataclass pickles
+    through a Python call per object, a tuple of plain values at C speed)."""
+    return (row.trial_id, row.model_type, row.train_languages, row.eval_languages, row.hyperparameters,
+            row.state, row.reason, row.metrics, row.best_step, row.pruned_step, row.selection)
+
+
 class RowSpool(Sequence[TrialRow]):
     """The rows of a collect, kept on disk as they are read (pickled in batches into an unnamed
     temporary file), not in memory: iterating reads them back a batch at a time, so a plan of
@@ -222,12 +414,12 @@ class RowSpool(Sequence[TrialRow]):
     def __init__(self) -> None:
         self._file = tempfile.TemporaryFile(prefix="finetune-collect-")
         self._batches: list[tuple[int, int, int]] = []  # (offset, size, rows)
-        self._pending: list[TrialRow] = []
+        self._pending: list[tuple[Any, ...]] = []  # rows as _row_tuple
         self._end = 0
         self._len = 0
 
     def append(self, row: TrialRow) -> None:
-        self._pending.append(row)
+        self._pending.append(_row_tuple(row))
         self._len += 1
         if len(self._pending) >= self.BATCH:
             data = pickle.dumps(self._pending, protocol=pickle.HIGHEST_PROTOCOL)
@@ -241,12 +433,12 @@ class RowSpool(Sequence[TrialRow]):
 
     def _batch(self, i: int) -> list[TrialRow]:
         offset, size, _ = self._batches[i]
-        return pickle.loads(os.pread(self._file.fileno(), size, offset))
+        return [TrialRow(*t) for t in pickle.loads(os.pread(self._file.fileno(), size, offset))]
 
     def __iter__(self) -> Iterator[TrialRow]:
         for i in range(len(self._batches)):
             yield from self._batch(i)
-        yield from list(self._pending)
+        yield from [TrialRow(*t) for t in pickle.loads(pickle.dumps(self._pending))]
 
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
@@ -258,7 +450,7 @@ class RowSpool(Sequence[TrialRow]):
             if i < n:
                 return self._batch(b)[i]
             i -= n
-        return self._pending[i]
+        return TrialRow(*pickle.loads(pickle.dumps(self._pending[i])))
 
 
 @dataclass
@@ -271,7 +463,7 @@ class Facts:
     counts: dict[str, int] = field(default_factory=dict)
     selections: set[Any] = field(default_factory=set)  # training.selection of finished trials
     reported: set[str] = field(default_factory=set)  # metric names any trial reports
-    hyper_values: dict[str, set[Any]] = field(default_factory=dict)
+    hyper_values: dict[str, set[Any]] = field(default_factory=dict)  # two at most: enough to vary
     hyper_rows: dict[str, int] = field(default_factory=dict)  # rows that have the key
     rows: int = 0
 
@@ -289,12 +481,18 @@ class Facts:
                 for values in splits.values():
                     if isinstance(values, dict):
                         self.reported.update(values)
+        values, rows = self.hyper_values, self.hyper_rows
         for k, v in row.hyperparameters.items():
+            rows[k] = rows.get(k, 0) + 1
+            seen = values.get(k)
+            if seen is None:
+                seen = values[k] = set()
+            elif len(seen) > 1:
+                continue  # it varies: more values would only cost memory (one per configuration)
             try:  # (type, value): 1, 1.0 and True stay apart, as their JSON texts do
-                self.hyper_values.setdefault(k, set()).add((type(v), v))
+                seen.add((type(v), v))
             except TypeError:  # a list or an object
-                self.hyper_values.setdefault(k, set()).add(json.dumps(v, sort_keys=True))
-            self.hyper_rows[k] = self.hyper_rows.get(k, 0) + 1
+                seen.add(json.dumps(v, sort_keys=True))
 
     def varying(self) -> list[str]:
         """Hyperparameters that differ between trials (a key absent from some trials also varies)."""
@@ -392,34 +590,58 @@ def collect(plan_dir: str | os.PathLike[str], *, metric: str = "macro_f1", selec
     if not plan_file.is_file():
         raise UsageError(problems=[Problem(str(plan_file), "", "no plan here; make one with `finetune plan ... --output-dir DIR`")])
     from finetune.login.plan_file import gc_paused, records
+    from finetune.login.plan_stream import NotStreamable, open_plan
 
     with gc_paused():  # reading 100k trials and their files makes objects, not garbage
-        plan = _read(plan_file)
-        if not isinstance(plan, dict) or not isinstance(plan.get("trials"), list):
-            raise UsageError(problems=[Problem(str(plan_file), "$.trials", "expected a list of trials")])
-        try:  # one listing: a trial whose array task has not started it has no folder, nothing to read
-            started = set(os.listdir(layout.trials_dir(plan_dir)))
-        except OSError:
-            started = set()
-        groups = plan.get("groups") if isinstance(plan.get("groups"), dict) else {}
-        rows, facts, groups_of = RowSpool(), Facts(), _Grouping()
-        expected_of: dict[tuple[Any, ...], Any] = {}  # (group, eval languages) -> what the plan names now
-        for i, trial in enumerate(records(plan)):
-            if not isinstance(trial, dict) or not isinstance(trial.get("id"), str):
-                raise UsageError(problems=[Problem(str(plan_file), f"$.trials[{i}].id",
-                                                   "expected a trial with a string id")])
-            group = groups.get(trial.get("group"))
-            row = _row(plan_dir, trial, folder=trial["id"] in started,
-                       group=group if isinstance(group, dict) else None, expected_of=expected_of)
-            rows.append(row)  # to disk: what stays in memory is per configuration, not per row
-            facts.add(row)
-            groups_of.add(row)
-            del row
+        try:  # one trial record in memory at a time (plan.json as dump writes it)
+            plan, trials = open_plan(str(plan_file))
+            rows, facts, groups_of = _read_trials(plan_dir, plan, trials)
+        except (NotStreamable, OSError, UsageError) as e:
+            whole = _read(plan_file)  # read whole: json names what is wrong with the file, if anything
+            if isinstance(e, UsageError):
+                raise
+            plan = whole
+            if not isinstance(plan, dict) or not isinstance(plan.get("trials"), list):
+                raise UsageError(problems=[Problem(str(plan_file), "$.trials", "expected a list of trials")]) from None
+            rows, facts, groups_of = _read_trials(plan_dir, plan, records(plan))
     selection = selection or _plan_selection(plan) or DEFAULT_SELECTION
     varying = facts.varying()
     configs = groups_of.configurations([k for k in varying if k != REPLICA_KEY])
     best, unselectable = choose(configs, metric, selection)
     return ResultsTable(plan_dir, metric, rows, varying, best, configs, selection, unselectable, facts)
+
+
+def _read_trials(plan_dir: Path, plan: dict[str, Any], trials: Iterable[Any]) -> tuple[RowSpool, Facts, _Grouping]:
+    """The one pass over the trials: each row to disk, its facts and its configuration's sums kept."""
+    plan_file = layout.plan_file(plan_dir)
+    base = str(layout.trials_dir(plan_dir))
+    groups = plan.get("groups") if isinstance(plan.get("groups"), dict) else {}
+    rows, facts, groups_of = RowSpool(), Facts(), _Grouping()
+    expected_of: dict[tuple[Any, ...], Any] = {}  # (group, eval languages) -> what the plan names now
+    for i, trial in enumerate(trials):
+        if not isinstance(trial, dict) or not isinstance(trial.get("id"), str):
+            raise UsageError(problems=[Problem(str(plan_file), f"$.trials[{i}].id",
+                                               "expected a trial with a string id")])
+        tid = trial["id"]
+        # (text, not a Path per trial: that was much of the time of 100k trials)
+        tdir = os.path.join(base, tid) if _HEX12.fullmatch(tid) else str(layout.trial_dir(plan_dir, tid))
+        # one listing of the trial's folder: only the files that are there are opened (no listing
+        # of trials/ held in memory); a trial whose array task has not started it has no folder,
+        # and nothing is opened for it
+        try:
+            present, folder = os.listdir(tdir), True
+        except (FileNotFoundError, NotADirectoryError):
+            present, folder = None, False
+        except OSError:  # (unlistable: try each file, as without a listing)
+            present, folder = None, True
+        group = groups.get(trial.get("group"))
+        row = _row(plan_dir, trial, folder=folder, group=group if isinstance(group, dict) else None,
+                   expected_of=expected_of, tdir=tdir, present=present)
+        rows.append(row)  # to disk: what stays in memory is per configuration, not per row
+        facts.add(row)
+        groups_of.add(row)
+        del row
+    return rows, facts, groups_of
 
 
 def _plan_selection(plan: dict[str, Any]) -> str | None:
@@ -457,13 +679,19 @@ def _try_read(path: str | os.PathLike[str]) -> tuple[Any, str]:
 
 
 def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True, group: dict[str, Any] | None = None,
-         expected_of: dict[tuple[Any, ...], Any] | None = None) -> TrialRow:
+         expected_of: dict[tuple[Any, ...], Any] | None = None, tdir: str | None = None,
+         present: Collection[str] | None = None) -> TrialRow:
     """One trial's row; ``folder=False`` (it has none yet): "missing", no file read. ``group``: its
-    plan group (what the plan names now, for finetune.login.evaluations)."""
-    tdir = layout.trial_dir(plan_dir, trial["id"]) if folder else None  # (no path made for 100k missing trials)
+    plan group (what the plan names now, for finetune.login.evaluations); ``tdir``: its folder's
+    path as collect joined it; ``present``: the names in the folder (None: unknown, try each)."""
+    if not folder:
+        tdir = None
+    elif tdir is None:
+        tdir = str(layout.trial_dir(plan_dir, trial["id"]))
     hyper = dict(trial.get("hyperparameters") or {})
     # (file names joined as text: a Path per file was most of the time of 100k trials)
-    config, _ = _try_read(os.path.join(str(tdir), layout.CONFIG_FILE)) if tdir is not None else (None, "")
+    config, _ = _try_read(os.path.join(str(tdir), layout.CONFIG_FILE)) \
+        if tdir is not None and (present is None or layout.CONFIG_FILE in present) else (None, "")
     selection = None
     if isinstance(config, dict):
         if isinstance(config.get("hyperparameters"), dict):
@@ -481,7 +709,7 @@ def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True, group: d
         selection=selection,
     )
     if tdir is not None:
-        _read_outcome(row, tdir, group, config=config, expected_of=expected_of)
+        _read_outcome(row, tdir, group, config=config, expected_of=expected_of, present=present)
     superseded = trial.get("superseded_by")
     if superseded:
         # an input file changed since (see plan.py): the old numbers stay readable but never compete
@@ -489,19 +717,21 @@ def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True, group: d
     return row
 
 
-def _read_outcome(row: TrialRow, tdir: Path, group: dict[str, Any] | None = None, *, config: Any = None,
-                  expected_of: dict[tuple[Any, ...], Any] | None = None) -> None:
+def _read_outcome(row: TrialRow, tdir: str | Path, group: dict[str, Any] | None = None, *, config: Any = None,
+                  expected_of: dict[tuple[Any, ...], Any] | None = None,
+                  present: Collection[str] | None = None) -> None:
     """The row's state, reason and metrics from result.json, else state.json; a finished trial's
     metrics are its current scores (finetune.login.evaluations: result.json's and those of
     later evaluations of the same model, on the datasets ``group`` names now). ``config``: the
     trial's config.json as _row read it (None: missing or unreadable); ``expected_of``: a cache of
     expected datasets per (group, eval languages), shared by the trials of one collect."""
     result_path = os.path.join(str(tdir), layout.RESULT_FILE)  # (str(tdir) is what layout.result_file names)
-    result, why = _try_read(result_path)
+    there = present is None or layout.RESULT_FILE in present
+    result, why = _try_read(result_path) if there else (None, "")
     if why:
         row.state, row.reason = "invalid", why
         return
-    if not isinstance(result, dict) and (result is not None or os.path.isfile(result_path)):
+    if not isinstance(result, dict) and (result is not None or (there and os.path.isfile(result_path))):
         row.state, row.reason = "invalid", (f"{result_path}: not a result (a JSON object), "
                                             f"but {type(result).__name__}")
         return
@@ -532,14 +762,16 @@ def _read_outcome(row: TrialRow, tdir: Path, group: dict[str, Any] | None = None
             if key not in expected_of:
                 expected_of[key] = evaluations.expected_datasets(group, row.eval_languages)
             expected = expected_of[key]
-        scores = evaluations.current_scores(tdir, result, expected, config=config)
+        evaluated = {} if present is not None and layout.EVALUATIONS_FILE not in present else evaluations.UNREAD
+        scores = evaluations.current_scores(tdir, result, expected, config=config, evaluated=evaluated)
         row.metrics = _compact(scores)
         row.eval_languages += [lang for lang in row.metrics if lang not in row.eval_languages]
         row.best_step = result.get("best_step")
         if isinstance(result.get("hyperparameters"), dict):
             row.hyperparameters = {**row.hyperparameters, **result["hyperparameters"]}
         return
-    state, why = _try_read(os.path.join(str(tdir), layout.STATE_FILE))
+    state, why = _try_read(os.path.join(str(tdir), layout.STATE_FILE)) \
+        if present is None or layout.STATE_FILE in present else (None, "")
     if why:
         row.state, row.reason = "invalid", why
     elif isinstance(state, dict) and state.get("state") in layout.TRIAL_STATES:
@@ -581,31 +813,62 @@ class _Grouping:
     varying ones); ``configurations`` then merges the groups that agree on the varying ones."""
 
     def __init__(self) -> None:
-        # (model type, train set, language, hyperparameters but the seed as JSON) ->
-        # [first row's number, its train languages, its hyperparameters, members]
-        self.groups: dict[tuple[str, str, str, str], list[Any]] = {}
+        # (model type, train set, language, hyperparameters but the seed) -> its _Group
+        self.groups: dict[tuple[str, str, str, bytes], _Group] = {}
         self.n = 0
-        self.columns: dict[tuple[str, str], int] = {}
+        self.columns = Columns()
+        self._seed_texts: dict[Any, str] = {}  # (type, seed) -> its JSON text, interned
+
+    def _seed_text(self, seed: Any) -> str:
+        try:
+            key = (type(seed), seed)
+            text = self._seed_texts.get(key)
+        except TypeError:  # a list or an object
+            return intern(json.dumps(seed, sort_keys=True))
+        if text is None:
+            text = intern(json.dumps(seed, sort_keys=True))
+            if len(self._seed_texts) < SEED_CACHE:  # (a search may have one a trial: not all are kept)
+                self._seed_texts[key] = text
+        return text
 
     def add(self, row: TrialRow) -> None:
-        text = json.dumps({k: v for k, v in row.hyperparameters.items() if k != REPLICA_KEY}, sort_keys=True)
+        hyper = row.hyperparameters
+        # the key: marshal's bytes of the sorted items (values equal in type and bits: as their JSON
+        # texts are equal, at a fifth of json.dumps's cost); what JSON alone equates (a list and a
+        # tuple, a nested object's key order) lands in two groups that ``configurations`` merges
+        # (version 2: no back-references, whose flags depend on reference counts, not on values)
+        text = marshal.dumps(sorted(kv for kv in hyper.items() if kv[0] != REPLICA_KEY), 2)
+        finished = row.state == "finished"
+        seed = self._seed_text(row.seed) if finished else ""
+        pruned = row.state == "pruned" and row.pruned_step is not None
+        tid = row.trial_id
         for lang in row.eval_languages:
             key = (row.model_type, row.train_set, lang, text)
             group = self.groups.get(key)
             if group is None:
-                group = self.groups[key] = [self.n, list(row.train_languages), row.hyperparameters, []]
-            group[3].append(member(row, lang, self.columns))
+                group = self.groups[key] = _Group(self.n, list(row.train_languages), hyper, tid)
+            group.total += 1
+            if tid < group.first_id:
+                group.first_id = tid
+            if pruned:
+                group.pruned.append(row.pruned_step)
+            if finished:
+                scores = row.metrics.get(lang)
+                if isinstance(scores, dict):
+                    group.seeds.append(seed)
+                    group.add_id(tid)
+                    group.scores.add(scores, self.columns)
         self.n += 1
 
     def configurations(self, keys: list[str]) -> list[Configuration]:
         out: dict[tuple[str, str, str, str], Configuration] = {}
-        for (model_type, train_set, lang, _), (_, train_languages, hyper_all, members) in \
-                sorted(self.groups.items(), key=lambda kv: kv[1][0]):
-            hyper = {k: hyper_all.get(k) for k in keys}
+        for (model_type, train_set, lang, _), group in sorted(self.groups.items(), key=lambda kv: kv[1].n):
+            hyper = {k: group.hyper.get(k) for k in keys}
             key = (model_type, train_set, lang, json.dumps(hyper, sort_keys=True))
             if key not in out:
-                out[key] = Configuration(model_type, train_set, train_languages, lang, hyper, [], dict(hyper_all))
-            out[key].trials.extend(members)
+                out[key] = Configuration(model_type, train_set, group.train_languages, lang, hyper, [],
+                                         self.columns, dict(group.hyper))
+            out[key].parts.append(group)
         # stable: within a cell, configurations keep the plan's (grid's) order
         return sorted(out.values(), key=lambda c: _cell_order(c.model_type, c.train_set, c.language))
 
@@ -654,24 +917,23 @@ def choose(configs: list[Configuration], metric: str, selection: str = DEFAULT_S
     for (model_type, train_set, lang), members in cells.items():
         scored = []
         for c in members:
-            if not c.finished:
+            if not c.n_finished:
                 continue
             twins = by_config[(c.model_type, c.train_set, json.dumps(c.hyperparameters, sort_keys=True))]
             value = _selection_value(c, twins, metric, selection)
             if value is not None:
                 scored.append((value, c))
-        total = sum(len(c.trials) for c in members)
-        competing = sum(len(c.finished) for c in members)
+        total = sum(c.total for c in members)
+        competing = sum(c.n_finished for c in members)
         if not scored:
             if competing:
                 why.append(f"{model_type}, train {train_set}, eval {lang}: no finished configuration has eval "
                            f"{metric} on every training language ({selection} selection)")
             continue
         value, best = min(scored, key=lambda vc: (-sign * vc[0], vc[1].first_id))
-        pruned = tuple(sorted(r.pruned_step for c in members for r in c.trials
-                              if r.state == "pruned" and r.pruned_step is not None))
+        pruned = tuple(sorted(step for c in members for step in c.pruned_steps))
         out.append(BestCell(
-            model_type, train_set, lang, dict(best.hyperparameters), [r.trial_id for r in best.finished],
+            model_type, train_set, lang, dict(best.hyperparameters), best.trial_ids,
             best.seeds, selection, value, best.stat("eval", metric), best.stat("test", metric), competing, total,
             pruned,
         ))
@@ -719,19 +981,44 @@ def csv_text(table: ResultsTable) -> str:
 
 def write_csv(table: ResultsTable, out: Any) -> None:
     """``csv_text`` into the text file ``out``, a row at a time."""
-    langs = table.languages
-    metric_cols = [(lang, split, m) for lang in langs for split in SPLITS for m in _reported(table)]
+    head, cells = _csv_rows(table)
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(
-        ["trial", "model_type", "train_set", "state", "reason", "best_step", *table.varying]
-        + [f"{lang}/{split}/{m}" for lang, split, m in metric_cols]
-    )
+    w.writerow(head)
     for row in table.rows:
-        w.writerow(
-            [row.trial_id, row.model_type, row.train_set, row.state, row.reason,
-             _fmt(row.best_step), *(_fmt(row.hyperparameters.get(k)) for k in table.varying)]
-            + [_fmt_metric(row.metric(lang, split, m)) for lang, split, m in metric_cols]
-        )
+        w.writerow(cells(row))
+
+
+def _csv_rows(table: ResultsTable) -> tuple[list[str], Callable[[TrialRow], list[str]]]:
+    """results.csv's header and how a row becomes its line's cells."""
+    langs = table.languages
+    reported = _reported(table)
+    varying = table.varying
+    head = (["trial", "model_type", "train_set", "state", "reason", "best_step", *varying]
+            + [f"{lang}/{split}/{m}" for lang in langs for split in SPLITS for m in reported])
+
+    def cells(row: TrialRow) -> list[str]:
+        hyper = row.hyperparameters
+        return ([row.trial_id, row.model_type, row.train_set, row.state, row.reason,
+                 _fmt(row.best_step), *(_fmt(hyper.get(k)) for k in varying)]
+                + _metric_cells(row.metrics, langs, reported))
+    return head, cells
+
+
+def _metric_cells(metrics: dict[str, Any], langs: list[str], names: list[str]) -> list[str]:
+    """[_fmt_metric(row.metric(lang, split, m)) for lang in langs for split in SPLITS for m in
+    names], without a method call per cell (collect writes millions of them at 100k trials)."""
+    cells: list[str] = []
+    for lang in langs:
+        splits = metrics.get(lang)
+        for split in SPLITS:
+            values = splits.get(split) if isinstance(splits, dict) else None
+            if not isinstance(values, dict):
+                cells += [""] * len(names)
+                continue
+            for m in names:
+                v = values.get(m)
+                cells.append(f"{float(v):.4f}" if isinstance(v, (int, float)) and v == v else "")
+    return cells
 
 
 def summary_csv_text(table: ResultsTable) -> str:
@@ -745,7 +1032,7 @@ def summary_csv_text(table: ResultsTable) -> str:
     for c in table.configurations:
         stats = [c.stat(split, m) for split, m in cols]
         w.writerow([c.model_type, c.train_set, c.language, *(_fmt(c.hyperparameters.get(k)) for k in keys),
-                    len(c.finished)]
+                    c.n_finished]
                    + [x for s in stats for x in (_fmt_metric(s.mean), _fmt_metric(s.std))])
     return buf.getvalue()
 
@@ -770,14 +1057,21 @@ def _md_escape(text: str) -> str:
 
 
 def _md_table(head: list[str], rows: Iterable[list[str]]) -> Iterator[str]:
-    yield "| " + " | ".join(head) + " |"
-    yield "|" + "---|" * len(head)
+    yield from _md_head(head)
     empty = True
     for row in rows:
         empty = False
-        yield "| " + " | ".join(_md_escape(c) for c in row) + " |"
+        yield _md_line(row)
     if empty:
-        yield "| " + " | ".join(["n/a"] * len(head)) + " |"
+        yield _md_line(["n/a"] * len(head))
+
+
+def _md_head(head: list[str]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+
+def _md_line(cells: list[str]) -> str:
+    return "| " + " | ".join(_md_escape(c) for c in cells) + " |"
 
 
 def protocol_text(table: ResultsTable) -> str:
@@ -793,28 +1087,41 @@ def markdown_text(table: ResultsTable) -> str:
 def markdown_lines(table: ResultsTable) -> Iterator[str]:
     """``markdown_text`` a line at a time (without line ends); the trials' table is made as the
     rows are read back, never held whole."""
+    top, head, cells = _md_trials(table)
+    yield from top
+    yield from _md_table(head, (cells(row) for row in table.rows))
+    yield from _md_rest(table)
+
+
+def _md_trials(table: ResultsTable) -> tuple[list[str], list[str], Callable[[TrialRow], list[str]]]:
+    """results.md's lines before the trials' table, that table's header, and how a row becomes
+    its line's cells."""
     m = table.metric
     langs = table.languages
     counts = ", ".join(f"{n} {s}" for s, n in table.counts().items())
-    yield from [f"# Results: {table.plan_dir.name}", "", f"{len(table.rows)} trials: {counts}.", "",
-                f"Hyperparameters: {protocol_text(table)}; seeds are replicas (mean ± sample std over n seeds).",
-                f"Best checkpoint of each trial: {table.checkpoint_selection}.", ""]
-    head = ["trial", "model", "train set", *table.varying, "state"]
+    top = [f"# Results: {table.plan_dir.name}", "", f"{len(table.rows)} trials: {counts}.", "",
+           f"Hyperparameters: {protocol_text(table)}; seeds are replicas (mean ± sample std over n seeds).",
+           f"Best checkpoint of each trial: {table.checkpoint_selection}.", ""]
+    varying = table.varying
+    head = ["trial", "model", "train set", *varying, "state"]
     head += [f"{lang} {split} {m}" for lang in langs for split in SPLITS]
+    columns = [lang for lang in langs for _ in SPLITS]
 
-    def trial_rows() -> Iterator[list[str]]:
-        for row in table.rows:
-            state = row.state + (f": {row.reason}" if row.reason else "")
-            cells = [row.trial_id, row.model_type, row.train_set]
-            cells += [_fmt(row.hyperparameters.get(k)) for k in table.varying]
-            cells += [state]
-            cells += [
-                _fmt_metric(row.metric(lang, split, m)) if lang in row.eval_languages else "-"
-                for lang in langs for split in SPLITS
-            ]
-            yield cells
-    yield from _md_table(head, trial_rows())
+    def cells(row: TrialRow) -> list[str]:
+        state = row.state + (f": {row.reason}" if row.reason else "")
+        out = [row.trial_id, row.model_type, row.train_set]
+        out += [_fmt(row.hyperparameters.get(k)) for k in varying]
+        out.append(state)
+        scores = _metric_cells(row.metrics, langs, [m])
+        evaluated = row.eval_languages
+        out += [score if lang in evaluated else "-" for lang, score in zip(columns, scores, strict=True)]
+        return out
+    return top, head, cells
 
+
+def _md_rest(table: ResultsTable) -> Iterator[str]:
+    """results.md's lines after the trials' table: configurations over seeds, then the choices."""
+    m = table.metric
     yield from ["", f"## Configurations over seeds ({m}, mean ± std (n))", ""]
     keys = table.config_keys
     head = ["model", "train set", "eval language", *keys, "seeds", f"eval {m}", f"test {m}"]
@@ -839,17 +1146,25 @@ def markdown_lines(table: ResultsTable) -> Iterator[str]:
 
 def write_tables(table: ResultsTable) -> tuple[Path, ...]:
     """Write results.csv, results.md, summary.csv and best.csv into the plan dir, atomically; the
-    per-trial tables are written a row at a time as the rows are read back from disk."""
-    paths = []
-    for name in ("results.csv", "results.md", "summary.csv", "best.csv"):
-        path = table.plan_dir / name
+    per-trial tables of results.csv and results.md are written a row at a time, in one reading
+    of the rows back from disk."""
+    paths = tuple(table.plan_dir / name for name in ("results.csv", "results.md", "summary.csv", "best.csv"))
+    csv_head, csv_cells = _csv_rows(table)
+    top, md_head, md_cells = _md_trials(table)
+    # (results.md's writer is entered first so that results.csv, left first, is in place first)
+    with atomic_text_writer(paths[1]) as md, atomic_text_writer(paths[0]) as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(csv_head)
+        md.writelines(line + "\n" for line in top + _md_head(md_head))
+        empty = True
+        for row in table.rows:
+            empty = False
+            w.writerow(csv_cells(row))
+            md.write(_md_line(md_cells(row)) + "\n")
+        if empty:
+            md.write(_md_line(["n/a"] * len(md_head)) + "\n")
+        md.writelines(line + "\n" for line in _md_rest(table))
+    for path, text in ((paths[2], summary_csv_text(table)), (paths[3], best_csv_text(table))):
         with atomic_text_writer(path) as f:
-            if name == "results.csv":
-                write_csv(table, f)
-            elif name == "results.md":
-                for line in markdown_lines(table):
-                    f.write(line + "\n")
-            else:
-                f.write(summary_csv_text(table) if name == "summary.csv" else best_csv_text(table))
-        paths.append(path)
-    return tuple(paths)
+            f.write(text)
+    return paths

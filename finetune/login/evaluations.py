@@ -74,24 +74,26 @@ def model_stamp(trial_dir: str | os.PathLike[str]) -> str:
     return _digest(parts) if parts else ""
 
 
-def _read(path: Path) -> Any:
+def _read(path: str | os.PathLike[str]) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as f:
+            return json.loads(f.read())
     except (OSError, ValueError):
         return None
 
 
 def read_evaluations(trial_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    data = _read(layout.evaluations_file(trial_dir))
+    # (the name joined as text: collect asks this of 100k trials, and a Path each was a cost)
+    data = _read(os.path.join(os.fspath(trial_dir), layout.EVALUATIONS_FILE))
     return data if isinstance(data, dict) else {}
 
 
-_UNREAD = object()
+UNREAD = object()  # (current_scores: a file the caller has not read; it reads it)
 
 
 def current_scores(trial_dir: str | os.PathLike[str], result: Any = None,
                    expected: dict[str, tuple[str, str | None]] | None = None,
-                   config: Any = _UNREAD) -> dict[str, dict[str, Any]]:
+                   config: Any = UNREAD, evaluated: Any = UNREAD) -> dict[str, dict[str, Any]]:
     """language -> {"eval": metrics, "test": metrics, "source": "result" | "evaluation"}: the
     trial's current scores. An evaluation of the present model replaces the training-time score
     of its language (it is newer: a dataset changed, or predictions were made again).
@@ -99,15 +101,17 @@ def current_scores(trial_dir: str | os.PathLike[str], result: Any = None,
     ``expected``: language -> (dataset_key, fingerprint) the plan names now; a score of another
     dataset is left out (None: every dataset counts, as for a plan folder without its configs).
     ``config``: the trial's parsed config.json when the caller has read it already (collect reads
-    each trial file once), None when it is missing or unreadable.
+    each trial file once), None when it is missing or unreadable; ``evaluated``: the trial's
+    evaluations.json as read_evaluations reads it, when the caller knows it ({} when the file is
+    absent: collect lists a trial's folder once instead of trying to open what is not there).
     """
-    tdir = Path(trial_dir)
+    tdir = os.fspath(trial_dir)
     if result is None:
         result = layout.read_result(tdir)
     out: dict[str, dict[str, Any]] = {}
     metrics = result.get("metrics") if isinstance(result, dict) else None
     if isinstance(metrics, dict):
-        if config is _UNREAD:
+        if config is UNREAD:
             config = _read(layout.config_file(tdir))
         frozen = (config.get("datasets") if isinstance(config, dict) else None) or {}
         prints = (config.get("dataset_fingerprints") if isinstance(config, dict) else None) or {}
@@ -121,7 +125,7 @@ def current_scores(trial_dir: str | os.PathLike[str], result: Any = None,
                 continue  # the same dataset entry, but its local files changed since the trial scored them
             out[lang] = {**{s: v for s, v in splits.items() if s in SPLITS and isinstance(v, dict)},
                          "source": "result"}
-    evaluations = read_evaluations(tdir)
+    evaluations = read_evaluations(tdir) if evaluated is UNREAD else evaluated
     if evaluations:
         stamp = model_stamp(tdir)
         for lang, rec in evaluations.items():
