@@ -88,3 +88,15 @@ def test_hyperband_prunes_each_trial_at_the_first_rung_of_its_bracket(tmp_path):
     for t, b in zip(trials[3:], brackets[3:], strict=True):
         assert t.last_step == spec["min_resource"] * spec["reduction_factor"] ** b  # the bracket's first rung
     assert list(trials[3].intermediate_values) == [2, 4, 6]  # bad at step 2 too, but its bracket starts at 6
+
+
+def test_successive_halving_takes_its_first_rung_at_min_resource_when_given(tmp_path):
+    """min_resource 4 with an evaluation every 2 counts: a bad trial after a good one is judged at
+    step 4, not at its first evaluation (step 2), and stops there."""
+    trials = _run(tmp_path, {"sampler": "random", "trials": 2, "workers": 1, "pruner": "successive-halving",
+                             "min_resource": 4, "enqueue": [{"learning_rate": 1e-3}, {"learning_rate": 1e-1}]},
+                  {"learning_rate": {"low": 1e-5, "high": 2e-1, "log": True}}, count_sets(count_to=8, interval=2))
+    assert S.load_spec(tmp_path / "search")["min_resource"] == 4
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"]
+    assert list(trials[0].intermediate_values) == [2, 4, 6, 8]
+    assert list(trials[1].intermediate_values) == [2, 4]  # bad at step 2 too, but the first rung is step 4

@@ -257,7 +257,7 @@ def resolve(search: dict[str, Any], parameters: dict[str, Any], training: dict[s
     spec["params"] = params
     if "trials" not in spec:
         spec["trials"] = math.prod(len(Param(**p).grid_values() or []) for p in params.values())
-    spec["min_resource"] = eval_interval(training) or 1
+    spec["min_resource"] = search.get("min_resource") or eval_interval(training) or 1
     return spec
 
 
