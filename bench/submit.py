@@ -3,15 +3,18 @@
     .venv/bin/python bench/submit.py [--trials 1000]
     .venv/bin/python bench/submit.py --dry-run 100000 1000000
     .venv/bin/python bench/submit.py --scale 100000 --per-task 100
-    .venv/bin/python bench/submit.py --collect 100000
+    .venv/bin/python bench/submit.py --collect 20000 50000 100000 [--reference ROOT]
 
 --scale N --per-task K: the real submit of a plan of N count trials with ``slurm.trials_per_task``
 K (N/K array tasks, held so nothing runs) to a test cluster it starts; prints the wall time and
 peak memory of planning, the submit (sbatch calls), ``status`` with every task queued (one squeue,
 one sacct), then cancels everything and stops the cluster.
 
---collect N: ``collect`` of N finished trials (a count-workload result.json each, written by the
-bench first) and ``write_tables``: wall time and peak memory (in a fresh process).
+--collect N...: ``collect`` of N finished trials (a count-workload result.json each, written by the
+bench first) and ``write_tables``, for each N: wall time and peak memory of a fresh process that
+only collects (flat memory shows as the same peak at 20k, 50k and 100k). ``--reference ROOT``:
+the same with the code of another checkout (``git archive COMMIT finetune | tar -x -C ROOT``)
+on the same plan, and whether the four tables are byte for byte the same.
 
 --dry-run N...: no cluster. For each N (in a fresh process, so peak memory is its own), plans a
 grid of N count trials (build + write plan.json), dry-runs the submit (slurm executor,
@@ -150,12 +153,11 @@ def scale_one(trials: int, per_task: int) -> dict:
     return out
 
 
-def collect_one(trials: int, root: Path) -> dict:
-    """``collect`` + ``write_tables`` of ``trials`` finished count trials."""
+def finished_plan(trials: int, root: Path) -> Path:
+    """A plan of ``trials`` finished count trials under ``root`` (a result.json each)."""
     import json
 
     from finetune import layout
-    from finetune.analysis.results import collect, write_tables
     from finetune.login.plan import write_plan
 
     out = root / "plan"
@@ -170,14 +172,57 @@ def collect_one(trials: int, root: Path) -> dict:
             "state": "finished", "trial": t.id, "model_type": t.model_type, "train_languages": t.train_languages,
             "eval_languages": t.eval_languages, "hyperparameters": t.hyperparameters, "best_step": 10,
             "metrics": {lang: {"eval": split, "test": split} for lang in t.eval_languages}}))
-    del plan
+    return out
+
+
+def collect_one(plan_dir: Path) -> dict:
+    """``collect`` + ``write_tables`` of the plan in ``plan_dir`` (in a process of its own: the
+    peak memory is theirs, not that of writing the plan)."""
+    from finetune.analysis.results import collect, write_tables
+
     before = _peak_gb()
     t0 = time.perf_counter()
-    table = collect(out, metric="macro_f1")
+    table = collect(plan_dir, metric="macro_f1")
     write_tables(table)
     wall = time.perf_counter() - t0
-    return {"trials": trials, "collect_s": wall, "rows": len(table.rows), "peak_gb_before": before,
-            "peak_gb": _peak_gb()}
+    return {"collect_s": wall, "rows": len(table.rows), "peak_gb_before": before, "peak_gb": _peak_gb()}
+
+
+TABLES = ("results.csv", "results.md", "summary.csv", "best.csv")
+
+
+def collects(sizes: list[int], reference: str | None) -> int:
+    """For each N: a plan of N finished trials, then collect in a fresh process (wall, peak
+    memory); with ``reference`` (another checkout's root), its collect too, and whether the four
+    tables are byte for byte the same."""
+    import json
+    import os
+    import shutil
+
+    def run(code: Path, plan: Path) -> dict:
+        env = {**os.environ, "PYTHONPATH": str(code)}
+        proc = subprocess.run([sys.executable, __file__, "--one-collect", str(plan), str(code)], capture_output=True,
+                              text=True, check=True, env=env)
+        return json.loads(proc.stdout.splitlines()[-1])
+
+    print(f"{'trials':>8} {'collect s':>9} {'peak GB':>8} {'before GB':>9}"
+          + (f" {'ref s':>7} {'ref GB':>7} {'tables':>9}" if reference else ""))
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="ft-bench-") as tmp:
+            plan = finished_plan(n, Path(tmp))
+            line = ""
+            if reference:
+                ref = run(Path(reference), plan)
+                kept = Path(tmp) / "reference"
+                kept.mkdir()
+                for name in TABLES:
+                    shutil.move(str(plan / name), str(kept / name))
+            r = run(REPO, plan)
+            if reference:
+                same = all((plan / name).read_bytes() == (kept / name).read_bytes() for name in TABLES)
+                line = f" {ref['collect_s']:>7.1f} {ref['peak_gb']:>7.3f} {'identical' if same else 'DIFFER':>9}"
+        print(f"{n:>8} {r['collect_s']:>9.1f} {r['peak_gb']:>8.3f} {r['peak_gb_before']:>9.3f}" + line, flush=True)
+    return 0
 
 
 def main() -> int:
@@ -187,17 +232,25 @@ def main() -> int:
     parser.add_argument("--one-dry-run", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--scale", type=int, metavar="N", help="real submit of N trials to a test cluster (held)")
     parser.add_argument("--per-task", type=int, default=100, help="slurm.trials_per_task for --scale")
-    parser.add_argument("--collect", type=int, metavar="N", help="collect N finished trials")
+    parser.add_argument("--collect", type=int, nargs="+", metavar="N", help="collect N finished trials")
+    parser.add_argument("--reference", metavar="ROOT", help="--collect: also run the collect of the checkout at "
+                        "ROOT (e.g. `git archive COMMIT finetune | tar -x -C ROOT`) and compare the tables byte for byte")
+    parser.add_argument("--one-collect", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.scale or args.collect:
+    if args.one_collect:
+        import json
+
+        sys.path.insert(0, args.one_collect[1])
+        print(json.dumps(collect_one(Path(args.one_collect[0]))))
+        return 0
+    if args.collect:
+        sys.path.insert(0, str(REPO))
+        return collects(args.collect, args.reference)
+    if args.scale:
         import json
 
         sys.path.insert(0, str(REPO))
-        if args.scale:
-            print(json.dumps(scale_one(args.scale, args.per_task)))
-        else:
-            with tempfile.TemporaryDirectory(prefix="ft-bench-") as tmp:
-                print(json.dumps(collect_one(args.collect, Path(tmp))))
+        print(json.dumps(scale_one(args.scale, args.per_task)))
         return 0
     if args.one_dry_run:
         import json
