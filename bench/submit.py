@@ -175,17 +175,25 @@ def finished_plan(trials: int, root: Path) -> Path:
     return out
 
 
+def _hwm_gb() -> float:
+    """This process's peak resident memory since it started (VmHWM): unlike ru_maxrss, which
+    keeps the parent's size across fork and exec, it is the child's own."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kb / 1e6
+
+
 def collect_one(plan_dir: Path) -> dict:
     """``collect`` + ``write_tables`` of the plan in ``plan_dir`` (in a process of its own: the
     peak memory is theirs, not that of writing the plan)."""
     from finetune.analysis.results import collect, write_tables
 
-    before = _peak_gb()
+    before = _hwm_gb()
     t0 = time.perf_counter()
     table = collect(plan_dir, metric="macro_f1")
     write_tables(table)
     wall = time.perf_counter() - t0
-    return {"collect_s": wall, "rows": len(table.rows), "peak_gb_before": before, "peak_gb": _peak_gb()}
+    return {"collect_s": wall, "rows": len(table.rows), "peak_gb_before": before, "peak_gb": _hwm_gb()}
 
 
 TABLES = ("results.csv", "results.md", "summary.csv", "best.csv")
