@@ -22,6 +22,7 @@ Which eval split chooses is the *selection protocol*:
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import marshal
@@ -303,10 +304,11 @@ def _seed_value(text: str) -> Any:
     return value
 
 
-@dataclass
+@dataclass(slots=True)
 class Configuration:
     """Trials that differ only in their seed, on one eval language (their running sums: see
-    _Group and _Scores)."""
+    _Group and _Scores). Its statistics are made when asked, not kept (a few KB a configuration,
+    and a plan of 100k trials may have 100k configurations)."""
 
     model_type: str
     train_set: str
@@ -316,7 +318,6 @@ class Configuration:
     parts: list[_Group]  # its trials as collect grouped them (one group but for odd hyperparameters)
     columns: Columns  # (split, metric) -> position in the parts' _Scores
     trial_hyperparameters: dict[str, Any] = field(default_factory=dict)  # all hyperparameters of its first trial
-    _cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def total(self) -> int:
@@ -354,12 +355,8 @@ class Configuration:
     def stat(self, split: str, metric: str, language: str | None = None) -> Stat:
         if language is not None and language != self.language:
             return Stat(None, None, 0)
-        key = (split, metric)
-        if key not in self._cache:
-            i = self.columns.get(key)
-            parts = [p for g in self.parts if i is not None and (p := g.scores.parts(i)) is not None]
-            self._cache[key] = _stat(parts)
-        return self._cache[key]
+        i = self.columns.get((split, metric))
+        return _stat([p for g in self.parts if i is not None and (p := g.scores.parts(i)) is not None])
 
 
 @dataclass(frozen=True)
@@ -837,7 +834,9 @@ class _Grouping:
         # texts are equal, at a fifth of json.dumps's cost); what JSON alone equates (a list and a
         # tuple, a nested object's key order) lands in two groups that ``configurations`` merges
         # (version 2: no back-references, whose flags depend on reference counts, not on values)
-        text = marshal.dumps(sorted(kv for kv in hyper.items() if kv[0] != REPLICA_KEY), 2)
+        # (and kept as a 16-byte digest: one key a configuration and language stays small)
+        text = hashlib.blake2b(marshal.dumps(sorted(kv for kv in hyper.items() if kv[0] != REPLICA_KEY), 2),
+                               digest_size=16).digest()
         finished = row.state == "finished"
         seed = self._seed_text(row.seed) if finished else ""
         pruned = row.state == "pruned" and row.pruned_step is not None
@@ -867,7 +866,7 @@ class _Grouping:
             key = (model_type, train_set, lang, json.dumps(hyper, sort_keys=True))
             if key not in out:
                 out[key] = Configuration(model_type, train_set, group.train_languages, lang, hyper, [],
-                                         self.columns, dict(group.hyper))
+                                         self.columns, group.hyper)  # (its first trial's, not a copy)
             out[key].parts.append(group)
         # stable: within a cell, configurations keep the plan's (grid's) order
         return sorted(out.values(), key=lambda c: _cell_order(c.model_type, c.train_set, c.language))
