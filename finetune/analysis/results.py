@@ -709,7 +709,7 @@ def _row(plan_dir: Path, trial: dict[str, Any], *, folder: bool = True, group: d
         _read_outcome(row, tdir, group, config=config, expected_of=expected_of, present=present)
     superseded = trial.get("superseded_by")
     if superseded:
-        # an input file changed since (see plan.py): the old numbers stay readable but never compete
+        # an input file changed since (see login/supersede.py): the old numbers stay readable but never compete
         row.state, row.reason = "superseded", f"by {superseded} (inputs changed; was {row.state})"
     return row
 
