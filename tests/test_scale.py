@@ -451,3 +451,61 @@ def test_plan_json_is_read_a_line_at_a_time_and_anything_else_is_read_whole(tmp_
     path.write_text(text[:len(text) // 2])  # cut short: json says where
     with pytest.raises(Exception, match=r"plan.json: invalid JSON"):
         results.collect(out)
+
+
+def test_collect_memory_does_not_grow_with_the_configurations(tmp_path, monkeypatch):
+    """Flat memory in the configurations too: 4x the configurations (one seed each, so 4x the
+    trials) peak within a little of the smaller plan's peak (tracemalloc), as collect aggregates
+    them a partition at a time (partitions of about 100 trials here, as of 5000 in a real plan)
+    and writes the tables from the partitions' sorted files. Holding them all cost about 2 KB
+    a configuration and eval language; what still grows here is mostly the largest partition
+    (12 partitions' largest is larger than 3's) and a few hundred bytes a partition."""
+    import tracemalloc
+
+    from finetune.analysis import results
+    from finetune.login import plan_stream
+
+    monkeypatch.setattr(results.RowSpool, "BATCH", 20)
+    monkeypatch.setattr(plan_stream, "_BATCH", 20)
+    monkeypatch.setattr(results, "PARTITION_TRIALS", 100)
+    monkeypatch.setattr(results._Partitions, "PENDING", 32)
+    monkeypatch.setattr(results._Partitions, "BATCH", 2)
+    peaks = []
+    for rates in (300, 300, 1200):  # (the first warms up: imports, caches)
+        out = _finished_plan(tmp_path / f"{rates}-{len(peaks)}", rates, 1)
+        tracemalloc.start()
+        try:
+            table = results.collect(out, metric="macro_f1")
+            results.write_tables(table)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert len(table.rows) == rates and table.counts() == {"finished": rates}
+        assert len(table.configurations) == rates * len(table.languages)
+        assert table._configurations.count == (3 if rates == 300 else 12)
+    per_trial = (peaks[2] - peaks[1]) / (1200 - 300)
+    assert per_trial < 250, f"collect holds {per_trial:.0f} bytes a configuration more (peaks {peaks})"
+
+
+def test_partitioned_collect_writes_the_same_tables(tmp_path, monkeypatch):
+    """Configurations aggregated in many partitions give the four tables byte for byte as in
+    one (all in memory): the same order, running sums, choices and ties (the scores repeat, so
+    configurations tie), under both selection protocols; the partitions' files are gone after."""
+    from finetune.analysis import results
+
+    out = _finished_plan(tmp_path, 40, 3)
+    names = ("results.csv", "results.md", "summary.csv", "best.csv")
+    for selection in results.SELECTIONS:
+        one = results.collect(out, metric="macro_f1", selection=selection)
+        assert one._configurations.__class__ is results._Partitions and one._configurations.count == 1
+        results.write_tables(one)
+        want = [(out / n).read_bytes() for n in names]
+        with monkeypatch.context() as m:
+            m.setattr(results, "PARTITION_TRIALS", 7)
+            many = results.collect(out, metric="macro_f1", selection=selection)
+            assert many._configurations.count > 10 and len(many._configurations.sorted) == many._configurations.count
+            results.write_tables(many)
+        assert [(out / n).read_bytes() for n in names] == want, selection
+        assert many.best == one.best and many.unselectable == one.unselectable
+        assert [c.first_id for c in many.configurations] == [c.first_id for c in one.configurations]
+        assert not any(many._configurations.files)  # the records' files, closed once aggregated

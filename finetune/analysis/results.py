@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import heapq
 import io
 import json
 import marshal
@@ -510,10 +511,21 @@ class ResultsTable:
     rows: Sequence[TrialRow]  # a RowSpool from collect: iterate it, do not hold it as a list
     varying: list[str]  # hyperparameter names whose values differ between trials
     best: list[BestCell]
-    configurations: list[Configuration] = field(default_factory=list)
+    _configurations: list[Configuration] | _Partitions = field(default_factory=list)
     selection: str = DEFAULT_SELECTION
     unselectable: list[str] = field(default_factory=list)  # why some cells have no choice
     _facts: Facts | None = field(default=None, repr=False, compare=False)
+
+    def iter_configurations(self) -> Iterator[Configuration]:
+        """The configurations in the tables' order (cell, then the plan's), read back from
+        collect's partitions one at a time (never all in memory)."""
+        configs = self._configurations
+        return iter(configs) if isinstance(configs, list) else configs.configurations()
+
+    @property
+    def configurations(self) -> list[Configuration]:
+        """All configurations, in memory (the tables iterate iter_configurations instead)."""
+        return list(self.iter_configurations())
 
     @property
     def facts(self) -> Facts:
@@ -592,7 +604,7 @@ def collect(plan_dir: str | os.PathLike[str], *, metric: str = "macro_f1", selec
     with gc_paused():  # reading 100k trials and their files makes objects, not garbage
         try:  # one trial record in memory at a time (plan.json as dump writes it)
             plan, trials = open_plan(str(plan_file))
-            rows, facts, groups_of = _read_trials(plan_dir, plan, trials)
+            rows, facts, groups_of = _read_trials(plan_dir, plan, trials, _partition_count(plan_file))
         except (NotStreamable, OSError, UsageError) as e:
             whole = _read(plan_file)  # read whole: json names what is wrong with the file, if anything
             if isinstance(e, UsageError):
@@ -600,20 +612,22 @@ def collect(plan_dir: str | os.PathLike[str], *, metric: str = "macro_f1", selec
             plan = whole
             if not isinstance(plan, dict) or not isinstance(plan.get("trials"), list):
                 raise UsageError(problems=[Problem(str(plan_file), "$.trials", "expected a list of trials")]) from None
-            rows, facts, groups_of = _read_trials(plan_dir, plan, records(plan))
+            rows, facts, groups_of = _read_trials(plan_dir, plan, records(plan), _partition_count(plan_file))
     selection = selection or _plan_selection(plan) or DEFAULT_SELECTION
     varying = facts.varying()
-    configs = groups_of.configurations([k for k in varying if k != REPLICA_KEY])
-    best, unselectable = choose(configs, metric, selection)
-    return ResultsTable(plan_dir, metric, rows, varying, best, configs, selection, unselectable, facts)
+    groups_of.aggregate([k for k in varying if k != REPLICA_KEY], metric, selection)
+    best, unselectable = _fold_choices(groups_of.scored(), metric, selection)
+    return ResultsTable(plan_dir, metric, rows, varying, best, groups_of, selection, unselectable, facts)
 
 
-def _read_trials(plan_dir: Path, plan: dict[str, Any], trials: Iterable[Any]) -> tuple[RowSpool, Facts, _Grouping]:
-    """The one pass over the trials: each row to disk, its facts and its configuration's sums kept."""
+def _read_trials(plan_dir: Path, plan: dict[str, Any], trials: Iterable[Any],
+                 partitions: int = 1) -> tuple[RowSpool, Facts, _Partitions]:
+    """The one pass over the trials: each row to disk, its facts kept, and what its
+    configuration needs to disk too (one of ``partitions`` files, by configuration)."""
     plan_file = layout.plan_file(plan_dir)
     base = str(layout.trials_dir(plan_dir))
     groups = plan.get("groups") if isinstance(plan.get("groups"), dict) else {}
-    rows, facts, groups_of = RowSpool(), Facts(), _Grouping()
+    rows, facts, groups_of = RowSpool(), Facts(), _Partitions(partitions)
     expected_of: dict[tuple[Any, ...], Any] = {}  # (group, eval languages) -> what the plan names now
     for i, trial in enumerate(trials):
         if not isinstance(trial, dict) or not isinstance(trial.get("id"), str):
@@ -804,6 +818,154 @@ def _check_result(path: Path, result: dict[str, Any]) -> str:
     return ""
 
 
+def _key_digest(hyper: dict[str, Any]) -> bytes:
+    """A trial's grouping key: marshal's bytes of its sorted hyperparameters but the seed (values
+    equal in type and bits: as their JSON texts are equal, at a fifth of json.dumps's cost), as a
+    16-byte digest (one key a configuration and language stays small). What JSON alone equates
+    (a list and a tuple, a nested object's key order) lands in two groups that
+    ``_Grouping.configurations`` merges. (marshal version 2: no back-references, whose flags
+    depend on reference counts, not on values.)"""
+    return hashlib.blake2b(marshal.dumps(sorted(kv for kv in hyper.items() if kv[0] != REPLICA_KEY), 2),
+                           digest_size=16).digest()
+
+
+PARTITION_TRIALS = 5000  # collect aggregates about this many trials at a time
+PLAN_BYTES_PER_TRIAL = 125  # about what a trial takes in plan.json (how many trials: not known before reading)
+
+
+def _partition_count(plan_file: Path) -> int:
+    """How many partitions collect spreads a plan's configurations over: one (all in memory)
+    for a plan under PARTITION_TRIALS trials, one more for each PARTITION_TRIALS more."""
+    try:
+        size = os.path.getsize(plan_file)
+    except OSError:
+        return 1
+    return max(1, size // (PARTITION_TRIALS * PLAN_BYTES_PER_TRIAL))
+
+
+class _Partitions:
+    """collect's configurations, aggregated a partition at a time so that memory does not grow
+    with them: each row's grouping record goes to one of ``count`` unnamed temporary files,
+    chosen by its configuration (so a configuration's trials, on every eval language, share
+    one); ``aggregate`` then groups one partition at a time (as _Grouping, rows in plan order:
+    the same running sums), values its configurations under the selection protocol (their
+    twins are in the same partition) and writes them back sorted in the tables' order
+    (cell, then first appearance); ``configurations`` and ``scored`` merge the sorted files
+    (heapq.merge), a few configurations of each in memory. One partition: all in memory."""
+
+    PENDING = 4096  # records waiting in memory, all partitions together
+    BATCH = 8  # configurations a pickle in the sorted files (one pickle of each partition in memory when merged)
+
+    def __init__(self, count: int = 1) -> None:
+        self.count = max(1, count)
+        self.n = 0
+        self.grouping: _Grouping | None = _Grouping() if self.count == 1 else None
+        self.files: list[Any] = [None] * self.count
+        self.batches: list[list[tuple[int, int]]] = [[] for _ in range(self.count)]
+        self.ends = [0] * self.count
+        self.pending: list[list[tuple[Any, ...]]] = [[] for _ in range(self.count)]
+        self.limit = max(1, self.PENDING // self.count)
+        self.memory: list[tuple[Configuration, float | None]] = []  # one partition: aggregated
+        self.sorted: list[tuple[Any, array[int]]] = []  # (file, where its pickles start and end) of each partition
+
+    def add(self, row: TrialRow) -> None:
+        digest = _key_digest(row.hyperparameters)
+        if self.grouping is not None:
+            self.grouping.add(row, self.n, digest)
+            self.n += 1
+            return
+        i = int.from_bytes(_partition_key(row, digest), "little") % self.count
+        metrics = row.metrics if row.state == "finished" else {}
+        pending = self.pending[i]
+        pending.append((self.n, digest, row.trial_id, row.model_type, row.train_languages, row.eval_languages,
+                        row.hyperparameters, row.state, metrics, row.pruned_step))
+        self.n += 1
+        if len(pending) >= self.limit:
+            self._flush(i)
+
+    def _flush(self, i: int) -> None:
+        if not self.pending[i]:
+            return
+        if self.files[i] is None:
+            self.files[i] = tempfile.TemporaryFile(prefix="finetune-collect-", buffering=0)
+        data = pickle.dumps(self.pending[i], protocol=pickle.HIGHEST_PROTOCOL)
+        os.pwrite(self.files[i].fileno(), data, self.ends[i])
+        self.batches[i].append((self.ends[i], len(data)))
+        self.ends[i] += len(data)
+        self.pending[i] = []
+
+    def _records(self, i: int) -> Iterator[tuple[Any, ...]]:
+        self._flush(i)
+        for offset, size in self.batches[i]:
+            yield from pickle.loads(os.pread(self.files[i].fileno(), size, offset))
+
+    def aggregate(self, keys: list[str], metric: str, selection: str) -> None:
+        """Each partition's configurations (merged by ``keys``, the varying hyperparameters but
+        the seed) with the values they are chosen on, sorted, to disk (in memory: one partition)."""
+        for i in range(self.count):
+            if self.grouping is not None:
+                grouping = self.grouping
+            else:
+                grouping = _Grouping()
+                for n, digest, tid, mt, tl, el, hyper, state, metrics, pruned in self._records(i):
+                    grouping.add(TrialRow(tid, mt, tl, el, hyper, state, "", metrics, None, pruned), n, digest)
+                if self.files[i] is not None:
+                    self.files[i].close()
+                self.files[i], self.batches[i] = None, []
+            configs = grouping.configurations(keys)
+            by_config: dict[tuple[str, str, str], dict[str, Configuration]] = {}
+            for c in configs:
+                by_config.setdefault((c.model_type, c.train_set, json.dumps(c.hyperparameters, sort_keys=True)),
+                                     {})[c.language] = c
+            if self.grouping is not None:
+                self.memory = [(c, _value_of(c, by_config, metric, selection)) for c in configs]
+                self.grouping = None
+                return
+            items = sorted(((_cell_order(c.model_type, c.train_set, c.language), c.parts[0].n), c,
+                            _value_of(c, by_config, metric, selection)) for c in configs)
+            del configs, by_config, grouping
+            out = tempfile.TemporaryFile(prefix="finetune-collect-", buffering=0)
+            ends = array("Q", [0])  # where each pickle starts, and the end
+            for b in range(0, len(items), self.BATCH):
+                data = pickle.dumps(items[b:b + self.BATCH], protocol=pickle.HIGHEST_PROTOCOL)
+                os.pwrite(out.fileno(), data, ends[-1])
+                ends.append(ends[-1] + len(data))
+            self.sorted.append((out, ends))
+
+    def _sorted(self, j: int) -> Iterator[tuple[Any, Configuration, float | None]]:
+        out, ends = self.sorted[j]
+        for b in range(len(ends) - 1):
+            yield from pickle.loads(os.pread(out.fileno(), ends[b + 1] - ends[b], ends[b]))
+
+    def scored(self) -> Iterator[tuple[Configuration, float | None]]:
+        """(configuration, the value it is chosen on or None) in the tables' order."""
+        if not self.sorted:
+            yield from self.memory
+            return
+        for _, c, value in heapq.merge(*(self._sorted(j) for j in range(len(self.sorted))), key=lambda t: t[0]):
+            yield c, value
+
+    def configurations(self) -> Iterator[Configuration]:
+        for c, _ in self.scored():
+            yield c
+
+
+def _partition_key(row: TrialRow, digest: bytes) -> bytes:
+    """8 bytes that a configuration's trials share on every eval language: its model type,
+    train set and grouping key, the key made as JSON where JSON equates what marshal does not
+    (a nested object's key order, 0.0 and -0.0: one value of a hyperparameter that does not vary)."""
+    canon = digest
+    hyper = row.hyperparameters
+    for v in hyper.values():
+        t = type(v)
+        if t is dict or t is list or (t is float and not v):
+            canon = json.dumps({k: 0.0 if type(x) is float and not x else x for k, x in hyper.items()
+                                if k != REPLICA_KEY}, sort_keys=True).encode()
+            break
+    return hashlib.blake2b(b"\0".join((row.model_type.encode(), row.train_set.encode(), canon)),
+                           digest_size=8).digest()
+
+
 class _Grouping:
     """Trials grouped into configurations as they are read, before the varying hyperparameters
     are known: by every hyperparameter but the seed (trials alike in all of them are alike in the
@@ -828,15 +990,13 @@ class _Grouping:
                 self._seed_texts[key] = text
         return text
 
-    def add(self, row: TrialRow) -> None:
+    def add(self, row: TrialRow, n: int | None = None, digest: bytes | None = None) -> None:
+        """``n``: the row's index in the plan (default: the count of rows added); ``digest``: its
+        key as _key_digest makes it (made here when not given)."""
+        if n is not None:
+            self.n = n
         hyper = row.hyperparameters
-        # the key: marshal's bytes of the sorted items (values equal in type and bits: as their JSON
-        # texts are equal, at a fifth of json.dumps's cost); what JSON alone equates (a list and a
-        # tuple, a nested object's key order) lands in two groups that ``configurations`` merges
-        # (version 2: no back-references, whose flags depend on reference counts, not on values)
-        # (and kept as a 16-byte digest: one key a configuration and language stays small)
-        text = hashlib.blake2b(marshal.dumps(sorted(kv for kv in hyper.items() if kv[0] != REPLICA_KEY), 2),
-                               digest_size=16).digest()
+        text = digest if digest is not None else _key_digest(hyper)
         finished = row.state == "finished"
         seed = self._seed_text(row.seed) if finished else ""
         pruned = row.state == "pruned" and row.pruned_step is not None
@@ -911,31 +1071,65 @@ def choose(configs: list[Configuration], metric: str, selection: str = DEFAULT_S
         key_text = json.dumps(c.hyperparameters, sort_keys=True)
         by_config.setdefault((c.model_type, c.train_set, key_text), {})[c.language] = c
         cells.setdefault((c.model_type, c.train_set, c.language), []).append(c)
+    def scored() -> Iterator[tuple[Configuration, float | None]]:
+        for members in cells.values():  # (a cell's configurations one after another, as the fold wants)
+            for c in members:
+                yield c, _value_of(c, by_config, metric, selection)
+    return _fold_choices(scored(), metric, selection)
+
+
+def _value_of(c: Configuration, by_config: dict[tuple[str, str, str], dict[str, Configuration]], metric: str,
+              selection: str) -> float | None:
+    """The value ``c`` is chosen on (None: it cannot be); ``by_config``: the configurations by
+    (model type, train set, hyperparameters' JSON) and language (its twins among them)."""
+    if not c.n_finished:
+        return None
+    twins = by_config[(c.model_type, c.train_set, json.dumps(c.hyperparameters, sort_keys=True))]
+    return _selection_value(c, twins, metric, selection)
+
+
+def _fold_choices(scored: Iterable[tuple[Configuration, float | None]], metric: str,
+                  selection: str) -> tuple[list[BestCell], list[str]]:
+    """choose's choices from the configurations with their values, each cell's configurations
+    one after another (a stream: only the cell's running best is held): the smallest
+    (-sign * value, first id), the first of equals, as min() picks."""
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
-    out, why = [], []
-    for (model_type, train_set, lang), members in cells.items():
-        scored = []
-        for c in members:
-            if not c.n_finished:
-                continue
-            twins = by_config[(c.model_type, c.train_set, json.dumps(c.hyperparameters, sort_keys=True))]
-            value = _selection_value(c, twins, metric, selection)
-            if value is not None:
-                scored.append((value, c))
-        total = sum(c.total for c in members)
-        competing = sum(c.n_finished for c in members)
-        if not scored:
+    out: list[BestCell] = []
+    why: list[str] = []
+    cell: tuple[str, str, str] | None = None
+    best: Any = None  # (key, value, configuration) of the cell's best so far
+    total = competing = 0
+    pruned: list[Any] = []
+
+    def close() -> None:
+        if cell is None:
+            return
+        model_type, train_set, lang = cell
+        if best is None:
             if competing:
                 why.append(f"{model_type}, train {train_set}, eval {lang}: no finished configuration has eval "
                            f"{metric} on every training language ({selection} selection)")
-            continue
-        value, best = min(scored, key=lambda vc: (-sign * vc[0], vc[1].first_id))
-        pruned = tuple(sorted(step for c in members for step in c.pruned_steps))
+            return
+        _, value, c = best
         out.append(BestCell(
-            model_type, train_set, lang, dict(best.hyperparameters), best.trial_ids,
-            best.seeds, selection, value, best.stat("eval", metric), best.stat("test", metric), competing, total,
-            pruned,
+            model_type, train_set, lang, dict(c.hyperparameters), c.trial_ids,
+            c.seeds, selection, value, c.stat("eval", metric), c.stat("test", metric), competing, total,
+            tuple(sorted(pruned)),
         ))
+
+    for c, value in scored:
+        key = (c.model_type, c.train_set, c.language)
+        if key != cell:
+            close()
+            cell, best, total, competing, pruned = key, None, 0, 0, []
+        total += c.total
+        competing += c.n_finished
+        pruned += c.pruned_steps
+        if value is not None and c.n_finished:
+            rank = (-sign * value, c.first_id)
+            if best is None or rank < best[0]:
+                best = (rank, value, c)
+    close()
     out.sort(key=lambda c: _cell_order(c.model_type, c.train_set, c.language))
     return out, why
 
@@ -1022,18 +1216,23 @@ def _metric_cells(metrics: dict[str, Any], langs: list[str], names: list[str]) -
 
 def summary_csv_text(table: ResultsTable) -> str:
     """One row per configuration and eval language: n_seeds and mean/std of every split and metric."""
+    buf = io.StringIO()
+    write_summary_csv(table, buf)
+    return buf.getvalue()
+
+
+def write_summary_csv(table: ResultsTable, out: Any) -> None:
+    """``summary_csv_text`` into the text file ``out``, a configuration at a time."""
     keys = table.config_keys
     cols = [(split, m) for split in SPLITS for m in _reported(table)]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(out, lineterminator="\n")
     w.writerow(["model_type", "train_set", "eval_language", *keys, "n_seeds"]
                + [f"{split}/{m}/{what}" for split, m in cols for what in ("mean", "std")])
-    for c in table.configurations:
+    for c in table.iter_configurations():
         stats = [c.stat(split, m) for split, m in cols]
         w.writerow([c.model_type, c.train_set, c.language, *(_fmt(c.hyperparameters.get(k)) for k in keys),
                     c.n_finished]
                    + [x for s in stats for x in (_fmt_metric(s.mean), _fmt_metric(s.std))])
-    return buf.getvalue()
 
 
 def best_csv_text(table: ResultsTable) -> str:
@@ -1126,7 +1325,7 @@ def _md_rest(table: ResultsTable) -> Iterator[str]:
     head = ["model", "train set", "eval language", *keys, "seeds", f"eval {m}", f"test {m}"]
     rows = ([c.model_type, c.train_set, c.language, *(_fmt(c.hyperparameters.get(k)) for k in keys),
              ", ".join(_fmt(s) for s in c.seeds) or "-", fmt_stat(c.stat("eval", m)), fmt_stat(c.stat("test", m))]
-            for c in table.configurations)
+            for c in table.iter_configurations())
     yield from _md_table(head, rows)
 
     yield from ["", f"## Best hyperparameters per cell (mean eval {m} over seeds, {protocol_text(table)}; "
@@ -1163,7 +1362,8 @@ def write_tables(table: ResultsTable) -> tuple[Path, ...]:
         if empty:
             md.write(_md_line(["n/a"] * len(md_head)) + "\n")
         md.writelines(line + "\n" for line in _md_rest(table))
-    for path, text in ((paths[2], summary_csv_text(table)), (paths[3], best_csv_text(table))):
-        with atomic_text_writer(path) as f:
-            f.write(text)
+    with atomic_text_writer(paths[2]) as f:  # (a configuration at a time: a row each)
+        write_summary_csv(table, f)
+    with atomic_text_writer(paths[3]) as f:
+        f.write(best_csv_text(table))
     return paths
