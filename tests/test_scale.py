@@ -370,6 +370,22 @@ def _finished_plan(tmp_path: Path, rates: int, seeds: int) -> Path:
     return out
 
 
+def _collect_traced(plan_dir: Path, peaks: list[int]):
+    """collect + write_tables of a plan under tracemalloc: the table, and its peak appended to ``peaks``."""
+    import tracemalloc
+
+    from finetune.analysis import results
+
+    tracemalloc.start()
+    try:
+        table = results.collect(plan_dir, metric="macro_f1")
+        results.write_tables(table)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+    finally:
+        tracemalloc.stop()
+    return table
+
+
 def test_collect_memory_does_not_grow_with_the_trials(tmp_path, monkeypatch):
     """Flat memory: collect and write_tables of 4x the finished trials of the same two
     configurations peak (tracemalloc) within a little of the smaller plan's peak. What is still
@@ -378,7 +394,6 @@ def test_collect_memory_does_not_grow_with_the_trials(tmp_path, monkeypatch):
     best.csv and results.md show); no row, plan record, listing entry or score list (which were
     1.4 KB a trial here). Seeds grow with trials here (the configurations may not): the few seeds
     collect keeps at hand are capped low, so that both plans fill the cache."""
-    import tracemalloc
 
     from finetune.analysis import results
     from finetune.login import plan_stream
@@ -389,14 +404,7 @@ def test_collect_memory_does_not_grow_with_the_trials(tmp_path, monkeypatch):
     monkeypatch.setattr(results, "_seed_values", {})
     peaks = []
     for seeds in (100, 100, 400):  # (the first warms up: imports, caches)
-        out = _finished_plan(tmp_path / f"{seeds}-{len(peaks)}", 2, seeds)
-        tracemalloc.start()
-        try:
-            table = results.collect(out, metric="macro_f1")
-            results.write_tables(table)
-            peaks.append(tracemalloc.get_traced_memory()[1])
-        finally:
-            tracemalloc.stop()
+        table = _collect_traced(_finished_plan(tmp_path / f"{seeds}-{len(peaks)}", 2, seeds), peaks)
         assert len(table.rows) == 2 * seeds and table.counts() == {"finished": 2 * seeds}
         assert [c.n_finished for c in table.configurations] == [seeds] * len(table.configurations)
     per_trial = (peaks[2] - peaks[1]) / (2 * 400 - 2 * 100)
@@ -460,7 +468,6 @@ def test_collect_memory_does_not_grow_with_the_configurations(tmp_path, monkeypa
     and writes the tables from the partitions' sorted files. Holding them all cost about 2 KB
     a configuration and eval language; what still grows here is mostly the largest partition
     (12 partitions' largest is larger than 3's) and a few hundred bytes a partition."""
-    import tracemalloc
 
     from finetune.analysis import results
     from finetune.login import plan_stream
@@ -472,14 +479,7 @@ def test_collect_memory_does_not_grow_with_the_configurations(tmp_path, monkeypa
     monkeypatch.setattr(results._Partitions, "BATCH", 2)
     peaks = []
     for rates in (300, 300, 1200):  # (the first warms up: imports, caches)
-        out = _finished_plan(tmp_path / f"{rates}-{len(peaks)}", rates, 1)
-        tracemalloc.start()
-        try:
-            table = results.collect(out, metric="macro_f1")
-            results.write_tables(table)
-            peaks.append(tracemalloc.get_traced_memory()[1])
-        finally:
-            tracemalloc.stop()
+        table = _collect_traced(_finished_plan(tmp_path / f"{rates}-{len(peaks)}", rates, 1), peaks)
         assert len(table.rows) == rates and table.counts() == {"finished": rates}
         assert len(table.configurations) == rates * len(table.languages)
         assert table._configurations.count == (3 if rates == 300 else 12)
