@@ -153,15 +153,14 @@ class _Scores:
         is a number and not NaN, as TrialRow.metric reads it."""
         a = self.a
         for split, metrics in scores.items():
-            if type(metrics) is not dict:
-                if not isinstance(metrics, dict):
-                    continue
-            where = columns.splits.get(split) or columns.of_split(split)
+            if not isinstance(metrics, dict):
+                continue
+            where = columns.of_split(split)
             for m, x in metrics.items():
                 b = where.get(m)
                 if b is None:
                     b = columns.add(split, m)
-                if type(x) is not float:
+                if type(x) is not float:  # (the common case first: this runs for every score of every trial)
                     if not isinstance(x, (int, float)):
                         continue
                     x = float(x)
@@ -177,16 +176,10 @@ class _Scores:
                     self.rest[(b, 1 if x > 0 else -1)] = True
                     continue
                 hi = a[b + 1]
-                s = hi + x
-                bp = s - hi
-                err = (hi - (s - bp)) + (x - bp)
+                s, err = _two_sum(hi, x)
                 a[b + 1] = s
                 if err:
-                    lo = a[b + 2]
-                    t = lo + err
-                    bp = t - lo
-                    lost = (lo - (t - bp)) + (err - bp)
-                    a[b + 2] = t
+                    a[b + 2], lost = _two_sum(a[b + 2], err)
                     if lost:
                         self._keep(b, lost)
                 if n > 1.0:  # Welford, with the means from the exact running sums
