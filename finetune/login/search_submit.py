@@ -45,7 +45,7 @@ class SearchReport:
     budget: int = 0
     done_before: int = 0
     failed: list[str] = field(default_factory=list)  # a local run: trial ids its workers told the study failed
-    worker_exits: dict[str, int] = field(default_factory=dict)  # a local run: workers that ended neither 0 nor 75
+    worker_exits: dict[str, int] = field(default_factory=dict)  # a local run: workers that did not end 0 (75: out of requeues)
 
     def failures(self) -> list[str]:
         """One line per failed trial (its reason and log.txt) and per worker that ended in error (its log)."""
